@@ -1,0 +1,1 @@
+"""Data: IndexedDataset writing, merging, validation and packing (torch-free)."""
