@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <stdexcept>
 
@@ -134,11 +135,16 @@ DatasetWriter::DatasetWriter(const std::string& prefix, int dtype_code, int64_t 
   if (!overwrite && file_exists(idx_path(prefix)))
     throw OsError(EEXIST, "dataset already exists; pass overwrite=True (--overwrite) to replace it",
                   idx_path(prefix));
-  const std::string suffix = ".tmp-" + std::to_string(::getpid());
-  bin_tmp_ = bin_path(prefix) + suffix;
-  idx_tmp_ = idx_path(prefix) + suffix;
-  fd_ = ::open(bin_tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw OsError(errno, "cannot create", bin_tmp_);
+  // A name of its own for every writer (pid and a per-process counter), created exclusively: two
+  // writers of one prefix, in one process or several, never share or truncate each other's files.
+  static std::atomic<uint64_t> counter{0};
+  for (int attempt = 0; fd_ < 0; ++attempt) {
+    const std::string suffix = ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+    bin_tmp_ = bin_path(prefix) + suffix;
+    idx_tmp_ = idx_path(prefix) + suffix;
+    fd_ = ::open(bin_tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0 && (errno != EEXIST || attempt > 1000)) throw OsError(errno, "cannot create", bin_tmp_);
+  }
 }
 
 DatasetWriter::~DatasetWriter() {
@@ -288,6 +294,7 @@ void DatasetWriter::end_document() {
 }
 
 void DatasetWriter::write_index_file() {
+  // No live writer can own this name: the .bin of the same suffix was created exclusively.
   int fd = ::open(idx_tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw OsError(errno, "cannot create", idx_tmp_);
   try {

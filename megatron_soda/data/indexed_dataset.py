@@ -3,7 +3,7 @@
 The work happens in C++ (``csrc/``): documents are appended from numpy arrays with no per-token or
 per-document Python work, and a dataset becomes visible only when its ``.idx`` is renamed into place
 after everything is fsynced. So a prefix whose ``.idx`` exists is complete; a killed job leaves
-only ``*.tmp-<pid>`` files behind. Reading is megatron-core's job
+only ``*.tmp-<pid>-<n>`` files behind. Reading is megatron-core's job
 (``megatron.core.datasets.indexed_dataset.IndexedDataset``); this module never imports torch, so
 preprocessing runs on machines without a GPU stack.
 """

@@ -1,0 +1,44 @@
+# megatron-soda: `make demo` runs the main job end to end on generated data; `make test` runs the tests.
+# Both create (or reuse) a virtual environment in $(VENV) and install the project with its C++ extension.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --quiet --disable-pip-version-check
+# The CPU wheel on these machines; on a GPU machine with torch already installed the venv sees
+# that torch instead (VENV_FLAGS below) and nothing is installed over it.
+TORCH_SPEC ?= torch==2.13.0
+VENV_FLAGS ?= $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
+PYTEST_ARGS ?=
+
+.PHONY: help install test demo bench clean
+
+help:
+	@echo "make demo     build, merge, pack, validate and sample a dataset end to end (CPU, seconds)"
+	@echo "make test     run the test suite (creates $(VENV) and builds the extension first)"
+	@echo "make bench    run bench/bench_builder.py and record results in bench/RESULTS.md"
+	@echo "make install  only create $(VENV) and install megatron-soda into it (editable)"
+	@echo "make clean    remove build products and demo output (keeps $(VENV))"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+
+$(VENV)/.installed: $(PY) setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+	@$(PY) -c "import torch" >/dev/null 2>&1 || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install "setuptools>=64" "pybind11>=2.12" wheel
+	$(PIP) install --no-build-isolation -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) tools/demo.py --output-dir demo_out
+
+bench: install
+	$(PY) bench/bench_builder.py --results bench/RESULTS.md
+
+clean:
+	rm -rf build megatron_soda/_C*.so demo_out .pytest_cache $(VENV)/.installed

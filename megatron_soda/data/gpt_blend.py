@@ -1,0 +1,140 @@
+"""Weighted blends of our datasets as megatron-core GPTDatasets (the training-side reader).
+
+Weights are sampling probabilities (``0.95 speech 0.05 text``). megatron-core builds the sample
+indices (cached as ``.npy`` files keyed by an md5 of the config) and reads the data through its own
+``IndexedDataset``.
+
+Pad and EOD: SODA's vocabulary has no pad token. GPTDataset masks the loss wherever a label equals
+pad, so pad must never be a real id (``<|end_of_text|>`` as pad would hide every end of document):
+pad is ``vocab_size``, the first id of the TP padding range. EOD is ``<|end_of_text|>``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from megatron_soda.tokenizer.layout import SODA_LAYOUT, VocabLayout
+
+
+@dataclass
+class GPTTokenIds:
+    """The part of a tokenizer that megatron-core's GPTDataset reads."""
+
+    vocab_size: int
+    eod: int
+    pad: int
+
+    @property
+    def unique_identifiers(self) -> OrderedDict:
+        # Part of the md5 key of GPTDataset's index cache.
+        return OrderedDict(class_name="GPTTokenIds", vocab_size=self.vocab_size, eod=self.eod, pad=self.pad)
+
+    @classmethod
+    def from_layout(cls, layout: VocabLayout) -> "GPTTokenIds":
+        return cls(vocab_size=layout.vocab_size, eod=layout.eos_id, pad=layout.vocab_size)
+
+
+@dataclass
+class BlendConfig:
+    """A blend of dataset prefixes and how GPTDataset samples it."""
+
+    prefixes: List[str]
+    """Dataset prefixes (``.bin``/``.idx`` pairs)."""
+    weights: Optional[List[float]] = None
+    """Sampling probabilities, one per prefix (normalised); None weighs by size."""
+    seq_length: int = 4096
+    """Tokens per sample (GPTDataset reads seq_length + 1 to form the labels)."""
+    seed: int = 1234
+    split: str = "969,30,1"
+    """Train/valid/test split of each dataset's documents."""
+    cache_dir: Optional[str] = None
+    """Where megatron-core caches the sample indices (``.npy``); needs an initialized torch.distributed
+    process group, as in training. None builds them in memory."""
+    reset_position_ids: bool = False
+    """Restart position ids after each EOD (documents concatenated in a row stay one sequence by default)."""
+    reset_attention_mask: bool = False
+    """Block attention across EODs (dense mask; the packed-row path does this without a mask)."""
+    eod_mask_loss: bool = False
+    """Mask the loss on EOD labels. False: the model learns where documents end."""
+    layout: VocabLayout = field(default_factory=lambda: SODA_LAYOUT)
+
+
+def parse_data_path(values: Sequence[str]) -> Tuple[List[str], Optional[List[float]]]:
+    """``["0.95", "speech", "0.05", "text"]`` -> (prefixes, weights); plain prefixes -> (prefixes, None)."""
+    values = list(values)
+    if not values:
+        raise ValueError("--data-path needs at least one dataset prefix")
+    try:
+        float(values[0])
+    except ValueError:
+        return values, None
+    if len(values) % 2:
+        raise ValueError(f"--data-path {' '.join(values)}: expected weight/prefix pairs")
+    try:
+        weights = [float(w) for w in values[0::2]]
+    except ValueError:
+        raise ValueError(f"--data-path {' '.join(values)}: expected weight/prefix pairs") from None
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"--data-path weights must be non-negative with a positive sum, got {weights}")
+    return values[1::2], weights
+
+
+def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
+    """(train, valid, test) blended GPTDatasets with at least the given numbers of samples."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    if config.cache_dir is not None:
+        import torch.distributed
+
+        if not torch.distributed.is_initialized():
+            raise ValueError(
+                "BlendConfig.cache_dir needs an initialized torch.distributed process group "
+                "(megatron-core's rank-0 writes the index cache); pass cache_dir=None to build in memory"
+            )
+    for prefix in config.prefixes:
+        if not os.path.exists(prefix + ".idx"):
+            raise FileNotFoundError(f"dataset {prefix} is missing or incomplete (no {prefix}.idx)")
+    gpt_config = GPTDatasetConfig(
+        random_seed=config.seed,
+        sequence_length=config.seq_length,
+        blend=(list(config.prefixes), config.weights),
+        split=config.split,
+        path_to_cache=config.cache_dir,
+        tokenizer=GPTTokenIds.from_layout(config.layout),
+        reset_position_ids=config.reset_position_ids,
+        reset_attention_mask=config.reset_attention_mask,
+        eod_mask_loss=config.eod_mask_loss,
+        create_attention_mask=config.reset_attention_mask,
+    )
+    _check_splits_have_documents(config, gpt_config.split_matrix, num_samples)
+    return BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, gpt_config).build()
+
+
+def _check_splits_have_documents(config: BlendConfig, split_matrix, num_samples) -> None:
+    """Refuses a split that would give a dataset no documents but is asked for samples.
+
+    megatron-core's GPTDataset loops forever on such a split (its epoch count never reaches the
+    requested tokens), so tiny datasets need this check to fail instead of hang.
+    """
+    from megatron_soda.data.indexed_dataset import validate_dataset
+
+    for prefix in config.prefixes:
+        report = validate_dataset(prefix)
+        if not report.ok:
+            raise ValueError(f"dataset {prefix} is damaged: {report}")
+        for name, bounds, wanted in zip(("train", "valid", "test"), split_matrix, num_samples):
+            if bounds is None or not wanted:
+                continue
+            # Same rounding as BlendedMegatronDatasetBuilder._build_megatron_dataset_splits.
+            begin = int(round(bounds[0] * float(report.num_documents)))
+            end = int(round(bounds[1] * float(report.num_documents)))
+            if end <= begin:
+                raise ValueError(
+                    f"{prefix}: --split {config.split} gives its {name} split none of its "
+                    f"{report.num_documents} documents, but {wanted} {name} samples were asked for; "
+                    f"change --split or ask for 0 {name} samples"
+                )

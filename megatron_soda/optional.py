@@ -1,0 +1,42 @@
+"""The one import guard for optional CUDA-only accelerators: Transformer Engine, flash-attn, apex.
+
+Nothing else in megatron_soda imports these packages. Code asks ``available(name)`` to choose a
+path, or ``require(name, feature)`` to fail with a message that says how to get it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from types import ModuleType
+from typing import Optional
+
+# name -> (import path, how to install)
+PACKAGES = {
+    "transformer_engine": ("transformer_engine.pytorch", "pip install 'megatron-soda[gpu]' (needs CUDA)"),
+    "flash_attn": ("flash_attn", "pip install 'megatron-soda[gpu]' (source build, needs CUDA)"),
+    "apex": ("apex", "build NVIDIA apex from source (see README, GPU extras)"),
+}
+
+
+@lru_cache(maxsize=None)
+def load(name: str) -> Optional[ModuleType]:
+    """The module, or None when it is not installed or does not load (e.g. no CUDA runtime)."""
+    if name not in PACKAGES:
+        raise KeyError(f"unknown optional package {name!r}; known: {', '.join(PACKAGES)}")
+    try:
+        return importlib.import_module(PACKAGES[name][0])
+    except Exception:  # a broken install (missing CUDA libraries) is as good as absent
+        return None
+
+
+def available(name: str) -> bool:
+    return load(name) is not None
+
+
+def require(name: str, feature: str) -> ModuleType:
+    """The module, or ImportError naming the feature that needs it and how to install it."""
+    module = load(name)
+    if module is None:
+        raise ImportError(f"{feature} needs {name}, which is not installed here: {PACKAGES[name][1]}")
+    return module
