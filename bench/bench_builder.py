@@ -17,10 +17,14 @@ Measures, in one run and on the same documents:
   ``.bin`` files (``shutil.copyfileobj``, 16 MiB buffer, then fsync), interleaved;
 * ``plan_packing(lengths, 4096, seed=0)`` over 1,000,000 document lengths.
 
-Disk bandwidth on shared machines swings several-fold between repetitions, so only medians of
-interleaved repetitions, and ratios of medians taken in the same run, mean anything.
+Before the timed runs, one untimed pass checks that our output is byte-identical to megatron-core's
+and validates it. Right before every timed run, free memory is touched (``warm_free_pages``): on this
+VM most of the "disk swings" were the hypervisor re-faulting guest pages handed back by free page
+reporting, which hits whichever writer runs >2 s after the previous delete (``--cold`` turns the
+conditioning off to see it). Medians of interleaved repetitions, and ratios of medians taken in the
+same run, are what to read; the CPU seconds column tells the writer's own work from waiting on the disk.
 
-    python bench/bench_builder.py                       # default run (~minutes on 2 cores)
+    python bench/bench_builder.py                       # default run (~1 minute on 2 cores)
     python bench/bench_builder.py --quick               # smoke run (< 30 s)
     python bench/bench_builder.py --results bench/RESULTS.md   # also (re)write the section there
 """
@@ -154,6 +158,20 @@ def run_raw(mix: Mix, prefix: str) -> float:
         f.flush()
         os.fsync(f.fileno())
     return time.perf_counter() - t0
+
+
+def warm_free_pages(nbytes: int) -> None:
+    """Touches and frees ``nbytes`` of anonymous memory, so the next writer's page-cache pages are warm.
+
+    On a VM with virtio-balloon free page reporting (Firecracker here), pages the guest frees are
+    handed back to the host about 2 s later, and the next touch of each faults in the hypervisor:
+    copying 360 MB into the page cache then costs 0.5-0.9 s of extra CPU instead of 0.09 s. Whichever
+    writer runs >2 s after the previous file was deleted (for example right after megatron's 2 s
+    builder) pays it, which looks like the disk swinging several-fold. Touching the memory right
+    before every timed run gives every writer the same, warm start; ``--cold`` turns this off.
+    """
+    a = np.ones(nbytes // 8 + 1, dtype=np.int64)
+    del a
 
 
 def remove_outputs(prefix: str) -> None:
@@ -331,6 +349,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--speech-docs", type=int, default=100_000, help="speech-like documents (100-3000 tokens)")
     p.add_argument("--pack-docs", type=int, default=1_000_000, help="documents for plan_packing")
     p.add_argument("--quick", action="store_true", help="small smoke run (< 30 s): 20k text, 5k speech, 100k pack docs")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="do not touch free memory before each timed run (see warm_free_pages): timings then swing with the "
+        "hypervisor's free page reporting",
+    )
     p.add_argument("--skip-megatron", action="store_true", help="leave out megatron-core's builder")
     p.add_argument(
         "--profile",
@@ -427,6 +451,8 @@ def _run(args, out_dir, machine, command, started, log) -> int:
                 prefix = os.path.join(out_dir, f"{mix.name}-{w}")
                 remove_outputs(prefix)
                 gc.collect()
+                if not args.cold:
+                    warm_free_pages(mix.tokens.nbytes * 11 // 10)
                 c0 = time.thread_time()
                 dt = writers[w](mix, prefix)
                 cpu[mix.name][w].append(time.thread_time() - c0)
@@ -469,6 +495,8 @@ def _run(args, out_dir, machine, command, started, log) -> int:
             prefix = os.path.join(out_dir, f"merged-{m}")
             remove_outputs(prefix)
             gc.collect()
+            if not args.cold:
+                warm_free_pages(speech.tokens.nbytes * 11 // 10)
             c0 = time.thread_time()
             dt = mergers[m](prefix, shards)
             mcpu[m].append(time.thread_time() - c0)
@@ -592,8 +620,15 @@ def _report(
     L.append("")
     L.append(
         f"{args.repeats} interleaved repetitions (order rotated each repetition); every writer ends with its "
-        "data fsynced; outputs deleted and `os.sync()`-ed between runs. Token ids uniform in "
-        f"[0, {VOCAB_SIZE}) as int32 (4 bytes/token)."
+        "data fsynced; outputs deleted and `os.sync()`-ed between runs"
+        + (
+            "; no memory conditioning (`--cold`): page-cache copies pay the hypervisor's re-faults of reported "
+            "free pages at random"
+            if args.cold
+            else "; right before each timed run, 1.1x the output size of anonymous memory is touched and freed "
+            "(untimed) so every writer starts with warm free pages (see `warm_free_pages`)"
+        )
+        + f". Token ids uniform in [0, {VOCAB_SIZE}) as int32 (4 bytes/token)."
     )
     L.append("")
     L.append(

@@ -149,6 +149,12 @@ PackingPlan pack_dataset(const std::string& source, const std::string& output, i
   if (!is_integer_code(view.dtype_code))
     throw std::invalid_argument(idx_path(source) + ": dtype " + dtype_name(view.dtype_code) + " is not an integer type");
   const uint64_t n = view.num_sequences;
+  bool one_sequence_per_document = view.num_document_indices == n + 1;
+  for (uint64_t d = 0; one_sequence_per_document && d <= n; ++d)
+    one_sequence_per_document = view.document_index(d) == static_cast<int64_t>(d);
+  if (!one_sequence_per_document)
+    throw std::invalid_argument(idx_path(source) + ": documents with several sequences (an already packed dataset?) "
+                                "cannot be packed; pack the unpacked source instead");
   std::vector<int64_t> lengths(n);
   uint64_t tokens = 0;
   for (uint64_t i = 0; i < n; ++i) {

@@ -50,7 +50,14 @@ class DatasetWriter {
   bool finalized() const { return finalized_; }
 
  private:
+  static constexpr size_t kChunkBytes = size_t{256} << 10;      // check-then-write unit, cache-sized
+  static constexpr size_t kDirectWriteBytes = size_t{1} << 20;  // calls this large skip the buffer
+  static constexpr uint64_t kWritebackBytes = uint64_t{8} << 20; // start disk writeback this often
+
   void write_bytes(const void* data, size_t n);
+  void write_to_file(const void* data, size_t n);
+  void start_writeback();
+  void rollback(uint64_t logical_bytes);
   void flush();
   void write_index_file();
   void check_open() const;
@@ -65,6 +72,8 @@ class DatasetWriter {
   bool finalized_ = false;
   std::vector<uint8_t> buffer_;
   size_t buffered_ = 0;
+  uint64_t file_bytes_ = 0;       // bytes in the .bin so far (the buffer holds the next ones)
+  uint64_t writeback_bytes_ = 0;  // bytes already handed to writeback
   uint64_t num_tokens_ = 0;
   std::vector<int32_t> lengths_;
   std::vector<int64_t> document_indices_{0};

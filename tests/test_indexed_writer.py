@@ -163,3 +163,19 @@ def test_validator_reports_the_counts_and_largest_id(tmp_path):
     report = validate_dataset(tmp_path / "d", SODA_VOCAB)
     assert report.ok, report
     assert (report.num_documents, report.num_tokens, report.max_token) == (len(lengths), len(tokens), tokens.max())
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64], ids=["direct-write", "converted-through-buffer"])
+def test_a_call_refused_after_writing_part_of_its_data_is_rolled_back(tmp_path, dtype):
+    # 3M tokens span many 256 KiB chunks; the bad id sits near the end, after most are on disk.
+    rng = np.random.default_rng(5)
+    good = rng.integers(0, SODA_VOCAB, size=3_000_000).astype(dtype)
+    bad = good.copy()
+    bad[2_900_000] = SODA_VOCAB
+    with DatasetWriter(tmp_path / "d", SODA_VOCAB, buffer_bytes=1 << 16) as writer:
+        writer.add_document(good[:100])
+        with pytest.raises(ValueError, match=f"token id {SODA_VOCAB} at position 1900000 of sequence 2"):
+            writer.add_documents(bad, [1_000_000, 2_000_000])
+        writer.add_document(good[100:200])
+    write_dataset(tmp_path / "expected", good[:200], [100, 100], SODA_VOCAB)
+    assert _same_files(tmp_path / "d", tmp_path / "expected")

@@ -115,3 +115,5 @@ def test_packing_refuses_to_overwrite_its_source_or_a_complete_output(tmp_path):
         pack_dataset(tmp_path / "src", tmp_path / "out", 8)
     pack_dataset(tmp_path / "src", tmp_path / "out", 16, overwrite=True)
     assert IndexedDataset(str(tmp_path / "out")).document_indices.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="already packed"):
+        pack_dataset(tmp_path / "out", tmp_path / "repacked", 16)
