@@ -51,3 +51,21 @@ def test_synthetic_text_documents_hold_no_audio():
     tokens, lengths = text_documents(np.random.default_rng(0), 50, SODA_LAYOUT)
     assert not SODA_LAYOUT.is_audio(tokens).any()
     assert (tokens == SODA_LAYOUT.bos_id).sum() == 50 == (tokens == SODA_LAYOUT.eos_id).sum()
+
+
+def test_codes_flatten_frame_major_and_back():
+    layout = SODA_LAYOUT
+    codes = np.random.default_rng(0).integers(0, 2048, size=(8, 6))
+    ids = layout.codes_to_ids(codes)
+    assert ids[0] == 128_260 + codes[0, 0] and ids[1] == 128_260 + 2048 + codes[1, 0]
+    assert ids[8] == 128_260 + codes[0, 1]  # frame 1 starts with codebook 0 again
+    np.testing.assert_array_equal(layout.ids_to_codes(ids), codes)
+
+
+@pytest.mark.parametrize("cut", [slice(1, 9), slice(0, 7)], ids=["codebook-order-broken", "partial-frame"])
+def test_malformed_audio_ids_are_refused(cut):
+    ids = SODA_LAYOUT.codes_to_ids(np.zeros((8, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match="not an audio token of codebook|not whole frames"):
+        SODA_LAYOUT.ids_to_codes(ids[cut])
+    with pytest.raises(ValueError, match="shape"):
+        SODA_LAYOUT.codes_to_ids(np.zeros((4, 2), dtype=np.int64))

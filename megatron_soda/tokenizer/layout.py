@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 SPECIAL_TOKENS = ("<|text_start|>", "<|text_end|>", "<|audio_start|>", "<|audio_end|>")
 BEGIN_OF_TEXT = "<|begin_of_text|>"
 END_OF_TEXT = "<|end_of_text|>"
@@ -69,6 +71,28 @@ class VocabLayout:
     def audio_id(self, codebook, code):
         """Token id of (codebook, code); works elementwise on numpy arrays."""
         return self.audio_offset + codebook * self.codebook_size + code
+
+    def codes_to_ids(self, codes) -> "np.ndarray":
+        """Codec codes ``[K, T]`` -> token ids, frame-major (frame t: codebook 0 .. K-1), as SODA flattens."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks:
+            raise ValueError(f"codes must have shape [{self.num_codebooks}, frames], got {list(codes.shape)}")
+        if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]")
+        offsets = self.audio_offset + np.arange(self.num_codebooks, dtype=np.int64)[:, None] * self.codebook_size
+        return (codes.astype(np.int64) + offsets).T.reshape(-1)
+
+    def ids_to_codes(self, ids) -> "np.ndarray":
+        """Audio token ids (whole frames, frame-major) -> codes ``[K, T]``; the inverse of ``codes_to_ids``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 1 or len(ids) % self.num_codebooks:
+            raise ValueError(f"{len(ids)} audio tokens are not whole frames of {self.num_codebooks} codebooks")
+        codebook_of_position = np.tile(np.arange(self.num_codebooks), len(ids) // self.num_codebooks)
+        wrong = ~self.is_audio(ids) | ((ids - self.audio_offset) // self.codebook_size != codebook_of_position)
+        if wrong.any():
+            bad = int(np.flatnonzero(wrong)[0])
+            raise ValueError(f"token {bad} (id {ids[bad]}) is not an audio token of codebook {bad % self.num_codebooks}")
+        return (ids - self.audio_offset).reshape(-1, self.num_codebooks).T % self.codebook_size
 
     def is_audio(self, token_id):
         """Whether ids are audio tokens; works elementwise on numpy arrays."""
