@@ -1,0 +1,66 @@
+"""Mimi (Kyutai), SODA's codec, over transformers' ``MimiModel``: 24 kHz, 12.5 frames/s, codebooks of 2048.
+
+SODA keeps the first 8 of Mimi's 32 residual codebooks: codebook 0 is the semantic one (distilled from a
+self-supervised speech model), 1-7 are acoustic. Every number here is read from the model's config.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_soda.codec.base import AudioCodec
+
+DEFAULT_NUM_CODEBOOKS = 8
+"""SODA's choice: 1 semantic + 7 acoustic codebooks, 100 tokens per second."""
+
+
+class MimiCodec(AudioCodec):
+    """``transformers.MimiModel`` behind the ``AudioCodec`` interface.
+
+    Encoding calls the encoder and the quantizer separately (what ``MimiModel.encode`` does in one call) so
+    the quantizer can run in ``quantizer_dtype`` while the network runs in ``dtype``. Mimi's encoder accepts
+    a ``padding_mask`` but ignores it (transformers 5.24): batch padding stays out of a clip's codes by
+    causality instead (causal convolutions padded with zeros, causal sliding-window attention).
+    """
+
+    name = "mimi"
+
+    def __init__(self, model, num_codebooks: int = DEFAULT_NUM_CODEBOOKS, **kwargs):
+        super().__init__(**kwargs)
+        config = model.config
+        semantic, available = config.num_semantic_quantizers, config.num_quantizers
+        if not semantic <= num_codebooks <= available:
+            raise ValueError(
+                f"num_codebooks={num_codebooks}: this Mimi model has {available} codebooks "
+                f"(config.num_quantizers), the first {semantic} semantic; choose {semantic}..{available}"
+            )
+        if config.audio_channels != 1:
+            raise ValueError(f"Mimi with {config.audio_channels} audio channels: only mono models are supported")
+        if model.encoder is None or model.decoder is None:
+            raise ValueError("this Mimi model lacks its encoder or decoder; the codec needs both")
+        self.sample_rate = int(config.sampling_rate)
+        self.samples_per_frame = int(config.frame_size)
+        self.num_codebooks = num_codebooks
+        self.codebook_size = int(config.codebook_size)
+        self.model = self._place(model, model.quantizer)
+
+    def _encode_batch(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        latents = self.model.encoder(audio.to(self.dtype), padding_mask=mask).latents.to(self.quantizer_dtype)
+        return self.model.quantizer.encode(latents, self.num_codebooks).transpose(0, 1)  # [K, B, T] -> [B, K, T]
+
+    def _decode_batch(self, codes: torch.Tensor) -> torch.Tensor:
+        latents = self.model.quantizer.decode(codes).to(self.dtype)
+        return self.model.decoder(latents).audio_values
+
+
+def randomize_codebooks(model, generator: torch.Generator, std: float = 0.01) -> None:
+    """Draw every codebook from N(0, std^2).
+
+    transformers initialises codebooks to zero, which makes every code 0; small random centroids make
+    the nearest one depend on the latent's direction, so a random model still gives varied codes.
+    """
+    for module in model.quantizer.modules():
+        if hasattr(module, "embed_sum") and hasattr(module, "cluster_usage"):
+            module.embed_sum.copy_(torch.randn(module.embed_sum.shape, generator=generator) * std)
+            module.cluster_usage.fill_(1.0)
+            module._embed = None  # the centroids are cached from embed_sum / cluster_usage on first use

@@ -1,0 +1,205 @@
+"""Speech preprocessing: manifests -> codec tokens -> SODA sequences, in resumable shards.
+
+Output directory::
+
+    job.json                    what this job is (config and input fingerprints); a rerun must match it
+    rejects_input.jsonl         manifest lines refused before any audio was read
+    shards/tokens_NNNNN.*       rendered sequences (IndexedDataset; one sequence per rendered document)
+    shards/codes_NNNNN.*        raw codes, one document per source document, one sequence per utterance,
+                                frame-major audio indices k*C + c, so formats can be re-rendered without
+                                re-encoding (the expensive step)
+    shards/meta_NNNNN.jsonl     one line per kept utterance (id, text, speaker, recording, seconds, frames)
+    shards/rejects_NNNNN.jsonl  utterances refused while decoding, with their reasons
+    shards/shard_NNNNN.json     counts; written last, it is the shard's commit point
+    report.json                 totals over all shards
+
+A killed job rerun with the same command skips committed shards and redoes the rest from scratch, so
+no utterance is lost or duplicated, and the result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from typing import Iterable, List, Optional
+
+import numpy as np
+
+from megatron_soda.codec.loading import CodecConfig, load_codec
+from megatron_soda.data.audio_decode import DecodeTask, decode
+from megatron_soda.data.formats import Utterance, document_orders, render, speech_document
+from megatron_soda.data.indexed_dataset import DatasetWriter
+from megatron_soda.data.jobs import ShardedJob, content_digest, file_fingerprint, jsonl, summarize, write_atomic
+from megatron_soda.data.manifest import Reject, group_documents, read_inputs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AudioPreprocessConfig:
+    """What ``tools/preprocess_audio.py`` runs."""
+
+    inputs: List[str]
+    """JSONL manifests and/or directories of audio files with same-named .txt transcripts."""
+    output_dir: str
+    tokenizer: str
+    """Directory of a SODA tokenizer (``tools/build_tokenizer.py``)."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    documents_per_shard: int = 1000
+    workers: int = 2
+    """Processes that read and resample audio; 0 does it in this process."""
+    text_first_probability: Optional[float] = None
+    """None renders every document in both orders (SODA); else one order per document."""
+    seed: int = 0
+    min_seconds: float = 0.1
+    max_seconds: float = 600.0
+    """Utterances outside [min_seconds, max_seconds] are rejected as absurd."""
+    max_document_seconds: Optional[float] = 60.0
+    """Longer documents are split into consecutive chunks (SODA's YODAS2 cap)."""
+    encode_batch_seconds: float = 600.0
+    """Audio handed to the codec per call (the codec batches further by length)."""
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _fingerprint(config: AudioPreprocessConfig) -> dict:
+    """Everything that determines the output; a resumed job must have the same."""
+    inputs = [file_fingerprint(path) for path in config.inputs]
+    job = {k: v for k, v in asdict(config).items() if k not in ("inputs", "output_dir", "workers", "overwrite", "progress")}
+    job["codec"] = {k: v for k, v in job["codec"].items() if k not in ("device", "max_batch_seconds")}
+    return {"inputs": inputs, "tokenizer_sha256": content_digest(config.tokenizer), "job": job}
+
+
+class _Progress:
+    """tqdm over utterances, showing audio hours done and hours of audio per second of wall time."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="utt", desc="preprocess", disable=not enabled, dynamic_ncols=True)
+        self.seconds = 0.0
+        self.start = time.time()
+
+    def update(self, utterances: int, seconds: float) -> None:
+        self.seconds += seconds
+        elapsed = max(time.time() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.seconds / 3600:.3f} h audio, {self.seconds / 3600 / elapsed:.4f} h/s")
+        self.bar.update(utterances)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress) -> None:
+    records = [r for document in documents for r in document]
+    tasks = [DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records]
+    decoded = pool.map(decode, tasks, chunksize=4) if pool is not None else map(decode, tasks)
+
+    codes_by_record, rejects, batch, batch_seconds = {}, [], [], 0.0
+
+    def encode_batch():
+        nonlocal batch, batch_seconds
+        if batch:
+            for (position, _), codes in zip(batch, codec.encode([wave for _, wave in batch])):
+                codes_by_record[position] = codes
+            progress.update(len(batch), batch_seconds)
+        batch, batch_seconds = [], 0.0
+
+    for position, (record, result) in enumerate(zip(records, decoded)):
+        if result.wave is None:
+            rejects.append(Reject(record.source, result.reason, result.message, record.id))
+            progress.update(1, 0.0)
+            continue
+        batch.append((position, result.wave))
+        batch_seconds += len(result.wave) / codec.sample_rate
+        if batch_seconds >= config.encode_batch_seconds:
+            encode_batch()
+    encode_batch()
+
+    layout = tokenizer.layout
+    token_docs, code_tokens, code_lengths, utterances_per_doc, meta = [], [], [], [], []
+    position = 0
+    for number, document in enumerate(documents):
+        utterances = []
+        for record in document:
+            codes = codes_by_record.get(position)
+            position += 1
+            if codes is None:
+                continue
+            utterances.append(Utterance(tokenizer.encode_text(record.text), codes))
+            code_tokens.append(layout.codes_to_ids(codes) - layout.audio_offset)
+            code_lengths.append(code_tokens[-1].size)
+            meta.append({
+                "id": record.id, "text": record.text, "speaker": record.speaker, "recording": record.recording,
+                "document": number, "seconds": codes.shape[1] / codec.frame_rate, "frames": int(codes.shape[1]),
+            })
+        if not utterances:
+            continue
+        utterances_per_doc.append(len(utterances))
+        token_docs += [render(speech_document(utterances, order, layout), layout).ids for order in orders[number]]
+
+    lengths = [len(d) for d in token_docs]
+    with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True) as writer:
+        writer.add_documents(np.concatenate(token_docs) if token_docs else np.zeros(0, np.int64), lengths)
+    with DatasetWriter(job.path("codes", index), layout.num_audio_tokens, overwrite=True) as writer:
+        writer.add_documents(
+            np.concatenate(code_tokens) if code_tokens else np.zeros(0, np.int64), code_lengths, utterances_per_doc
+        )
+    write_atomic(job.path("meta", index, ".jsonl"), jsonl(meta))
+    write_atomic(job.path("rejects", index, ".jsonl"), "".join(r.to_json() + "\n" for r in rejects))
+    job.commit(index, {
+        "documents": len(utterances_per_doc),
+        "sequences": len(token_docs),
+        "utterances": len(meta),
+        "seconds": sum(m["seconds"] for m in meta),
+        "tokens": int(sum(lengths)),
+        "audio_tokens": int(sum(code_lengths)),
+        "rejects": dict(Counter(r.reason for r in rejects)),
+    })
+
+
+def preprocess_audio(config: AudioPreprocessConfig) -> dict:
+    """Runs (or resumes) a preprocessing job and returns its report."""
+    from megatron_soda.tokenizer import load_soda_tokenizer
+
+    if config.documents_per_shard <= 0:
+        raise ValueError(f"documents_per_shard must be positive, got {config.documents_per_shard}")
+    job = ShardedJob(config.output_dir, _fingerprint(config), config.overwrite)
+    records, input_rejects = read_inputs(config.inputs)
+    job.write("rejects_input.jsonl", "".join(r.to_json() + "\n" for r in input_rejects))
+    documents = group_documents(records, config.max_document_seconds)
+    orders = document_orders(len(documents), config.text_first_probability, config.seed)
+    shards = [range(i, min(i + config.documents_per_shard, len(documents))) for i in range(0, len(documents), config.documents_per_shard)]
+    todo = [i for i in range(len(shards)) if not job.is_committed(i)]
+    logger.info("%d utterances in %d documents, %d shards (%d to do), %d input rejects",
+                len(records), len(documents), len(shards), len(todo), len(input_rejects))
+
+    if todo:
+        tokenizer = load_soda_tokenizer(config.tokenizer)
+        codec = load_codec(config.codec)
+        layout = tokenizer.layout
+        if (codec.num_codebooks, codec.codebook_size) != (layout.num_codebooks, layout.codebook_size):
+            raise ValueError(
+                f"codec {codec.name} gives {codec.num_codebooks} codebooks x {codec.codebook_size} codes but the "
+                f"tokenizer at {config.tokenizer} has {layout.num_codebooks} x {layout.codebook_size}"
+            )
+        progress = _Progress(sum(len(documents[d]) for i in todo for d in shards[i]), config.progress)
+        pool = ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) if config.workers > 0 else None
+        try:
+            for i in todo:
+                docs = [documents[d] for d in shards[i]]
+                _process_shard(job, i, docs, [orders[d] for d in shards[i]], codec, tokenizer, pool, config, progress)
+        finally:
+            progress.close()
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    report = summarize(job.reports(len(shards)), input_rejects)
+    report["hours"] = report.get("seconds", 0.0) / 3600
+    job.write("report.json", json.dumps(report, indent=2))
+    return report
