@@ -1,4 +1,4 @@
-# megatron-soda: `make demo` runs the main job end to end on generated data; `make test` runs the tests.
+# megatron-soda: `make demo` runs the main job end to end on the shipped corpus; `make test` runs the tests.
 # Both create (or reuse) a virtual environment in $(VENV) and install the project with its C++ extension.
 
 PYTHON ?= python3
@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: help install test demo bench clean
 
 help:
-	@echo "make demo     build, merge, pack, validate and sample a dataset end to end (CPU, seconds)"
+	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize (CPU, ~1 min)"
 	@echo "make test     run the test suite (creates $(VENV) and builds the extension first)"
 	@echo "make bench    run bench/bench_builder.py and record results in bench/RESULTS.md"
 	@echo "make install  only create $(VENV) and install megatron-soda into it (editable)"

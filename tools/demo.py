@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""End-to-end demo of what megatron-soda runs today, on generated data, on CPU, in seconds.
+"""End-to-end demo of what megatron-soda runs today, on the shipped speech corpus, on CPU, offline.
 
     python tools/demo.py [--output-dir demo_out]
 
-1. writes sharded SODA-layout token datasets (interleaved speech documents and text documents,
-   synthetic ids) with the C++ writer, and validates every shard against the 144,644-id vocabulary;
-2. merges the speech shards and packs them into 4096-token rows that keep document boundaries;
-3. reads the results back with megatron-core's IndexedDataset and samples a 0.95/0.05 speech/text
-   blend with its GPTDataset, reporting the achieved mix.
+1. builds a SODA tokenizer (a small BPE trained on the corpus text + 4 specials + 16,384 audio tokens);
+2. preprocesses the demo corpus (data/demo_corpus: 100 utterances in 25 recordings) through Mimi at
+   SODA's settings (8 codebooks, 12.5 Hz) into interleaved sequences in both orders, and the text
+   documents into text-only sequences. No codec weights can be downloaded here, so the codec has
+   RANDOM weights: the shapes, ids and pipeline are real, the tokens mean nothing;
+3. merges shards, validates them, packs speech into 4096-token rows that keep document boundaries;
+4. samples a 0.95/0.05 speech/text blend with megatron-core's GPTDataset;
+5. detokenizes one sequence back to its transcript and wav clips.
 """
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -19,74 +23,92 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from megatron_soda.data.indexed_dataset import DatasetWriter, merge_datasets, validate_dataset
+from megatron_soda.codec import CodecConfig
+from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
+from megatron_soda.data.indexed_dataset import merge_datasets, validate_dataset
 from megatron_soda.data.packing import pack_dataset
-from megatron_soda.data.synthetic import speech_documents, text_documents
-from megatron_soda.tokenizer import SODA_LAYOUT
+from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo_corpus"
 
 
-def write_shards(out: Path, name: str, make_documents, num_shards: int, batches: int, rng) -> list:
-    prefixes = []
-    for shard in tqdm(range(num_shards), desc=f"writing {name} shards", unit="shard"):
-        prefix = out / "shards" / f"{name}_{shard:05d}"
-        with DatasetWriter(prefix, SODA_LAYOUT.vocab_size, overwrite=True) as writer:
-            for _ in range(batches):
-                writer.add_documents(*make_documents(rng))
-        report = validate_dataset(prefix, SODA_LAYOUT.vocab_size)
-        if not report.ok:
-            raise SystemExit(f"validation failed: {report}")
-        prefixes.append(prefix)
-    return prefixes
+def step(title: str) -> None:
+    print(f"\n== {title}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("demo_out"), help="where to write (replaced)")
-    parser.add_argument("--speech-shards", type=int, default=4, help="number of speech shards (default 4)")
-    parser.add_argument("--documents-per-shard", type=int, default=400, help="speech documents per shard")
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="manifest.jsonl + text.jsonl directory")
     parser.add_argument("--seq-length", type=int, default=4096, help="packed row / sample length (default 4096)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="audio decoding processes")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
+    logging.getLogger("megatron.core").setLevel(logging.ERROR)  # its in-memory index notices
+
+    from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 
     start = time.time()
     out = args.output_dir
     shutil.rmtree(out, ignore_errors=True)
-    (out / "shards").mkdir(parents=True)
-    rng = np.random.default_rng(args.seed)
-    layout = SODA_LAYOUT
-    print(f"SODA vocabulary: {layout.vocab_size} ids (text < {layout.base_size}, audio {layout.audio_offset}..)")
-    print("data: synthetic ids in SODA's sequence layout (no audio codec yet)\n")
+    out.mkdir(parents=True)
 
-    batch = max(1, args.documents_per_shard // 4)
-    speech = write_shards(out, "speech", lambda r: speech_documents(r, batch, layout), args.speech_shards, 4, rng)
-    text = write_shards(out, "text", lambda r: text_documents(r, 500, layout), 1, 2, rng)
+    step("1. tokenizer")
+    texts = [json.loads(line)["text"] for name in ("text.jsonl", "manifest.jsonl") for line in open(args.corpus / name)]
+    save_soda_tokenizer(build_soda_tokenizer(train_bpe(texts, vocab_size=1024)), out / "tokenizer")
+    tokenizer = load_soda_tokenizer(out / "tokenizer")
+    layout = tokenizer.layout
+    print(f"{layout.vocab_size} ids: text < {layout.base_size}, <|text_start|> {layout.text_start_id}, "
+          f"audio {layout.audio_offset}..{layout.vocab_size - 1}")
 
-    merge_datasets(out / "speech", speech, progress=True)
-    merged = validate_dataset(out / "speech", layout.vocab_size)
-    print(f"merged: {merged}")
-    plan = pack_dataset(out / "speech", out / "speech_packed", args.seq_length, seed=args.seed)
+    step("2. preprocess speech (Mimi, random weights) and text")
+    speech = preprocess_audio(AudioPreprocessConfig(
+        inputs=[str(args.corpus / "manifest.jsonl")], output_dir=str(out / "speech_job"), tokenizer=str(out / "tokenizer"),
+        codec=CodecConfig(name="mimi", random_init=True), documents_per_shard=10, workers=args.workers,
+    ))
+    print(f"speech: {speech['utterances']} utterances, {speech['hours'] * 3600:.0f} s, {speech['documents']} documents "
+          f"-> {speech['sequences']} sequences (both orders), {speech['tokens']} tokens; rejects {speech['rejects']}")
+    text = preprocess_text(TextPreprocessConfig(
+        inputs=[str(args.corpus / "text.jsonl")], output_dir=str(out / "text_job"), tokenizer=str(out / "tokenizer"),
+        progress=False,
+    ))
+    print(f"text:   {text['documents']} documents, {text['tokens']} tokens")
+
+    step("3. merge, validate, pack")
+    for name, job in (("speech", speech), ("text", text)):
+        shards = [out / f"{name}_job" / "shards" / f"tokens_{i:05d}" for i in range(job["shards"])]
+        merge_datasets(out / name, shards, progress=False)
+    for name in ("speech", "text"):
+        print(validate_dataset(out / name, layout.vocab_size))
+    plan = pack_dataset(out / "speech", out / "speech_packed", args.seq_length)
     print(f"packed: {plan.summary()}")
-    print(f"        {validate_dataset(out / 'speech_packed', layout.vocab_size)}")
 
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
-    logging.getLogger("megatron.core").setLevel(logging.ERROR)  # in-memory index notices
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
+    step("4. megatron-core GPTDataset blend")
     from megatron_soda.data.gpt_blend import BlendConfig, build_gpt_datasets
 
-    packed = IndexedDataset(str(out / "speech_packed"))
-    first_row = packed.sequence_lengths[packed.document_indices[0] : packed.document_indices[1]]
-    print(f"megatron-core reads {len(packed.document_indices) - 1} packed rows; row 0 cu_seqlens "
-          f"{np.concatenate([[0], np.cumsum(first_row)]).tolist()}")
-
-    config = BlendConfig([str(out / "speech"), str(text[0])], [0.95, 0.05], seq_length=args.seq_length, split="98,2,0")
-    train, valid, _ = build_gpt_datasets(config, (400, 8, 0))
-    share = np.bincount(train.dataset_index[:400], minlength=2) / 400
+    config = BlendConfig([str(out / "speech"), str(out / "text")], [0.95, 0.05], seq_length=args.seq_length,
+                         split="100,0,0", layout=layout)
+    train, _, _ = build_gpt_datasets(config, (200, 0, 0))
+    share = np.bincount(train.dataset_index[:200], minlength=2) / 200
     sample = train[0]["tokens"].numpy()
-    print(f"GPTDataset blend 0.95 speech / 0.05 text -> achieved {share[0]:.3f} / {share[1]:.3f} over 400 samples; "
-          f"sample 0: {layout.is_audio(sample).mean():.0%} audio tokens")
+    print(f"achieved mix {share[0]:.3f} speech / {share[1]:.3f} text over 200 samples of {args.seq_length} tokens; "
+          f"sample 0 is {layout.is_audio(sample).mean():.0%} audio tokens")
+
+    step("5. detokenize sequence 0 of shard 0")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_soda.codec import load_codec
+    from megatron_soda.data.detokenize import detokenize, write_detokenized
+
+    shard = IndexedDataset(str(out / "speech_job" / "shards" / "tokens_00000"))
+    sequence = np.array(shard[0])  # a copy: megatron's views die with the dataset's mmap
+    result = detokenize(sequence, tokenizer, load_codec(CodecConfig(name="mimi", random_init=True)))
+    paths = write_detokenized(result, str(out / "detokenized"), "seq0")
+    print("\n".join(result.parts[:4]) + ("\n..." if len(result.parts) > 4 else ""))
+    print(f"-> {len(paths)} files in {out / 'detokenized'}")
+
     print(f"\ndemo finished in {time.time() - start:.1f} s; outputs in {out}/")
     return 0
 

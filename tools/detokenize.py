@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from megatron_soda.codec.loading import CodecConfig, load_codec
+from megatron_soda.codec.cli import add_codec_arguments, codec_config_from_args
+from megatron_soda.codec.loading import load_codec
 from megatron_soda.data.detokenize import detokenize, write_detokenized
 
 
@@ -47,12 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--index", type=int, nargs="*", help="sequence indices of --dataset (default: first 10)")
     parser.add_argument("--output-dir", default="detokenized", help="where .txt and .wav files go")
     parser.add_argument("--no-audio", action="store_true", help="transcripts only, no codec")
-    parser.add_argument("--codec", choices=["mimi", "encodec"], default="mimi")
-    parser.add_argument("--codec-path", help="local directory or hub id of the codec weights")
-    parser.add_argument("--codec-random-init", action="store_true", help="random codec (tests only)")
-    parser.add_argument("--num-codebooks", type=int, default=None)
-    parser.add_argument("--bandwidth", type=float, default=None)
-    parser.add_argument("--device", default="auto")
+    add_codec_arguments(parser)
     args = parser.parse_args(argv)
 
     from megatron_soda.tokenizer import load_soda_tokenizer
@@ -61,8 +57,7 @@ def main(argv=None) -> int:
     codec = None
     if not args.no_audio:
         try:
-            codec = load_codec(CodecConfig(name=args.codec, path=args.codec_path, random_init=args.codec_random_init,
-                                           num_codebooks=args.num_codebooks, bandwidth=args.bandwidth, device=args.device))
+            codec = load_codec(codec_config_from_args(args))
         except ValueError as error:
             parser.error(str(error))
     failures = 0

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from megatron_soda.codec.loading import CodecConfig
+from megatron_soda.codec.cli import add_codec_arguments, codec_config_from_args
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 
 
@@ -25,15 +25,7 @@ def parse_args(argv=None) -> AudioPreprocessConfig:
     parser.add_argument("--input", nargs="+", required=True, help="manifests (.jsonl) and/or audio directories")
     parser.add_argument("--output-dir", required=True, help="job directory (shards, rejects, report)")
     parser.add_argument("--tokenizer", required=True, help="SODA tokenizer directory (tools/build_tokenizer.py)")
-    codec = parser.add_argument_group("codec")
-    codec.add_argument("--codec", choices=["mimi", "encodec"], default="mimi", help="codec family (default mimi, as SODA)")
-    codec.add_argument("--codec-path", help="local directory or hub id of the codec weights (e.g. kyutai/mimi)")
-    codec.add_argument("--codec-random-init", action="store_true",
-                       help="random codec weights (tests and offline demos only: the tokens mean nothing)")
-    codec.add_argument("--num-codebooks", type=int, default=None, help="Mimi codebooks kept (default 8, SODA)")
-    codec.add_argument("--bandwidth", type=float, default=None, help="EnCodec bandwidth in kbps (default 6.0)")
-    codec.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    codec.add_argument("--codec-seed", type=int, default=0, help="seed of a random-init codec")
+    add_codec_arguments(parser)
     parser.add_argument("--documents-per-shard", type=int, default=1000, help="documents per output shard")
     parser.add_argument("--workers", type=int, default=2, help="audio decoding processes (0: in this process)")
     parser.add_argument("--text-first-probability", type=float, default=None,
@@ -49,15 +41,7 @@ def parse_args(argv=None) -> AudioPreprocessConfig:
         inputs=args.input,
         output_dir=args.output_dir,
         tokenizer=args.tokenizer,
-        codec=CodecConfig(
-            name=args.codec,
-            path=args.codec_path,
-            random_init=args.codec_random_init,
-            num_codebooks=args.num_codebooks,
-            bandwidth=args.bandwidth,
-            device=args.device,
-            seed=args.codec_seed,
-        ),
+        codec=codec_config_from_args(args),
         documents_per_shard=args.documents_per_shard,
         workers=args.workers,
         text_first_probability=args.text_first_probability,

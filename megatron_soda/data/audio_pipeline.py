@@ -170,6 +170,16 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
 
     if config.documents_per_shard <= 0:
         raise ValueError(f"documents_per_shard must be positive, got {config.documents_per_shard}")
+    # Settings are checked (tokenizer and codec loaded) before the output directory is touched, so a
+    # mistyped flag never claims a directory for a job that cannot run.
+    tokenizer = load_soda_tokenizer(config.tokenizer)
+    codec = load_codec(config.codec)
+    layout = tokenizer.layout
+    if (codec.num_codebooks, codec.codebook_size) != (layout.num_codebooks, layout.codebook_size):
+        raise ValueError(
+            f"codec {codec.name} gives {codec.num_codebooks} codebooks x {codec.codebook_size} codes but the "
+            f"tokenizer at {config.tokenizer} has {layout.num_codebooks} x {layout.codebook_size}"
+        )
     job = ShardedJob(config.output_dir, _fingerprint(config), config.overwrite)
     records, input_rejects = read_inputs(config.inputs)
     job.write("rejects_input.jsonl", "".join(r.to_json() + "\n" for r in input_rejects))
@@ -181,14 +191,6 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
                 len(records), len(documents), len(shards), len(todo), len(input_rejects))
 
     if todo:
-        tokenizer = load_soda_tokenizer(config.tokenizer)
-        codec = load_codec(config.codec)
-        layout = tokenizer.layout
-        if (codec.num_codebooks, codec.codebook_size) != (layout.num_codebooks, layout.codebook_size):
-            raise ValueError(
-                f"codec {codec.name} gives {codec.num_codebooks} codebooks x {codec.codebook_size} codes but the "
-                f"tokenizer at {config.tokenizer} has {layout.num_codebooks} x {layout.codebook_size}"
-            )
         progress = _Progress(sum(len(documents[d]) for i in todo for d in shards[i]), config.progress)
         pool = ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) if config.workers > 0 else None
         try:

@@ -91,8 +91,8 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
         "tokenizer_sha256": content_digest(config.tokenizer),
         "job": {k: v for k, v in asdict(config).items() if k in ("text_key", "documents_per_shard")},
     }
+    tokenizer = load_soda_tokenizer(config.tokenizer)  # before the output directory is claimed
     job = ShardedJob(config.output_dir, fingerprint, config.overwrite)
-    tokenizer = load_soda_tokenizer(config.tokenizer)
     layout = tokenizer.layout
     records = read_texts(config.inputs, config.text_key)
     index = 0
