@@ -59,15 +59,17 @@ def cpu_seconds() -> float:
 
 
 def machine_cpu_seconds() -> float:
-    """CPU time every process on the machine has used (``/proc/stat``), to see other load."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:8]]
+    """CPU time every process on the machine has used (``/proc/stat``: user nice system irq softirq)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:8]]
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_quiet(limit_s: float = 60.0) -> None:
+MAX_WAIT_S = 60.0  # --max-wait
+
+
+def wait_quiet(limit_s: float = None) -> None:
     """Waits (at most ``limit_s``) until other processes use < 0.1 core: this VM may be shared."""
-    end = time.time() + limit_s
+    end = time.time() + (MAX_WAIT_S if limit_s is None else limit_s)
     while time.time() < end:
         b, c = machine_cpu_seconds(), cpu_seconds()
         time.sleep(0.5)
@@ -157,15 +159,9 @@ class Clock(dict):
         return timed
 
     def wrap_iter(self, it, name):
-        it = iter(it)
-        while True:
-            t = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-            finally:
-                self[name] = self.get(name, 0.0) + time.perf_counter() - t
+        """Times each ``next()``: the wait for the pool's decoded audio."""
+        it, step = iter(it), self.wrap(next, name)
+        while (item := step(it, StopIteration)) is not StopIteration:
             yield item
 
 
@@ -217,8 +213,8 @@ def bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threa
         walls, cpus, others = ([m[i][0] for m in ms] for i in range(3))
         results = [m[4][0] for m in ms]
         audio_s, clocks = results[0][0], [clock for _, clock in results]
-        r = row("whole pipeline (`preprocess_audio`)", f"workers={w}", device, f"{n_threads} + {w} workers", cores,
-                audio_s, (walls, cpus, others, sum(m[3] for m in ms), results))
+        r = row("whole pipeline (`preprocess_audio`)", f"workers={w}", device, f"{n_threads} + {w} workers",
+                cores if device == "cpu" else None, audio_s, (walls, cpus, others, sum(m[3] for m in ms), results))
         parts = {k: statistics.median(c.get(k, 0.0) for c in clocks)
                  for k in ("codec load", "tokenizer load", "encode", "decode (wait)")}
         parts["rest (manifest, tokenize, render, write, pool)"] = statistics.median(
@@ -256,10 +252,11 @@ def report(rows, pipe_rows, meta) -> str:
                      for k, v in r["parts"].items()]
             lines.append(f"| {r['setting']} | {wall:.1f} | " + " | ".join(cells) + f" | {fmt_rate(r['rate_steady'])} |")
     best = max(pipe_rows, key=lambda r: r["rate"]) if pipe_rows else None
-    if best and best["per_core"]:
-        lines += ["", f"Extrapolation: at the best pipeline setting here ({best['setting']}, {fmt_rate(best['per_core'])} "
-                  f"audio-h per core-hour), 1000 h of audio takes {1000 / best['per_core']:,.0f} core-hours "
-                  f"({1000 / best['rate']:,.0f} h on this {best['cores']}-core machine)."]
+    if best:
+        unit = f"core-hours ({1000 / best['rate']:,.0f} h on these {best['cores']} cores)" if best["per_core"] else \
+            "GPU-hours on this GPU and its CPUs"
+        lines += ["", f"Extrapolation: at the best pipeline setting here ({best['setting']}), 1000 h of audio takes "
+                  f"{1000 / (best['per_core'] or best['rate']):,.0f} {unit}."]
     return "\n".join(lines) + "\n"
 
 
@@ -300,20 +297,24 @@ def parse_args(argv=None):
     p.add_argument("--batch-seconds", type=floats, default=[10, 30, 120], help="max_batch_seconds variants")
     p.add_argument("--single-thread-batch-seconds", type=floats, default=[30], help="variants also run at 1 thread")
     p.add_argument("--decode-passes", type=int, default=5, help="corpus passes per decode/resample measurement")
-    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2],
-                   help="preprocess_audio worker counts")
-    p.add_argument("--utterances", type=int, default=None, help="pipeline on the first N utterances (default all)")
+    p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="preprocess_audio worker counts (default 0,1,2; --quick 1)")
+    p.add_argument("--utterances", type=int, default=None, help="use the first N utterances (default all; --quick 12)")
+    p.add_argument("--max-wait", type=float, default=60.0, help="seconds to wait for other load to stop, per run")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 repetition")
     p.add_argument("--results", help="markdown file whose generated section is (re)written")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.encode_seconds, args.batch_seconds, args.single_thread_batch_seconds = 1, 8.0, [10.0], [10.0]
-        args.decode_passes, args.workers, args.utterances = 1, [1], 12
+        args.decode_passes, args.workers, args.utterances = 1, args.workers or [1], args.utterances or 12
+    args.workers = args.workers or [0, 1, 2]
     return args
 
 
 def main(argv=None) -> int:
+    global MAX_WAIT_S
     args = parse_args(argv)
+    MAX_WAIT_S = args.max_wait
     import logging
     logging.basicConfig(level=logging.ERROR)  # no RANDOM-INIT warning per load: the report says so
     start = time.time()

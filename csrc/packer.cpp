@@ -155,11 +155,15 @@ PackingPlan pack_dataset(const std::string& source, const std::string& output, i
   if (!one_sequence_per_document)
     throw std::invalid_argument(idx_path(source) + ": documents with several sequences (an already packed dataset?) "
                                 "cannot be packed; pack the unpacked source instead");
-  std::vector<int64_t> lengths(n);
+  // Byte offsets come from the lengths (checked against the .bin size below), never from the stored
+  // pointers, so a damaged index cannot send a read outside the mapping.
+  std::vector<int64_t> lengths(n), offsets(n);
   uint64_t tokens = 0;
   for (uint64_t i = 0; i < n; ++i) {
     lengths[i] = view.length(i);
-    tokens += static_cast<uint64_t>(std::max<int64_t>(lengths[i], 0));
+    if (lengths[i] < 0) throw std::runtime_error(idx_path(source) + ": negative length; run tools/validate_dataset.py on it");
+    offsets[i] = static_cast<int64_t>(tokens);
+    tokens += static_cast<uint64_t>(lengths[i]);
   }
   const int item = itemsize(view.dtype_code);
   MappedFile bin(bin_path(source));
@@ -172,7 +176,7 @@ PackingPlan pack_dataset(const std::string& source, const std::string& output, i
   DatasetWriter writer(output, view.dtype_code, dtype_capacity(view.dtype_code), overwrite, buffer_bytes);
   for (int64_t r = 0; r < plan.num_rows(); ++r) {
     for (int64_t k = plan.row_offsets[r]; k < plan.row_offsets[r + 1]; ++k) {
-      const int64_t byte = view.pointer(plan.piece_document[k]) + plan.piece_start[k] * item;
+      const int64_t byte = (offsets[plan.piece_document[k]] + plan.piece_start[k]) * item;
       writer.append_sequence_bytes(bin.data() + byte, static_cast<size_t>(plan.piece_length[k]) * item);
     }
     writer.end_document();

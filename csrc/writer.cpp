@@ -107,7 +107,14 @@ void copy_file_into(const std::string& src, int out_fd, const std::string& out_p
       }
     } else {
       n = ::read(in, buf.data(), buf.size());
-      if (n > 0) write_all(out_fd, buf.data(), static_cast<size_t>(n), out_path);
+      if (n > 0) {
+        try {
+          write_all(out_fd, buf.data(), static_cast<size_t>(n), out_path);
+        } catch (...) {
+          ::close(in);
+          throw;
+        }
+      }
     }
     if (n == 0) break;
     if (n < 0) {
@@ -394,6 +401,7 @@ void DatasetWriter::finalize() {
       crash_point("old_index_removed");
     }
     rename_file(bin_tmp_, bin_path(prefix_));
+    fsync_dir(dir);  // the .bin rename is durable before the .idx can appear, on any filesystem
     crash_point("bin_renamed");
     rename_file(idx_tmp_, idx_path(prefix_));  // the commit point
     crash_point("idx_renamed");

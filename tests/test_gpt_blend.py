@@ -77,3 +77,8 @@ def test_data_path_parses_weights_and_prefixes(values, expected):
 def test_malformed_data_path_is_refused(values):
     with pytest.raises(ValueError):
         parse_data_path(values)
+
+
+def test_a_blend_without_weights_is_weighted_by_size_and_gives_every_sample_asked(speech_and_text):
+    train, _, _ = build_gpt_datasets(BlendConfig(list(speech_and_text), seq_length=128, split="90,10,0"), (3000, 0, 0))
+    assert len(train) >= 3000

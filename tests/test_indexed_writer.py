@@ -179,3 +179,9 @@ def test_a_call_refused_after_writing_part_of_its_data_is_rolled_back(tmp_path, 
         writer.add_document(good[100:200])
     write_dataset(tmp_path / "expected", good[:200], [100, 100], SODA_VOCAB)
     assert _same_files(tmp_path / "d", tmp_path / "expected")
+
+
+def test_big_endian_tokens_are_stored_by_value(tmp_path):
+    write_dataset(tmp_path / "d", np.array([256, 512], dtype=">i4"), [2], SODA_VOCAB)
+    dataset = IndexedDataset(str(tmp_path / "d"))  # kept alive: its items are views of its mmap
+    assert list(dataset[0]) == [256, 512]

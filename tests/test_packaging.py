@@ -44,3 +44,16 @@ print('ok')
     result = _run_without_torch(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_preprocess_audio_tool_and_decode_workers_import_no_torch():
+    # A spawned worker re-imports the tool as __mp_main__ and runs audio_decode: neither may load torch.
+    code = """
+import runpy
+runpy.run_path('tools/preprocess_audio.py', run_name='__mp_main__')
+import megatron_soda.data.audio_decode, megatron_soda.data.manifest, megatron_soda.codec.cli
+print('ok')
+"""
+    result = _run_without_torch(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")

@@ -114,6 +114,18 @@ def test_packing_refuses_to_overwrite_its_source_or_a_complete_output(tmp_path):
     with pytest.raises(FileExistsError):
         pack_dataset(tmp_path / "src", tmp_path / "out", 8)
     pack_dataset(tmp_path / "src", tmp_path / "out", 16, overwrite=True)
-    assert IndexedDataset(str(tmp_path / "out")).document_indices.tolist() == [0, 2]
+    out = IndexedDataset(str(tmp_path / "out"))
+    assert out.document_indices.tolist() == [0, 2]
     with pytest.raises(ValueError, match="already packed"):
         pack_dataset(tmp_path / "out", tmp_path / "repacked", 16)
+
+
+def test_packing_a_damaged_index_fails_cleanly_instead_of_reading_out_of_bounds(tmp_path):
+    write_dataset(tmp_path / "src", np.arange(10), [4, 6], 100)
+    raw = bytearray((tmp_path / "src.idx").read_bytes())
+    raw[34 + 8 + 8 : 34 + 8 + 16] = (10**12).to_bytes(8, "little")  # pointer of sequence 1 far past the .bin
+    (tmp_path / "src.idx").write_bytes(bytes(raw))
+    plan = pack_dataset(tmp_path / "src", tmp_path / "out", 16)  # offsets come from the lengths
+    packed = IndexedDataset(str(tmp_path / "out"))
+    assert np.concatenate([packed[0], packed[1]]).tolist() in ([4, 5, 6, 7, 8, 9, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert plan.num_tokens == 10

@@ -16,7 +16,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_soda.codec import CodecConfig
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
-from megatron_soda.data.formats import Kind, Order, parse
+from megatron_soda.data.formats import Kind, parse
 from megatron_soda.data.indexed_dataset import validate_dataset
 from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
 
@@ -218,4 +218,36 @@ def test_one_order_per_document_by_probability(tmp_path, tokenizer_dir):
     layout = load_soda_tokenizer(tokenizer_dir).layout
     tokens = IndexedDataset(str(tmp_path / "out" / "shards" / "tokens_00000"))
     assert all(parse(tokens[i], layout).segments[0].kind is Kind.AUDIO for i in range(len(tokens)))
-    assert Order.AUDIO_FIRST  # the order the probability 0.0 selects
+
+
+def test_a_transcript_that_is_not_valid_unicode_is_a_reject_not_a_crash(tmp_path, tokenizer_dir):
+    manifest, _, _ = corpus_subset(tmp_path, recordings=1)
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    bad = json.loads(lines[0])
+    bad["text"] = "broken \ud800 text"
+    lines.append(json.dumps(bad))  # json escapes the lone surrogate as \\ud800
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = preprocess_audio(config([manifest], tmp_path / "out", tokenizer_dir))
+    assert report["rejects"] == {"non_utf8": 1} and report["utterances"] == len(lines) - 1
+
+
+def test_a_file_added_to_an_input_directory_makes_a_new_job(tmp_path, tokenizer_dir):
+    audio_dir = tmp_path / "clips" / "sub"
+    audio_dir.mkdir(parents=True)
+    for name in ("b", "c"):
+        sf.write(audio_dir / f"{name}.wav", 0.1 * np.ones(24_000, np.float32), 24_000)
+        (audio_dir / f"{name}.txt").write_text(name, encoding="utf-8")
+    preprocess_audio(config([tmp_path / "clips"], tmp_path / "out", tokenizer_dir, documents_per_shard=1))
+    sf.write(audio_dir / "a.wav", 0.1 * np.ones(24_000, np.float32), 24_000)
+    (audio_dir / "a.txt").write_text("a", encoding="utf-8")
+    with pytest.raises(ValueError, match="different job"):
+        preprocess_audio(config([tmp_path / "clips"], tmp_path / "out", tokenizer_dir, documents_per_shard=1))
+
+
+def test_overwrite_removes_only_what_the_job_wrote(tmp_path, tokenizer_dir):
+    manifest, _, _ = corpus_subset(tmp_path, recordings=1)
+    out = tmp_path  # the job shares its directory with its input and an unrelated file
+    (tmp_path / "settings.json").write_text("{}")
+    preprocess_audio(config([manifest], out, tokenizer_dir))
+    preprocess_audio(config([manifest], out, tokenizer_dir, overwrite=True))
+    assert manifest.exists() and (tmp_path / "settings.json").exists()

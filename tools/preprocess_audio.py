@@ -17,10 +17,11 @@ import logging
 import sys
 
 from megatron_soda.codec.cli import add_codec_arguments, codec_config_from_args
-from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 
 
-def parse_args(argv=None) -> AudioPreprocessConfig:
+def parse_args(argv=None):
+    from megatron_soda.data.audio_pipeline import AudioPreprocessConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="manifests (.jsonl) and/or audio directories")
     parser.add_argument("--output-dir", required=True, help="job directory (shards, rejects, report)")
@@ -57,6 +58,9 @@ def parse_args(argv=None) -> AudioPreprocessConfig:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
+    # Imported here, not at the top: spawned decode workers re-import this module and must stay torch-free.
+    from megatron_soda.data.audio_pipeline import preprocess_audio
+
     try:
         report = preprocess_audio(config)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

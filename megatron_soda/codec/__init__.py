@@ -10,7 +10,7 @@ from megatron_soda.codec.audio_io import AudioRejected, check_waveform, load_aud
 
 _LAZY = {
     "AudioCodec": "megatron_soda.codec.base",
-    "CodecConfig": "megatron_soda.codec.loading",
+    "CodecConfig": "megatron_soda.codec.config",
     "EncodecCodec": "megatron_soda.codec.encodec",
     "MimiCodec": "megatron_soda.codec.mimi",
     "load_codec": "megatron_soda.codec.loading",

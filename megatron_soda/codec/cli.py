@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from megatron_soda.codec.loading import CodecConfig
+from megatron_soda.codec.config import CodecConfig
 
 
 def add_codec_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,8 @@ Output directory::
     shards/codes_NNNNN.*        raw codes, one document per source document, one sequence per utterance,
                                 frame-major audio indices k*C + c, so formats can be re-rendered without
                                 re-encoding (the expensive step)
-    shards/meta_NNNNN.jsonl     one line per kept utterance (id, text, speaker, recording, seconds, frames)
+    shards/meta_NNNNN.jsonl     one line per kept utterance (id, text, speaker, recording, seconds, frames,
+                                and `document`: its document's index in the shard's codes dataset)
     shards/rejects_NNNNN.jsonl  utterances refused while decoding, with their reasons
     shards/shard_NNNNN.json     counts; written last, it is the shard's commit point
     report.json                 totals over all shards
@@ -35,7 +36,15 @@ from megatron_soda.codec.loading import CodecConfig, load_codec
 from megatron_soda.data.audio_decode import DecodeTask, decode
 from megatron_soda.data.formats import Utterance, document_orders, render, speech_document
 from megatron_soda.data.indexed_dataset import DatasetWriter
-from megatron_soda.data.jobs import ShardedJob, content_digest, file_fingerprint, jsonl, summarize, write_atomic
+from megatron_soda.data.jobs import (
+    ShardedJob,
+    content_digest,
+    file_fingerprint,
+    jsonl,
+    records_digest,
+    summarize,
+    write_atomic,
+)
 from megatron_soda.data.manifest import Reject, group_documents, read_inputs
 
 logger = logging.getLogger(__name__)
@@ -68,12 +77,29 @@ class AudioPreprocessConfig:
     progress: bool = True
 
 
-def _fingerprint(config: AudioPreprocessConfig) -> dict:
-    """Everything that determines the output; a resumed job must have the same."""
-    inputs = [file_fingerprint(path) for path in config.inputs]
+def _fingerprint(config: AudioPreprocessConfig, records, codec) -> dict:
+    """Everything that determines the output; a resumed job must have the same.
+
+    The records themselves (audio path, size, mtime, transcript, segment) are hashed, not only the
+    manifests: a file added to an input directory, or a transcript edited in place, is a new job.
+    The codec's resolved dtype and device type are included (``auto`` means bf16 on GPU, fp32 on CPU).
+    """
+    def stat(path):
+        try:
+            s = os.stat(path)
+            return s.st_size, s.st_mtime_ns
+        except OSError:
+            return None
+    rows = ((r.audio, stat(r.audio), r.text, r.start, r.end, r.recording, r.index) for r in records)
     job = {k: v for k, v in asdict(config).items() if k not in ("inputs", "output_dir", "workers", "overwrite", "progress")}
-    job["codec"] = {k: v for k, v in job["codec"].items() if k not in ("device", "max_batch_seconds")}
-    return {"inputs": inputs, "tokenizer_sha256": content_digest(config.tokenizer), "job": job}
+    job["codec"] = {k: v for k, v in job["codec"].items() if k not in ("device", "dtype", "max_batch_seconds")}
+    job["codec"].update(dtype=str(codec.dtype), device_type=codec.device.type)
+    return {
+        "inputs": [file_fingerprint(path) for path in config.inputs],
+        "records_sha256": records_digest(rows),
+        "tokenizer_sha256": content_digest(config.tokenizer),
+        "job": job,
+    }
 
 
 class _Progress:
@@ -132,12 +158,17 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
             position += 1
             if codes is None:
                 continue
-            utterances.append(Utterance(tokenizer.encode_text(record.text), codes))
+            try:
+                text_ids = tokenizer.encode_text(record.text)
+            except Exception as error:  # the tokenizer's own refusal of odd text
+                rejects.append(Reject(record.source, "bad_text", f"{record.source}: {error}", record.id))
+                continue
+            utterances.append(Utterance(text_ids, codes))
             code_tokens.append(layout.codes_to_ids(codes) - layout.audio_offset)
             code_lengths.append(code_tokens[-1].size)
             meta.append({
                 "id": record.id, "text": record.text, "speaker": record.speaker, "recording": record.recording,
-                "document": number, "seconds": codes.shape[1] / codec.frame_rate, "frames": int(codes.shape[1]),
+                "document": len(utterances_per_doc), "seconds": codes.shape[1] / codec.frame_rate, "frames": int(codes.shape[1]),
             })
         if not utterances:
             continue
@@ -180,8 +211,8 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
             f"codec {codec.name} gives {codec.num_codebooks} codebooks x {codec.codebook_size} codes but the "
             f"tokenizer at {config.tokenizer} has {layout.num_codebooks} x {layout.codebook_size}"
         )
-    job = ShardedJob(config.output_dir, _fingerprint(config), config.overwrite)
     records, input_rejects = read_inputs(config.inputs)
+    job = ShardedJob(config.output_dir, _fingerprint(config, records, codec), config.overwrite)
     job.write("rejects_input.jsonl", "".join(r.to_json() + "\n" for r in input_rejects))
     documents = group_documents(records, config.max_document_seconds)
     orders = document_orders(len(documents), config.text_first_probability, config.seed)

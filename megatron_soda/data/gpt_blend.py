@@ -87,6 +87,8 @@ def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
+    from megatron_soda.data.indexed_dataset import validate_dataset
+
     if config.cache_dir is not None:
         import torch.distributed
 
@@ -98,10 +100,15 @@ def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
     for prefix in config.prefixes:
         if not os.path.exists(prefix + ".idx"):
             raise FileNotFoundError(f"dataset {prefix} is missing or incomplete (no {prefix}.idx)")
+    weights = config.weights
+    if weights is None and len(config.prefixes) > 1:
+        # megatron-core reads "no weights" on a blend as one epoch of each dataset, capping the sample
+        # count; weighing by size is what BlendConfig promises, so the weights are made explicit.
+        weights = [float(validate_dataset(p).num_tokens) for p in config.prefixes]
     gpt_config = GPTDatasetConfig(
         random_seed=config.seed,
         sequence_length=config.seq_length,
-        blend=(list(config.prefixes), config.weights),
+        blend=(list(config.prefixes), weights),
         split=config.split,
         path_to_cache=config.cache_dir,
         tokenizer=GPTTokenIds.from_layout(config.layout),

@@ -104,6 +104,8 @@ class DatasetWriter:
         tokens = np.ascontiguousarray(tokens)
         if tokens.dtype.kind not in "iu":
             raise ValueError(f"{self.prefix}: tokens must be integers, got dtype {tokens.dtype}")
+        if not tokens.dtype.isnative:  # e.g. big-endian '>i4': the C++ side reads native integers
+            tokens = tokens.astype(tokens.dtype.newbyteorder("="))
         self._writer.add_documents(
             tokens.reshape(-1),
             np.asarray(lengths, dtype=np.int64),

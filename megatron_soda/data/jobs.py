@@ -23,6 +23,11 @@ def write_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def jsonl(rows: Iterable[dict]) -> str:
@@ -43,9 +48,20 @@ def content_digest(path: str) -> str:
     return digest.hexdigest()
 
 
+def records_digest(rows: Iterable[Iterable]) -> str:
+    """sha256 over rows of values: what a job will read, so a changed input is never resumed."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(list(row), default=str).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def file_fingerprint(path: str) -> dict:
     stat = os.stat(path)
     return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+JOB_FILES = ("job.json", "report.json", "rejects_input.jsonl")
 
 
 class ShardedJob:
@@ -63,10 +79,10 @@ class ShardedJob:
                         "original command to resume it, or pass --overwrite to start again"
                     )
             return
-        if overwrite:
+        if overwrite:  # only what a job writes: never inputs or other files that share the directory
             shutil.rmtree(self.shard_dir, ignore_errors=True)
-            for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
-                if name.endswith((".json", ".jsonl")):
+            for name in JOB_FILES:
+                if os.path.exists(os.path.join(output_dir, name)):
                     os.remove(os.path.join(output_dir, name))
         os.makedirs(self.shard_dir, exist_ok=True)
         write_atomic(job_path, json.dumps(fingerprint, indent=2))

@@ -48,6 +48,15 @@ class Reject:
         return json.dumps({"source": self.source, "id": self.id, "reason": self.reason, "message": self.message})
 
 
+def is_encodable(text: str) -> bool:
+    """False for strings JSON allows but UTF-8 cannot hold (lone surrogates such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _optional_number(value, name: str, source: str, kind=float):
     if value is None:
         return None
@@ -68,6 +77,8 @@ def parse_record(obj: dict, base_dir: str, source: str) -> UtteranceRecord:
         raise ValueError(f"{source}: field 'audio' must be a non-empty path", "missing_field")
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{source}: empty transcript", "empty_text")
+    if not is_encodable(text):
+        raise ValueError(f"{source}: transcript is not valid Unicode (lone surrogate escape)", "non_utf8")
     try:
         start = _optional_number(obj.get("start"), "start", source)
         end = _optional_number(obj.get("end"), "end", source)

@@ -19,7 +19,7 @@ import numpy as np
 from megatron_soda.data.formats import render, text_document
 from megatron_soda.data.indexed_dataset import DatasetWriter
 from megatron_soda.data.jobs import ShardedJob, content_digest, file_fingerprint, summarize, write_atomic
-from megatron_soda.data.manifest import Reject
+from megatron_soda.data.manifest import Reject, is_encodable
 
 
 @dataclass
@@ -75,6 +75,8 @@ def read_texts(paths: List[str], key: str) -> Iterator[Tuple[str, Union[str, Rej
         for source, item in reader(path, key):
             if isinstance(item, str) and not item.strip():
                 item = Reject(source, "empty_text", f"{source}: empty text")
+            elif isinstance(item, str) and not is_encodable(item):
+                item = Reject(source, "non_utf8", f"{source}: text is not valid Unicode (lone surrogate escape)")
             yield source, item
 
 
