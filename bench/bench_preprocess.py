@@ -13,7 +13,9 @@ Measures, in one run, with Mimi at SODA's settings (the default ``MimiConfig``: 
 
 Every measurement is preceded by an untimed warm-up and repeated; medians are reported. "per core" divides
 the realtime factor by the cores in use (torch threads for encode/decode, all cores for the pipeline);
-"CPU s / audio s" is the process's user+system time (children included) per second of audio.
+"per core-hour of CPU time" divides the audio by the user+system CPU time used (children included), which
+other load on a shared machine disturbs less than wall time; "others' load" is the most CPU (in cores) other
+processes used during a kept run (from /proc/stat).
 
     python bench/bench_preprocess.py                                 # default run (~6 minutes on 2 cores)
     python bench/bench_preprocess.py --quick                         # smoke run (< 60 s)
@@ -64,13 +66,12 @@ def machine_cpu_seconds() -> float:
     return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
 
 
-MAX_WAIT_S = 60.0  # --max-wait
+MAX_WAIT_S = 30.0  # --max-wait
 
 
-def wait_quiet(limit_s: float = None) -> None:
-    """Waits (at most ``limit_s``) until other processes use < 0.1 core: this VM may be shared."""
-    end = time.time() + (MAX_WAIT_S if limit_s is None else limit_s)
-    while time.time() < end:
+def wait_quiet(deadline: float) -> None:
+    """Waits (until ``deadline`` at most) for other processes to use < 0.1 core: this VM may be shared."""
+    while time.time() < deadline:
         b, c = machine_cpu_seconds(), cpu_seconds()
         time.sleep(0.5)
         if machine_cpu_seconds() - b - (cpu_seconds() - c) < 0.05:
@@ -78,18 +79,20 @@ def wait_quiet(limit_s: float = None) -> None:
 
 
 def measure(fn, repeats: int, warmup: bool = True, max_other: float = 0.1):
-    """``repeats`` undisturbed runs of ``fn`` (after one untimed call): walls, CPU seconds, others' mean cores,
-    and how many runs were redone because other processes used more than ``max_other`` cores meanwhile."""
+    """``repeats`` runs of ``fn`` after one untimed call: walls, CPU seconds, others' mean load (cores), runs
+    redone, results. Before each run it waits for other load to stop, and redoes a run during which others
+    used more than ``max_other`` cores, both only while a budget of ``MAX_WAIT_S`` per call lasts."""
     if warmup:
         fn()
     walls, cpus, others, redone, results = [], [], [], 0, []
+    deadline = time.time() + MAX_WAIT_S
     while len(walls) < repeats:
-        wait_quiet()
+        wait_quiet(deadline)
         b, c, t = machine_cpu_seconds(), cpu_seconds(), time.perf_counter()
         result = fn()
         wall, cpu = time.perf_counter() - t, cpu_seconds() - c
         other = max(0.0, machine_cpu_seconds() - b - cpu) / wall
-        if other > max_other and redone < 2 * repeats:
+        if other > max_other and time.time() < deadline:
             redone += 1
             continue
         walls.append(wall), cpus.append(cpu), others.append(other), results.append(result)
@@ -102,7 +105,7 @@ def row(stage, setting, device, threads, cores, audio_s, m) -> dict:
     rate = audio_s / statistics.median(walls)
     return dict(stage=stage, setting=setting, device=device, threads=threads, cores=cores, audio_s=audio_s,
                 walls=walls, rate=rate, per_core=rate / cores if cores else None, redone=redone,
-                cpu_per_audio=statistics.median(cpus) / audio_s, other=max(others))
+                per_cpu_s=audio_s / statistics.median(cpus), best=audio_s / min(walls), others=others)
 
 
 def take(waves: list, rate: int, seconds: float) -> list:
@@ -233,14 +236,16 @@ def report(rows, pipe_rows, meta) -> str:
     lines = [f"### bench_preprocess run of {meta['date']}", "", f"Command: `{meta['command']}`", "",
              f"Machine: {meta['machine']}", "", f"Codec: {meta['codec']}", "",
              "| stage | setting | device | threads | cores used | audio per run (s) | median wall s (min–max) "
-             "| **audio-h / h** (x realtime) | **per core** | CPU s / audio s | others' load (cores), redone |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| **audio-h / h** (x realtime) | **per core** | best run (x realtime) | per core-hour of CPU time "
+             "| others' load (cores): median, max; runs redone |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows + pipe_rows:
         w = r["walls"]
         lines.append(f"| {r['stage']} | {r['setting']} | {r['device']} | {r['threads']} | {r['cores'] or '—'} | "
                      f"{r['audio_s']:.1f} | {statistics.median(w):.2f} ({min(w):.2f}–{max(w):.2f}) | "
-                     f"**{fmt_rate(r['rate'])}** | **{fmt_rate(r['per_core'])}** | {r['cpu_per_audio']:.3f} | "
-                     f"{r['other']:.2f}, {r['redone']} |")
+                     f"**{fmt_rate(r['rate'])}** | **{fmt_rate(r['per_core'])}** | {fmt_rate(r['best'])} | "
+                     f"{fmt_rate(r['per_cpu_s'])} | {statistics.median(r['others']):.2f}, {max(r['others']):.2f}; "
+                     f"{r['redone']} |")
     if pipe_rows:
         names = list(pipe_rows[0]["parts"])
         lines += ["", "Where the pipeline's wall time goes (medians, seconds; encode share in bold):", "",
@@ -300,7 +305,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="preprocess_audio worker counts (default 0,1,2; --quick 1)")
     p.add_argument("--utterances", type=int, default=None, help="use the first N utterances (default all; --quick 12)")
-    p.add_argument("--max-wait", type=float, default=60.0, help="seconds to wait for other load to stop, per run")
+    p.add_argument("--max-wait", type=float, default=30.0, help="seconds per measurement to wait out other load")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, 1 repetition")
     p.add_argument("--results", help="markdown file whose generated section is (re)written")
     args = p.parse_args(argv)

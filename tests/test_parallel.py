@@ -7,6 +7,8 @@ backward (1F1B, or interleaved 1F1B with virtual stages).
 
 import json
 
+import numpy as np
+
 import pytest
 
 from megatron_soda.models.presets import get_preset
@@ -46,6 +48,8 @@ def test_parallel_layout_gives_the_single_process_losses(reference, layout):
     losses, expected = run_layout(reference, *LAYOUTS[layout])
     assert len(losses) == 4 and len(set(losses)) == 4  # four distinct micro-batches
     assert losses == pytest.approx(expected, abs=1e-5)
+    # An untrained model's per-token loss is about ln(vocabulary), not a fraction of it.
+    assert np.mean(losses) == pytest.approx(np.log(get_preset("tiny").vocab_size), rel=0.02)
 
 
 @pytest.mark.timeout(400)

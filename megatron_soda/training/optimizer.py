@@ -176,8 +176,9 @@ def build_megatron_optimizer(model_chunks: Sequence[torch.nn.Module], settings: 
     ``OptimizerParamScheduler`` is not used: it would be the one to turn ``wd_mult`` into
     ``weight_decay``, so that is done here once; set lr with ``schedules.apply_lr``.
 
-    On CPU (with ``cpu_compat``) only the fp32, non-distributed path runs: megatron's bf16 wrapper,
-    its distributed optimizer and its ``clip_grad > 0`` step check for ``torch.cuda`` tensor types.
+    On CPU (with ``cpu_compat``, which also supplies gradient clipping) only the fp32,
+    non-distributed path runs: megatron's bf16 wrapper and distributed optimizer check for
+    ``torch.cuda`` tensor types.
     """
     from megatron.core.optimizer import (OptimizerConfig, ParamKey, ParamWithNamePredicate,
                                          get_megatron_optimizer)

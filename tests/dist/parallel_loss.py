@@ -65,7 +65,8 @@ def main():
             chunk.load_state_dict(loaded[f"model{i}"])
 
     data = batches(shape.vocab_size, seq_length=32, micro_batch_size=2, num_microbatches=4)
-    losses = forward_backward(chunks, data, seq_length=32, micro_batch_size=2, forward_only=bool(os.environ.get("FORWARD_ONLY")))
+    results = forward_backward(chunks, data, seq_length=32, micro_batch_size=2, forward_only=bool(os.environ.get("FORWARD_ONLY")))
+    losses = [r["lm loss"] for r in results]
     if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
         with open(args.out, "w") as f:
             json.dump(losses, f)

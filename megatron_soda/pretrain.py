@@ -1,0 +1,255 @@
+"""SODA pretraining on megatron-core.
+
+    torchrun --nproc-per-node 8 -m megatron_soda.pretrain --model soda-600m \\
+        --data-path 0.95 data/speech 0.05 data/text --tokenizer tokenizers/soda \\
+        --tensor-model-parallel-size 1 --micro-batch-size 4 --bf16 --save ckpt --load ckpt
+
+A SODA preset brings SODA's recipe (batch 512 x 4096, WSD schedule, Cautious AdamW with AdamC,
+z-loss 1e-4); flags override it. Runs on CPU too (gloo), where tests drive real TP/PP with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from megatron_soda.training.arguments import PretrainConfig, parse_args
+
+logger = logging.getLogger("megatron_soda.pretrain")
+
+
+def _layout(config: PretrainConfig):
+    from megatron_soda.tokenizer import SODA_LAYOUT
+
+    if config.tokenizer is None:
+        return SODA_LAYOUT
+    from megatron_soda.tokenizer import load_soda_tokenizer
+
+    return load_soda_tokenizer(config.tokenizer).layout
+
+
+def _check_data(prefixes: List[str], vocab_size: int, scan_tokens: bool) -> None:
+    """Refuses missing, damaged or out-of-vocabulary datasets before any work starts."""
+    from megatron_soda.data.indexed_dataset import validate_dataset
+
+    for prefix in prefixes:
+        report = validate_dataset(prefix, vocab_size if scan_tokens else None)
+        if not report.ok:
+            raise ValueError(f"--data-path {prefix}: {report}")
+
+
+class _Logger:
+    """Megatron-like console lines, tensorboard and a JSONL metrics file, on one rank."""
+
+    def __init__(self, config: PretrainConfig, active: bool):
+        self.active = active
+        self.writer = None
+        self.metrics = None
+        if active and config.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(config.tensorboard_dir)
+        if active and config.metrics_file:
+            self.metrics = open(config.metrics_file, "a", encoding="utf-8")
+
+    def log(self, iteration: int, total: int, values: Dict[str, float], console: bool) -> None:
+        if not self.active:
+            return
+        if console:
+            parts = [f"iteration {iteration:8d}/{total:8d}"] + [
+                f"{k}: {v:.6E}" if isinstance(v, float) and k in ("lm loss", "learning rate", "z loss", "audio loss", "text loss", "grad norm")
+                else f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}"
+                for k, v in values.items()
+            ]
+            print(" | ".join(parts), flush=True)
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, iteration)
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"iteration": iteration, **values}) + "\n")
+            self.metrics.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def pretrain(config: PretrainConfig) -> None:
+    from megatron.core import parallel_state
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+
+    from megatron_soda.data.gpt_blend import BlendConfig, build_gpt_datasets, parse_data_path
+    from megatron_soda.models.gpt import transformer_config
+    from megatron_soda.models.presets import get_preset
+    from megatron_soda.training import checkpointing, parallel
+    from megatron_soda.training.data import micro_batches
+    from megatron_soda.training.flops import mfu, six_n_flops_per_token, training_flops_per_token
+    from megatron_soda.training.loss import LossSettings, combine_metrics
+    from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer
+    from megatron_soda.training.schedules import LRSchedule, apply_lr
+    from megatron_soda.training.step import forward_backward
+
+    # Everything that can be refused is refused before process groups or models exist.
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    config.check(world_size)
+    vocab = _layout(config)
+    shape = get_preset(config.model, vocab_size=vocab.vocab_size)
+    layout = parallel.ParallelLayout(
+        config.tensor_model_parallel_size, config.pipeline_model_parallel_size,
+        (shape.num_layers // config.pipeline_model_parallel_size // config.num_layers_per_virtual_pipeline_stage)
+        if config.num_layers_per_virtual_pipeline_stage else None,
+    )
+    layout.check(world_size, shape.num_layers, shape.num_attention_heads, shape.num_query_groups)
+    prefixes, weights = parse_data_path(config.data_path)
+    _check_data(prefixes, vocab.vocab_size, scan_tokens=not config.skip_data_validation)
+    train_iters = config.num_train_iters()
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+
+    parallel.initialize(layout, seed=config.seed)
+    model_config = transformer_config(
+        shape, tensor_parallel=layout.tensor, pipeline_parallel=layout.pipeline,
+        virtual_pipeline_parallel=layout.virtual_pipeline, params_dtype=dtype,
+    )
+    chunks = parallel.build_model_chunks(shape, model_config, attention_backend=config.attention_backend)
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=torch.cuda.is_available())
+    chunks = [DistributedDataParallel(model_config, ddp_config, module=chunk) for chunk in chunks]
+    model_config.finalize_model_grads_func = finalize_model_grads
+    optimizer = build_megatron_optimizer(
+        chunks,
+        OptimizerSettings(
+            name=config.optimizer, lr=config.lr, min_lr=config.min_lr, betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps, weight_decay=config.weight_decay, adamc=config.adamc, clip_grad=config.clip_grad,
+        ),
+        bf16=config.bf16, use_distributed_optimizer=ddp_config.use_distributed_optimizer,
+    )
+    warmup = {"warmup_iters": config.lr_warmup_iters} if config.lr_warmup_iters is not None else \
+        {"warmup_fraction": config.lr_warmup_fraction or 0.0}
+    decay = {"decay_fraction": config.lr_decay_fraction or 0.0} if config.lr_decay_style == "wsd" else {}
+    schedule = LRSchedule(total_steps=train_iters, lr=config.lr, min_lr=config.min_lr, style=config.lr_decay_style,
+                          **warmup, **decay)
+
+    dp_size = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    eval_samples = (train_iters // config.eval_interval + 1) * config.eval_iters * config.global_batch_size if config.eval_interval else 0
+    train_data, valid_data, _ = build_gpt_datasets(
+        BlendConfig(prefixes, weights, seq_length=config.seq_length, seed=config.seed, split=config.split, layout=vocab),
+        (train_iters * config.global_batch_size, eval_samples, 0),
+    )
+
+    iteration, consumed = 0, 0
+    if config.load and checkpointing.latest_iteration(config.load) is not None:
+        state = checkpointing.load_checkpoint(config.load, chunks, optimizer)
+        iteration, consumed = state["iteration"], state["consumed_samples"]
+        logger.info("resumed from %s at iteration %d (%d samples consumed)", config.load, iteration, consumed)
+
+    last_rank = parallel_state.is_pipeline_last_stage(ignore_virtual=True) and parallel_state.get_tensor_model_parallel_rank() == 0 \
+        and dp_rank == 0
+    log = _Logger(config, active=last_rank)
+    loss_settings = LossSettings(z_loss_weight=config.z_loss_weight, layout=vocab)
+    flops_per_token = training_flops_per_token(shape, config.seq_length)
+    tokens_per_iter = config.global_batch_size * config.seq_length
+    skipped = 0
+    while iteration < train_iters:
+        start = time.time()
+        lr = schedule.lr_at(iteration)
+        apply_lr(optimizer, lr)
+        for chunk in chunks:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+        batches = micro_batches(train_data, consumed, config.global_batch_size, config.micro_batch_size, dp_rank, dp_size)
+        results = forward_backward(chunks, batches, seq_length=config.seq_length, micro_batch_size=config.micro_batch_size,
+                                   loss=loss_settings)
+        metrics = combine_metrics(results, parallel_state.get_data_parallel_group())
+        loss = _from_last_stage(metrics["lm loss"])
+        if not math.isfinite(loss):
+            if config.nan_policy == "stop":
+                raise FloatingPointError(f"iteration {iteration + 1}: loss is {loss}; stopping (--nan-policy stop). "
+                                         "Resume from the last checkpoint with a lower --lr or --nan-policy skip.")
+            skipped += 1
+            logger.warning("iteration %d: loss is %s; skipping the update (--nan-policy skip)", iteration + 1, loss)
+        else:
+            _, grad_norm, _ = optimizer.step()
+        iteration += 1
+        consumed += config.global_batch_size
+        elapsed = time.time() - start
+        tokens_per_second = tokens_per_iter / elapsed
+        values = {
+            "consumed samples": consumed,
+            "elapsed time per iteration (ms)": elapsed * 1000.0,
+            "learning rate": lr,
+            "lm loss": loss,
+            "audio loss": metrics["audio loss"],
+            "text loss": metrics["text loss"],
+            "z loss": metrics["z loss"],
+            "grad norm": float(grad_norm) if math.isfinite(loss) and grad_norm is not None else float("nan"),
+            "tokens per second": tokens_per_second,
+            "TFLOP/s per device": flops_per_token * tokens_per_second / world_size / 1e12,
+            "6N TFLOP/s per device": six_n_flops_per_token(shape) * tokens_per_second / world_size / 1e12,
+            "skipped iterations": skipped,
+        }
+        if torch.cuda.is_available():
+            values["MFU"] = mfu(tokens_per_second / world_size, shape, config.seq_length, _peak_flops())
+        log.log(iteration, train_iters, values, console=iteration % config.log_interval == 0)
+
+        if config.eval_interval and iteration % config.eval_interval == 0 and valid_data is not None:
+            start_sample = (iteration // config.eval_interval - 1) * config.eval_iters * config.global_batch_size
+            eval_results = []
+            for k in range(config.eval_iters):
+                eval_batches = micro_batches(valid_data, start_sample + k * config.global_batch_size, config.global_batch_size,
+                                             config.micro_batch_size, dp_rank, dp_size)
+                eval_results += forward_backward(chunks, eval_batches, seq_length=config.seq_length,
+                                                 micro_batch_size=config.micro_batch_size, forward_only=True, loss=loss_settings)
+            eval_metrics = combine_metrics(eval_results, parallel_state.get_data_parallel_group())
+            log.log(iteration, train_iters, {"validation lm loss": _from_last_stage(eval_metrics["lm loss"])}, console=True)
+        exiting = config.exit_interval is not None and iteration % config.exit_interval == 0
+        if config.save and (exiting or iteration == train_iters or
+                            (config.save_interval and iteration % config.save_interval == 0)):
+            checkpointing.save_checkpoint(config.save, iteration, chunks, optimizer, {"schedule": schedule.__dict__}, consumed,
+                                          {"model": config.model, "padded_vocab_size": shape.padded_vocab_size()})
+        if exiting:
+            logger.info("exiting at iteration %d (--exit-interval %d)", iteration, config.exit_interval)
+            break
+    log.close()
+    parallel.destroy()
+
+
+def _from_last_stage(value: float) -> float:
+    """A value only the last pipeline stage computed (the loss), on every rank, so all ranks decide alike."""
+    from megatron.core import parallel_state
+
+    tensor = torch.tensor([value if parallel_state.is_pipeline_last_stage(ignore_virtual=True) else 0.0],
+                          dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
+    torch.distributed.all_reduce(tensor, group=parallel_state.get_pipeline_model_parallel_group())
+    return float(tensor)
+
+
+def _peak_flops() -> float:
+    from megatron_soda.training.flops import PEAK_BF16_FLOPS
+
+    name = torch.cuda.get_device_name().lower()
+    return PEAK_BF16_FLOPS["h200" if "h200" in name else "h100-sxm"]
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = parse_args(argv)
+    try:
+        pretrain(config)
+    except ValueError as error:
+        print(f"pretrain: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

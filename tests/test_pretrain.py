@@ -1,0 +1,78 @@
+"""Pretraining end to end on CPU: the loss falls on the demo data; stop-and-resume is bitwise."""
+
+import json
+
+import numpy as np
+import pytest
+
+from megatron_soda.codec import CodecConfig
+from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
+from megatron_soda.data.indexed_dataset import merge_datasets
+from megatron_soda.training.arguments import parse_args
+from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
+from tests.dist import launch
+from tests.test_preprocess_audio import CORPUS, TINY_MIMI
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    """The demo corpus preprocessed (tiny random codec), merged into one dataset, and its tokenizer."""
+    root = tmp_path_factory.mktemp("pretrain_data")
+    texts = [json.loads(line)["text"] for line in open(CORPUS / "manifest.jsonl", encoding="utf-8")]
+    save_soda_tokenizer(build_soda_tokenizer(train_bpe(texts, vocab_size=300)), root / "tok")
+    report = preprocess_audio(AudioPreprocessConfig(
+        inputs=[str(CORPUS / "manifest.jsonl")], output_dir=str(root / "job"), tokenizer=str(root / "tok"),
+        codec=CodecConfig(random_init=True, config_overrides=TINY_MIMI), documents_per_shard=100, workers=0, progress=False,
+    ))
+    merge_datasets(root / "speech", [root / "job" / "shards" / f"tokens_{i:05d}" for i in range(report["shards"])])
+    return root
+
+
+def pretrain(root, run, *args, world=1):
+    metrics = root / f"{run}.jsonl"
+    launch("pretrain_entry.py", world, "--model", "tiny", "--tokenizer", root / "tok", "--data-path", root / "speech",
+           "--split", "100,0,0", "--seq-length", 128, "--micro-batch-size", 2, "--global-batch-size", 4,
+           "--lr", 3e-3, "--lr-warmup-iters", 2, "--lr-decay-style", "wsd", "--lr-decay-fraction", 0.2,
+           "--clip-grad", 1.0, "--z-loss-weight", 1e-4, "--metrics-file", metrics, "--skip-data-validation", *args)
+    return [json.loads(line) for line in open(metrics)]
+
+
+@pytest.mark.timeout(600)
+def test_tiny_model_loss_falls_on_the_demo_data(demo_data):
+    lines = pretrain(demo_data, "falls", "--train-iters", 30)
+    losses = [line["lm loss"] for line in lines]
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:3]) - 1.0, losses
+    assert all(np.isfinite(line["audio loss"]) and np.isfinite(line["text loss"]) for line in lines)
+
+
+@pytest.mark.timeout(600)
+def test_stop_and_resume_equals_the_uninterrupted_run_bitwise(demo_data, tmp_path):
+    whole = pretrain(demo_data, "whole", "--train-iters", 6)
+    first = pretrain(demo_data, "first", "--train-iters", 6, "--exit-interval", 3, "--save", tmp_path / "ckpt")
+    second = pretrain(demo_data, "second", "--train-iters", 6, "--load", tmp_path / "ckpt", "--save", tmp_path / "ckpt")
+    assert [line["iteration"] for line in first + second] == list(range(1, 7))
+    for key in ("lm loss", "grad norm", "learning rate", "consumed samples"):
+        assert [line[key] for line in first + second] == [line[key] for line in whole], key
+
+
+def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
+    config = parse_args(["--model", "soda-600m", "--data-path", "0.95", "speech", "0.05", "text", "--lr", "1e-3"])
+    assert (config.global_batch_size, config.seq_length, config.train_iters) == (512, 4096, 238_419)
+    assert (config.adam_beta1, config.adam_beta2, config.adam_eps, config.weight_decay) == (0.98, 0.98, 1e-16, 0.033)
+    assert config.adamc and config.optimizer == "cautious" and config.z_loss_weight == 1e-4 and config.lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    "argv, world, message",
+    [
+        (["--global-batch-size", "6", "--micro-batch-size", "4"], 1, "--global-batch-size 6 is not divisible"),
+        (["--tensor-model-parallel-size", "3"], 4, "not divisible by --tensor-model-parallel-size 3"),
+        (["--lr-decay-style", "step"], 1, "--lr-decay-style 'step'"),
+        (["--fp8-format", "hybrid"], 1, "needs transformer_engine"),
+    ],
+)
+def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):
+    config = parse_args(["--data-path", "x", "--train-iters", "1", *argv])
+    with pytest.raises((ValueError, ImportError), match=message):
+        config.check(world)
