@@ -65,7 +65,7 @@ class _Logger:
         if console:
             parts = [f"iteration {iteration:8d}/{total:8d}"] + [
                 f"{k}: {v:.6E}" if isinstance(v, float) and k in ("lm loss", "learning rate", "z loss", "audio loss", "text loss", "grad norm")
-                else f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}"
+                else f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
                 for k, v in values.items()
             ]
             print(" | ".join(parts), flush=True)

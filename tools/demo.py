@@ -10,7 +10,8 @@
    RANDOM weights: the shapes, ids and pipeline are real, the tokens mean nothing;
 3. merges shards, validates them, packs speech into 4096-token rows that keep document boundaries;
 4. samples a 0.95/0.05 speech/text blend with megatron-core's GPTDataset;
-5. detokenizes one sequence back to its transcript and wav clips.
+5. detokenizes one sequence back to its transcript and wav clips;
+6. pretrains a tiny Qwen3 model on the blend with megatron-core (one CPU process) and saves a checkpoint.
 """
 
 import argparse
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--corpus", type=Path, default=CORPUS, help="manifest.jsonl + text.jsonl directory")
     parser.add_argument("--seq-length", type=int, default=4096, help="packed row / sample length (default 4096)")
     parser.add_argument("--workers", type=int, default=2, help="audio decoding processes")
+    parser.add_argument("--train-iters", type=int, default=30, help="pretraining iterations of the tiny model (default 30)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
@@ -108,6 +110,24 @@ def main(argv=None) -> int:
     paths = write_detokenized(result, str(out / "detokenized"), "seq0")
     print("\n".join(result.parts[:4]) + ("\n..." if len(result.parts) > 4 else ""))
     print(f"-> {len(paths)} files in {out / 'detokenized'}")
+
+    step("6. pretrain a tiny Qwen3 model on it (megatron-core, one CPU process)")
+    import os
+
+    from megatron_soda.pretrain import pretrain
+    from megatron_soda.training.arguments import PretrainConfig
+
+    os.environ.update({k: v for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
+                                          ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")) if k not in os.environ})
+    metrics = out / "train_metrics.jsonl"
+    pretrain(PretrainConfig(
+        model="tiny", tokenizer=str(out / "tokenizer"), data_path=["0.95", str(out / "speech"), "0.05", str(out / "text")],
+        split="100,0,0", seq_length=512, micro_batch_size=2, global_batch_size=4, train_iters=args.train_iters, lr=3e-3,
+        lr_warmup_iters=2, z_loss_weight=1e-4, save=str(out / "checkpoint"), metrics_file=str(metrics),
+        log_interval=max(1, args.train_iters // 5),
+    ))
+    losses = [json.loads(line)["lm loss"] for line in open(metrics)]
+    print(f"loss {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} iterations; checkpoint in {out / 'checkpoint'}")
 
     print(f"\ndemo finished in {time.time() - start:.1f} s; outputs in {out}/")
     return 0
