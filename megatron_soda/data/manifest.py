@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
 KNOWN_FIELDS = {"audio", "text", "id", "speaker", "recording", "start", "end", "index", "duration", "language"}
@@ -104,30 +104,35 @@ def parse_record(obj: dict, base_dir: str, source: str) -> UtteranceRecord:
     )
 
 
-def read_manifest(path: str) -> Tuple[List[UtteranceRecord], List[Reject]]:
-    """Records and rejects of a JSONL manifest; each line is decoded on its own, so one bad line loses only itself."""
-    base_dir = os.path.dirname(os.path.abspath(path))
-    records, rejects = [], []
+def read_jsonl(path: str) -> Iterator[Tuple[str, Union[object, Reject]]]:
+    """(source, parsed object or Reject) per non-blank line; each line is decoded on its own, so one
+    bad line (not UTF-8, not JSON) loses only itself."""
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             source = f"{path}:{number}"
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                yield source, json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError as error:
-                rejects.append(Reject(source, "non_utf8", f"{source}: not UTF-8 ({error.reason} at byte {error.start})"))
-                continue
-            try:
-                obj = json.loads(line)
+                yield source, Reject(source, "non_utf8", f"{source}: not UTF-8 ({error.reason} at byte {error.start})")
             except json.JSONDecodeError as error:
-                rejects.append(Reject(source, "bad_json", f"{source}: {error.msg} at column {error.colno}"))
-                continue
-            try:
-                records.append(parse_record(obj, base_dir, source))
-            except ValueError as error:
-                reason = error.args[1] if len(error.args) > 1 else "invalid"
-                rejects.append(Reject(source, reason, error.args[0], obj.get("id") if isinstance(obj, dict) else None))
+                yield source, Reject(source, "bad_json", f"{source}: {error.msg} at column {error.colno}")
+
+
+def read_manifest(path: str) -> Tuple[List[UtteranceRecord], List[Reject]]:
+    """Records and rejects of a JSONL manifest."""
+    base_dir = os.path.dirname(os.path.abspath(path))
+    records, rejects = [], []
+    for source, obj in read_jsonl(path):
+        if isinstance(obj, Reject):
+            rejects.append(obj)
+            continue
+        try:
+            records.append(parse_record(obj, base_dir, source))
+        except ValueError as error:
+            reason = error.args[1] if len(error.args) > 1 else "invalid"
+            rejects.append(Reject(source, reason, error.args[0], obj.get("id") if isinstance(obj, dict) else None))
     return records, rejects
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from megatron_soda.data.formats import render, text_document
 from megatron_soda.data.indexed_dataset import DatasetWriter
 from megatron_soda.data.jobs import ShardedJob, content_digest, file_fingerprint, summarize, write_atomic
-from megatron_soda.data.manifest import Reject, is_encodable
+from megatron_soda.data.manifest import Reject, is_encodable, read_jsonl
 
 
 @dataclass
@@ -38,21 +38,12 @@ class TextPreprocessConfig:
 
 
 def _jsonl_texts(path: str, key: str) -> Iterator[Tuple[str, Union[str, Reject]]]:
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            source = f"{path}:{number}"
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as error:
-                yield source, Reject(source, "non_utf8", f"{source}: not UTF-8 at byte {error.start}")
-                continue
-            except json.JSONDecodeError as error:
-                yield source, Reject(source, "bad_json", f"{source}: {error.msg} at column {error.colno}")
-                continue
-            text = obj.get(key) if isinstance(obj, dict) else None
-            yield source, text if isinstance(text, str) else Reject(source, "missing_field", f"{source}: no string {key!r}")
+    for source, obj in read_jsonl(path):
+        if isinstance(obj, Reject):
+            yield source, obj
+            continue
+        text = obj.get(key) if isinstance(obj, dict) else None
+        yield source, text if isinstance(text, str) else Reject(source, "missing_field", f"{source}: no string {key!r}")
 
 
 def _parquet_texts(path: str, key: str) -> Iterator[Tuple[str, Union[str, Reject]]]:
