@@ -251,3 +251,14 @@ def test_overwrite_removes_only_what_the_job_wrote(tmp_path, tokenizer_dir):
     preprocess_audio(config([manifest], out, tokenizer_dir))
     preprocess_audio(config([manifest], out, tokenizer_dir, overwrite=True))
     assert manifest.exists() and (tmp_path / "settings.json").exists()
+
+
+def test_a_too_long_file_is_rejected_from_its_header_without_decoding(tmp_path, monkeypatch):
+    from megatron_soda.data import audio_decode
+
+    sf.write(tmp_path / "long.wav", np.zeros(16_000 * 8, np.float32), 16_000)
+    monkeypatch.setattr(audio_decode, "load_audio", lambda *a: pytest.fail("decoded a file its header already refused"))
+    result = audio_decode.decode(audio_decode.DecodeTask(str(tmp_path / "long.wav"), None, None, 24_000, 0.1, 5.0))
+    assert (result.wave, result.reason) == (None, "too_long") and "8.0 s" in result.message
+    segment = audio_decode.decode(audio_decode.DecodeTask(str(tmp_path / "long.wav"), 1.0, 7.5, 24_000, 0.1, 5.0))
+    assert segment.reason == "too_long" and "6.5 s" in segment.message

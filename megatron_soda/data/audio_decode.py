@@ -27,9 +27,25 @@ class Decoded(NamedTuple):
     message: Optional[str]
 
 
+def _check_length_from_header(task: DecodeTask) -> None:
+    """Rejects an absurdly long file or segment from its header, before decoding hours of audio."""
+    import soundfile
+
+    try:
+        info = soundfile.info(task.path)
+    except Exception:
+        return  # unreadable headers are load_audio's to report, with its reason
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    if task.start is not None:
+        seconds = (task.end if task.end is not None else seconds) - task.start
+    if seconds > task.max_seconds:
+        raise AudioRejected("too_long", f"{task.path}: {seconds:.1f} s is longer than the {task.max_seconds:.1f} s limit")
+
+
 def decode(task: DecodeTask) -> Decoded:
     """Never raises: any failure becomes a reject with its reason."""
     try:
+        _check_length_from_header(task)
         wave, rate = load_audio(task.path, task.start, task.end)
         check_waveform(wave, rate, task.path, min_seconds=task.min_seconds, max_seconds=task.max_seconds)
         wave = resample(wave, rate, task.sample_rate)
