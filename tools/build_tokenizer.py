@@ -14,7 +14,13 @@ import argparse
 import json
 import sys
 
-from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
+from megatron_soda.tokenizer import (
+    SODA_LAYOUT,
+    build_soda_tokenizer,
+    load_soda_tokenizer,
+    save_soda_tokenizer,
+    train_bpe,
+)
 
 
 def read_texts(paths):
@@ -36,8 +42,10 @@ def main(argv=None) -> int:
     base.add_argument("--base", help="base tokenizer: a tokenizer.json or a Hugging Face tokenizer directory")
     base.add_argument("--train-bpe", nargs="+", metavar="FILE", help="train a small byte-level BPE on .txt/.jsonl files")
     parser.add_argument("--bpe-vocab-size", type=int, default=1024, help="vocabulary of the trained BPE (default 1024)")
-    parser.add_argument("--num-codebooks", type=int, default=8, help="codebooks per frame (default 8: Mimi as SODA)")
-    parser.add_argument("--codebook-size", type=int, default=2048, help="codes per codebook (default 2048: Mimi)")
+    parser.add_argument("--num-codebooks", type=int, default=SODA_LAYOUT.num_codebooks,
+                        help=f"codebooks per frame (default {SODA_LAYOUT.num_codebooks}: Mimi as SODA)")
+    parser.add_argument("--codebook-size", type=int, default=SODA_LAYOUT.codebook_size,
+                        help=f"codes per codebook (default {SODA_LAYOUT.codebook_size}: Mimi)")
     parser.add_argument("--output", required=True, help="directory to write")
     args = parser.parse_args(argv)
 
