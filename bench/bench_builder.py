@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from megatron_soda.data.jobs import fsync_path
 
 VOCAB_SIZE = 144644
 STREAM_BATCH_DOCS = 10_000
@@ -92,14 +93,6 @@ def make_mix(name: str, num_docs: int, lo: int, hi: int, seed: int = 0) -> Mix:
 
 # --------------------------------------------------------------------------------------------------
 # Writers. Each returns the wall seconds from the first call to the data being fsynced.
-
-
-def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_ours(mix: Mix, prefix: str) -> float:

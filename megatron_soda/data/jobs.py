@@ -23,7 +23,12 @@ def write_atomic(path: str, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def fsync_path(path) -> None:
+    """fsyncs a file or a directory by path (a directory: so the renames in it are durable)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

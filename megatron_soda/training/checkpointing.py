@@ -62,6 +62,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.distributed as dist
+from megatron_soda.data.jobs import fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +130,7 @@ def _write_latest(save_dir: Path, iteration: int) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, save_dir / LATEST_FILE)
-    _fsync_dir(save_dir)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(save_dir)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -149,7 +142,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_path(Path(dirpath))
 
 
 def _resolve(load_dir: PathLike, iteration: Optional[int]) -> Path:
@@ -316,7 +309,7 @@ def _publish(save_dir: Path, tmp: Path, final: Path, iteration: int) -> None:
             shutil.rmtree(replaced)
         os.rename(final, replaced)
     os.rename(tmp, final)
-    _fsync_dir(save_dir)
+    fsync_path(save_dir)
     _write_latest(save_dir, iteration)
     if replaced is not None:
         shutil.rmtree(replaced)
