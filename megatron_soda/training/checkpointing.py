@@ -62,6 +62,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.distributed as dist
+
 from megatron_soda.data.jobs import fsync_path
 
 logger = logging.getLogger(__name__)
