@@ -88,7 +88,7 @@ def pretrain(config: PretrainConfig) -> None:
     from megatron.core import parallel_state
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 
-    from megatron_soda.data.gpt_blend import BlendConfig, build_gpt_datasets, parse_data_path
+    from megatron_soda.data.gpt_blend import BlendConfig, achieved_mix, build_gpt_datasets, parse_data_path, samples_per_dataset
     from megatron_soda.models.gpt import transformer_config
     from megatron_soda.models.presets import get_preset
     from megatron_soda.training import checkpointing, parallel
@@ -119,6 +119,7 @@ def pretrain(config: PretrainConfig) -> None:
     model_config = transformer_config(
         shape, tensor_parallel=layout.tensor, pipeline_parallel=layout.pipeline,
         virtual_pipeline_parallel=layout.virtual_pipeline, params_dtype=dtype,
+        attention_backend=config.attention_backend, fp8_format=config.fp8_format, fp8_recipe=config.fp8_recipe,
     )
     chunks = parallel.build_model_chunks(shape, model_config, attention_backend=config.attention_backend)
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, use_distributed_optimizer=torch.cuda.is_available())
@@ -142,9 +143,13 @@ def pretrain(config: PretrainConfig) -> None:
     dp_rank = parallel_state.get_data_parallel_rank()
     eval_samples = (train_iters // config.eval_interval + 1) * config.eval_iters * config.global_batch_size if config.eval_interval else 0
     train_data, valid_data, _ = build_gpt_datasets(
-        BlendConfig(prefixes, weights, seq_length=config.seq_length, seed=config.seed, split=config.split, layout=vocab),
+        BlendConfig(prefixes, weights, seq_length=config.seq_length, seed=config.seed, split=config.split, layout=vocab,
+                    packed_rows=config.packed_data, reset_attention_mask=config.reset_attention_mask,
+                    eod_mask_loss=config.eod_mask_loss),
         (train_iters * config.global_batch_size, eval_samples, 0),
     )
+    eod_documents = vocab.eos_id if config.reset_attention_mask else None
+    _log_mix(prefixes, weights, achieved_mix(train_data, train_iters * config.global_batch_size))
 
     iteration, consumed = 0, 0
     if config.load and checkpointing.latest_iteration(config.load) is not None:
@@ -159,6 +164,7 @@ def pretrain(config: PretrainConfig) -> None:
     flops_per_token = training_flops_per_token(shape, config.seq_length)
     tokens_per_iter = config.global_batch_size * config.seq_length
     skipped = 0
+    mix_counts = samples_per_dataset(train_data, 0, consumed)
     while iteration < train_iters:
         start = time.time()
         lr = schedule.lr_at(iteration)
@@ -166,7 +172,8 @@ def pretrain(config: PretrainConfig) -> None:
         for chunk in chunks:
             chunk.zero_grad_buffer()
         optimizer.zero_grad()
-        batches = micro_batches(train_data, consumed, config.global_batch_size, config.micro_batch_size, dp_rank, dp_size)
+        batches = micro_batches(train_data, consumed, config.global_batch_size, config.micro_batch_size, dp_rank, dp_size,
+                                eod_documents)
         results = forward_backward(chunks, batches, seq_length=config.seq_length, micro_batch_size=config.micro_batch_size,
                                    loss=loss_settings)
         metrics = combine_metrics(results, parallel_state.get_data_parallel_group())
@@ -180,6 +187,7 @@ def pretrain(config: PretrainConfig) -> None:
         else:
             _, grad_norm, _ = optimizer.step()
         iteration += 1
+        mix_counts = mix_counts + samples_per_dataset(train_data, consumed, consumed + config.global_batch_size)
         consumed += config.global_batch_size
         elapsed = time.time() - start
         tokens_per_second = tokens_per_iter / elapsed
@@ -197,6 +205,8 @@ def pretrain(config: PretrainConfig) -> None:
             "6N TFLOP/s per device": six_n_flops_per_token(shape) * tokens_per_second / world_size / 1e12,
             "skipped iterations": skipped,
         }
+        if len(mix_counts) > 1:
+            values["data mix"] = [round(float(c) / float(mix_counts.sum()), 4) for c in mix_counts]
         if torch.cuda.is_available():
             values["MFU"] = mfu(tokens_per_second / world_size, shape, config.seq_length, _peak_flops())
         log.log(iteration, train_iters, values, console=iteration % config.log_interval == 0)
@@ -206,7 +216,7 @@ def pretrain(config: PretrainConfig) -> None:
             eval_results = []
             for k in range(config.eval_iters):
                 eval_batches = micro_batches(valid_data, start_sample + k * config.global_batch_size, config.global_batch_size,
-                                             config.micro_batch_size, dp_rank, dp_size)
+                                             config.micro_batch_size, dp_rank, dp_size, eod_documents)
                 eval_results += forward_backward(chunks, eval_batches, seq_length=config.seq_length,
                                                  micro_batch_size=config.micro_batch_size, forward_only=True, loss=loss_settings)
             eval_metrics = combine_metrics(eval_results, parallel_state.get_data_parallel_group())
@@ -221,6 +231,16 @@ def pretrain(config: PretrainConfig) -> None:
             break
     log.close()
     parallel.destroy()
+
+
+def _log_mix(prefixes: List[str], weights: Optional[List[float]], achieved: List[float]) -> None:
+    """The blend's requested and achieved shares of the training samples, once at the start."""
+    if len(prefixes) < 2:
+        return
+    total = sum(weights) if weights else None
+    for k, prefix in enumerate(prefixes):
+        asked = f"{weights[k] / total:.4f}" if weights else "by size"
+        logger.info("data mix: %s asked %s, achieved %.4f of the training samples", prefix, asked, achieved[k])
 
 
 def _from_last_stage(value: float) -> float:

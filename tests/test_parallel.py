@@ -34,18 +34,19 @@ def reference(tmp_path_factory):
     return root
 
 
-def run_layout(root, tp, pp, vp, tied=False):
+def run_layout(root, tp, pp, vp, tied=False, packed=False):
     name = "tied" if tied else "untied"
-    out = root / f"{name}-{tp}-{pp}-{vp}.json"
+    out = root / f"{name}-{tp}-{pp}-{vp}{'-packed' if packed else ''}.json"
     args = ["--layers", 8, "--tp", tp, "--pp", pp, "--checkpoint", root / name, "--out", out]
-    launch("parallel_loss.py", tp * pp, *args, *(["--vp", vp] if vp else []), *(["--tied"] if tied else []))
-    return json.loads(out.read_text()), json.loads((root / f"{name}.json").read_text())
+    launch("parallel_loss.py", tp * pp, *args, *(["--vp", vp] if vp else []), *(["--tied"] if tied else []),
+           *(["--packed"] if packed else []))
+    return json.loads(out.read_text())
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.timeout(400)
 def test_parallel_layout_gives_the_single_process_losses(reference, layout):
-    losses, expected = run_layout(reference, *LAYOUTS[layout])
+    losses, expected = run_layout(reference, *LAYOUTS[layout]), json.loads((reference / "untied.json").read_text())
     assert len(losses) == 4 and len(set(losses)) == 4  # four distinct micro-batches
     assert losses == pytest.approx(expected, abs=1e-5)
     # An untrained model's per-token loss is about ln(vocabulary), not a fraction of it.
@@ -54,8 +55,18 @@ def test_parallel_layout_gives_the_single_process_losses(reference, layout):
 
 @pytest.mark.timeout(400)
 def test_tied_embeddings_across_pipeline_stages_give_the_single_process_losses(reference):
-    losses, expected = run_layout(reference, 2, 2, None, tied=True)
+    losses, expected = run_layout(reference, 2, 2, None, tied=True), json.loads((reference / "tied.json").read_text())
     assert losses == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.timeout(400)
+def test_packed_rows_at_tp2_pp2_give_the_single_process_losses(reference):
+    """Document-masked packed rows (thd format, cu_seqlens through every stage) under TP and PP."""
+    expected = run_layout(reference, 1, 1, None, packed=True)
+    losses = run_layout(reference, 2, 2, None, packed=True)
+    dense = json.loads((reference / "untied.json").read_text())
+    assert losses == pytest.approx(expected, abs=1e-5)
+    assert not np.allclose(losses, dense, atol=1e-4)  # the document mask changed what was attended
 
 
 @pytest.mark.parametrize(

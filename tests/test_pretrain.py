@@ -7,9 +7,11 @@ import pytest
 
 from megatron_soda.codec import CodecConfig
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
-from megatron_soda.data.indexed_dataset import merge_datasets
+from megatron_soda.data.indexed_dataset import merge_datasets, write_dataset
+from megatron_soda.data.packing import pack_dataset
+from megatron_soda.data.synthetic import text_documents
 from megatron_soda.training.arguments import parse_args
-from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
+from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from tests.dist import launch
 from tests.test_preprocess_audio import CORPUS, TINY_MIMI
 
@@ -56,6 +58,26 @@ def test_stop_and_resume_equals_the_uninterrupted_run_bitwise(demo_data, tmp_pat
         assert [line[key] for line in first + second] == [line[key] for line in whole], key
 
 
+@pytest.mark.timeout(600)
+def test_packed_rows_train_at_tp2(demo_data):
+    pack_dataset(demo_data / "speech", demo_data / "speech_packed", 128, overwrite=True)
+    lines = pretrain(demo_data, "packed", "--train-iters", 12, "--data-path", demo_data / "speech_packed", "--packed-data",
+                     "--tensor-model-parallel-size", 2, world=2)
+    losses = [line["lm loss"] for line in lines]
+    assert len(losses) == 12 and all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+
+
+@pytest.mark.timeout(600)
+def test_document_masked_blend_logs_the_achieved_mix(demo_data):
+    layout = load_soda_tokenizer(demo_data / "tok").layout
+    write_dataset(demo_data / "text", *text_documents(np.random.default_rng(0), 200, layout, (20, 120)), layout.vocab_size,
+                  overwrite=True)
+    lines = pretrain(demo_data, "blend", "--train-iters", 8, "--reset-attention-mask",
+                     "--data-path", 0.7, demo_data / "speech", 0.3, demo_data / "text")
+    assert all(np.isfinite(line["lm loss"]) for line in lines)
+    assert lines[-1]["data mix"] == pytest.approx([0.7, 0.3], abs=0.03)
+
+
 def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
     config = parse_args(["--model", "soda-600m", "--data-path", "0.95", "speech", "0.05", "text", "--lr", "1e-3"])
     assert (config.global_batch_size, config.seq_length, config.train_iters) == (512, 4096, 238_419)
@@ -70,6 +92,8 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--tensor-model-parallel-size", "3"], 4, "not divisible by --tensor-model-parallel-size 3"),
         (["--lr-decay-style", "step"], 1, "--lr-decay-style 'step'"),
         (["--fp8-format", "hybrid"], 1, "needs transformer_engine"),
+        (["--attention-backend", "xformers"], 1, "--attention-backend 'xformers': choose one of"),
+        (["--packed-data", "--reset-attention-mask"], 1, "--reset-attention-mask is for GPTDataset rows"),
     ],
 )
 def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):

@@ -56,10 +56,14 @@ class BlendConfig:
     reset_position_ids: bool = False
     """Restart position ids after each EOD (documents concatenated in a row stay one sequence by default)."""
     reset_attention_mask: bool = False
-    """Block attention across EODs (dense mask; the packed-row path does this without a mask)."""
+    """Block attention across EODs. No dense mask is built: the trainer turns EODs into document ids
+    (``packed_dataset.documents_after_eod``) and attends per document, as for packed rows."""
     eod_mask_loss: bool = False
     """Mask the loss on EOD labels. False: the model learns where documents end."""
     layout: VocabLayout = field(default_factory=lambda: SODA_LAYOUT)
+    packed_rows: bool = False
+    """The datasets are packed rows (``tools/pack_dataset.py``): one row per sample, documents kept apart
+    (``PackedRowDataset``), instead of GPTDataset's concatenated documents."""
 
 
 def parse_data_path(values: Sequence[str]) -> Tuple[List[str], Optional[List[float]]]:
@@ -83,9 +87,14 @@ def parse_data_path(values: Sequence[str]) -> Tuple[List[str], Optional[List[flo
 
 
 def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
-    """(train, valid, test) blended GPTDatasets with at least the given numbers of samples."""
+    """(train, valid, test) blended datasets with at least the given numbers of samples.
+
+    GPTDatasets, or ``PackedRowDataset``s when ``config.packed_rows``; both blend and split alike.
+    """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    from megatron_soda.data.packed_dataset import PackedRowDataset
 
     from megatron_soda.data.indexed_dataset import validate_dataset
 
@@ -115,10 +124,28 @@ def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
         reset_position_ids=config.reset_position_ids,
         reset_attention_mask=config.reset_attention_mask,
         eod_mask_loss=config.eod_mask_loss,
-        create_attention_mask=config.reset_attention_mask,
+        create_attention_mask=False,
     )
     _check_splits_have_documents(config, gpt_config.split_matrix, num_samples)
-    return BlendedMegatronDatasetBuilder(GPTDataset, list(num_samples), lambda: True, gpt_config).build()
+    dataset_class = PackedRowDataset if config.packed_rows else GPTDataset
+    return BlendedMegatronDatasetBuilder(dataset_class, list(num_samples), lambda: True, gpt_config).build()
+
+
+def samples_per_dataset(dataset, start: int, stop: int):
+    """How many of samples ``[start, stop)`` each blended dataset gives (one count when unblended)."""
+    import numpy as np
+
+    index = getattr(dataset, "dataset_index", None)
+    if index is None:
+        return np.array([stop - start])
+    positions = np.arange(start, stop) % len(index)
+    return np.bincount(np.asarray(index)[positions], minlength=len(dataset.datasets))
+
+
+def achieved_mix(dataset, num_samples: int) -> List[float]:
+    """The share of each blended dataset among the first ``num_samples`` samples ([1.0] unblended)."""
+    counts = samples_per_dataset(dataset, 0, num_samples)
+    return (counts / max(1, counts.sum())).tolist()
 
 
 def _check_splits_have_documents(config: BlendConfig, split_matrix, num_samples) -> None:

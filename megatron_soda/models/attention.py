@@ -1,22 +1,38 @@
-"""Core attention through ``torch.nn.functional.scaled_dot_product_attention``.
+"""Core attention modules of ours for megatron-core's ``SelfAttention``: torch SDPA, flex, flash-attn.
 
-Plugs into megatron-core's ``SelfAttention`` in place of its local ``DotProductAttention``: the same
-call signature, inputs ``[s, b, heads, head_dim]``, output ``[s, b, heads * head_dim]``. SDPA picks
-the flash or cuDNN kernels on a GPU and the math kernel on CPU; grouped-query attention runs without
-repeating keys and values (``enable_gqa``). Causal by default; a given ``attention_mask`` (megatron's
-convention: True = masked, e.g. GPTDataset's document mask with ``reset_attention_mask``) replaces it.
+They take megatron's core-attention call: ``query/key/value`` as ``[s, b, heads, head_dim]`` and
+return ``[s, b, heads * head_dim]``; keys and values keep their query groups (GQA runs without
+repeating them). Two kinds of rows:
+
+- **Dense rows**: causal attention over the whole row, or a given ``attention_mask`` (megatron's
+  convention: True = masked out) in its place.
+- **Packed rows** (``packed_seq_params`` in megatron's ``thd`` format): the micro-batch flattened to
+  ``[t, heads, head_dim]`` with ``cu_seqlens`` marking documents; attention is causal within each
+  document and never crosses one. Megatron restarts RoPE positions per document in this format.
+
+``SDPAttention`` is the CPU path and the GPU path without extra packages (SDPA picks the flash or
+cuDNN kernels there); packed rows run one document at a time. ``FlexAttention`` builds a block mask
+from the documents (compiled into a Triton kernel on a GPU; forward only on CPU, where torch has
+no flex backward). ``FlashAttention`` calls flash-attn (``flash_attn_varlen_func`` for packed rows).
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_soda import optional
 
-class SDPAttention(MegatronModule):
+
+class CoreAttention(MegatronModule):
+    """megatron's core-attention interface; subclasses implement ``dense`` and ``packed``."""
+
+    backend = ""
+
     def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str = "self",
                  attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None, **kwargs):
         super().__init__(config=config)
@@ -25,20 +41,146 @@ class SDPAttention(MegatronModule):
         self.softmax_scale = softmax_scale
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
 
+    @property
+    def dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
     def forward(self, query, key, value, attention_mask: Optional[torch.Tensor], attn_mask_type=None,
                 attention_bias=None, packed_seq_params=None):
         if attention_bias is not None:
-            raise ValueError("SDPAttention does not take an attention bias")
+            raise ValueError(f"--attention-backend {self.backend} does not take an attention bias")
         if packed_seq_params is not None:
-            raise ValueError(
-                "packed sequences (cu_seqlens) need a varlen backend; with SDPA pass the document mask as "
-                "attention_mask instead (GPTDataset reset_attention_mask=True)"
-            )
+            if packed_seq_params.qkv_format != "thd":
+                raise ValueError(f"--attention-backend {self.backend}: packed rows must come in the 'thd' format, "
+                                 f"got {packed_seq_params.qkv_format!r}")
+            tokens, heads, head_dim = query.shape
+            out = self.packed(query, key, value, packed_seq_params.cu_seqlens_q, packed_seq_params.max_seqlen_q)
+            return out.reshape(tokens, heads * head_dim)
         seq, batch, heads, head_dim = query.shape
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, d]
-        mask = None if attention_mask is None else ~attention_mask
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.softmax_scale,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=k.shape[1] != heads,
-        )
+        keep = None if attention_mask is None else ~attention_mask
+        out = self.dense(q, k, v, keep)
         return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)
+
+    def dense(self, q, k, v, keep: Optional[torch.Tensor]) -> torch.Tensor:
+        """``[b, heads, s, d]`` in and out; ``keep`` (True = attend) replaces causality when given."""
+        raise NotImplementedError
+
+    def packed(self, q, k, v, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """``[t, heads, d]`` in and out; causal within each ``cu_seqlens`` document."""
+        raise NotImplementedError
+
+
+class SDPAttention(CoreAttention):
+    """``torch.nn.functional.scaled_dot_product_attention``; packed rows one document at a time."""
+
+    backend = "sdpa"
+
+    def dense(self, q, k, v, keep):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep, is_causal=keep is None, scale=self.softmax_scale, dropout_p=self.dropout_p,
+            enable_gqa=k.shape[1] != q.shape[1],
+        )
+
+    def packed(self, q, k, v, cu_seqlens, max_seqlen):
+        bounds = cu_seqlens.tolist()
+        pieces = [
+            self.dense(*(t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)), None)[0].transpose(0, 1)
+            for start, end in zip(bounds[:-1], bounds[1:]) if end > start
+        ]
+        return torch.cat(pieces)
+
+
+def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """The document index of each of ``total`` packed positions."""
+    positions = torch.arange(total, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
+
+
+_last_block_mask = (lambda: None, None)
+"""(weak reference to a cu_seqlens tensor, its block mask): every layer of a micro-batch sees the same
+tensor, so the mask is built once per micro-batch instead of once per layer."""
+_compiled_flex = None
+
+
+def _flex(q, k, v, **kwargs):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    if q.device.type != "cuda":
+        if q.requires_grad:
+            raise RuntimeError("--attention-backend flex: torch has no flex_attention backward on CPU; train with "
+                               "--attention-backend sdpa here (flex serves forward passes on CPU)")
+        return flex_attention(q, k, v, **kwargs)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, **kwargs)
+
+
+class FlexAttention(CoreAttention):
+    """``torch.nn.attention.flex_attention`` with a block mask of causality and documents."""
+
+    backend = "flex"
+
+    def _attend(self, q, k, v, block_mask):
+        if self.dropout_p:
+            raise ValueError("--attention-backend flex does not apply attention dropout; set it to 0 or use sdpa")
+        return _flex(q, k, v, block_mask=block_mask, scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
+
+    def dense(self, q, k, v, keep):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        batch, _, seq, _ = q.shape
+        if keep is None:
+            def mask_mod(b, h, qi, ki):
+                return qi >= ki
+            block_mask = create_block_mask(mask_mod, None, None, seq, seq, device=q.device)
+        else:
+            keep = keep.expand(batch, 1, seq, seq)
+
+            def mask_mod(b, h, qi, ki):
+                return keep[b, 0, qi, ki]
+            block_mask = create_block_mask(mask_mod, batch, None, seq, seq, device=q.device)
+        return self._attend(q, k, v, block_mask)
+
+    def packed(self, q, k, v, cu_seqlens, max_seqlen):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        global _last_block_mask
+        tokens = q.shape[0]
+        cached, block_mask = _last_block_mask
+        if cached() is not cu_seqlens:
+            docs = document_ids(cu_seqlens, tokens)
+
+            def mask_mod(b, h, qi, ki):
+                return (docs[qi] == docs[ki]) & (qi >= ki)
+            block_mask = create_block_mask(mask_mod, None, None, tokens, tokens, device=q.device)
+            _last_block_mask = (weakref.ref(cu_seqlens), block_mask)
+        out = self._attend(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), block_mask)
+        return out[0].transpose(0, 1)
+
+
+class FlashAttention(CoreAttention):
+    """flash-attn 2: ``flash_attn_func`` for causal rows, ``flash_attn_varlen_func`` for packed ones."""
+
+    backend = "flash"
+
+    def __init__(self, config, layer_number: int, attn_mask_type, **kwargs):
+        super().__init__(config, layer_number, attn_mask_type, **kwargs)
+        self.flash_attn = optional.require("flash_attn", "--attention-backend flash")
+
+    def dense(self, q, k, v, keep):
+        if keep is not None:
+            raise ValueError("--attention-backend flash takes causal or packed rows, not a dense attention mask; "
+                             "document masks come as packed rows (--packed-data or --reset-attention-mask)")
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, s, heads, d]
+        out = self.flash_attn.flash_attn_func(q, k, v, dropout_p=self.dropout_p, softmax_scale=self.softmax_scale,
+                                              causal=True)
+        return out.transpose(1, 2)
+
+    def packed(self, q, k, v, cu_seqlens, max_seqlen):
+        cu_seqlens = cu_seqlens.to(torch.int32)
+        return self.flash_attn.flash_attn_varlen_func(
+            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
+            max_seqlen_k=max_seqlen, dropout_p=self.dropout_p, softmax_scale=self.softmax_scale, causal=True,
+        )

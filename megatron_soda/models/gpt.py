@@ -1,40 +1,111 @@
 """Qwen3-architecture models as megatron-core GPTModels: the one place that calls its model API.
 
 RMSNorm, SwiGLU, GQA, QK-norm, no biases, Llama-3-style RoPE, tied or untied embeddings, all from a
-``ModelShape``. Layers come from a ``ModuleSpec``: Transformer Engine's when it is installed and
-asked for, megatron-core's local modules otherwise, with core attention from ``attention.py``.
+``ModelShape``. Layers come from a ``ModuleSpec``: Transformer Engine's linear layers and norms when
+it is installed, megatron-core's local modules otherwise; core attention as ``--attention-backend``
+says (``ATTENTION_BACKENDS``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_soda import optional
-from megatron_soda.models.attention import SDPAttention
+from megatron_soda.models.attention import FlashAttention, FlexAttention, SDPAttention
 from megatron_soda.models.presets import ModelShape
 
-ATTENTION_BACKENDS = ("auto", "te", "sdpa")
+ATTENTION_BACKENDS = {
+    "auto": "the fastest this build has: te with Transformer Engine, else flash with flash-attn on CUDA, else sdpa",
+    "te": "Transformer Engine's DotProductAttention, which picks its own kernel (THD for packed rows)",
+    "fused": "Transformer Engine, cuDNN fused attention only (Megatron-LM's meaning)",
+    "unfused": "Transformer Engine, unfused attention only (Megatron-LM's meaning)",
+    "local": "megatron-core's local DotProductAttention (CUDA only, no packed rows)",
+    "flash": "flash-attn 2 called directly (varlen kernel for packed rows)",
+    "sdpa": "torch scaled_dot_product_attention: flash/cuDNN kernels on GPU, math on CPU",
+    "flex": "torch flex_attention with a document block mask, compiled on GPU (forward only on CPU)",
+}
+"""``--attention-backend`` values: Megatron-LM's (auto, flash, fused, unfused, local) and ours (te, sdpa,
+flex). ``flash`` here is the flash-attn package itself, where Megatron-LM routes it through TE."""
+
+_TE_BACKENDS = {"te": AttnBackend.auto, "fused": AttnBackend.fused, "unfused": AttnBackend.unfused}
+_OUR_CORE_ATTENTION = {"sdpa": SDPAttention, "flex": FlexAttention, "flash": FlashAttention}
+
+
+def _runnable(name: str) -> bool:
+    if name in _TE_BACKENDS:
+        return optional.available("transformer_engine")
+    if name == "flash":
+        return torch.cuda.is_available() and optional.available("flash_attn")
+    if name == "local":
+        return torch.cuda.is_available()
+    return True
+
+
+def available_attention_backends() -> List[str]:
+    """The ``--attention-backend`` values this build can run (installed packages, CUDA or not)."""
+    return [name for name in ATTENTION_BACKENDS if _runnable(name)]
+
+
+def resolve_attention_backend(name: str) -> str:
+    """The backend ``name`` stands for here (``auto`` -> a concrete one); a clear error when it cannot run."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"--attention-backend {name!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if name == "auto":
+        return next(b for b in ("te", "flash", "sdpa") if _runnable(b))
+    if name in _TE_BACKENDS:
+        optional.require("transformer_engine", f"--attention-backend {name}")
+    elif name == "flash":
+        optional.require("flash_attn", "--attention-backend flash")
+        if not torch.cuda.is_available():
+            raise ValueError("--attention-backend flash needs a CUDA device; use sdpa on CPU")
+    elif name == "local" and not torch.cuda.is_available():
+        raise ValueError("--attention-backend local is megatron-core's own attention, which builds its mask on CUDA; "
+                         "use sdpa on CPU")
+    return name
 
 
 def layer_spec(attention_backend: str = "auto") -> ModuleSpec:
-    """The transformer layer: TE modules for ``te`` (and ``auto`` when TE imports), else local + SDPA."""
-    if attention_backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"--attention-backend {attention_backend!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
-    if attention_backend == "te" or (attention_backend == "auto" and optional.available("transformer_engine")):
-        optional.require("transformer_engine", "--attention-backend te")
+    """The transformer layer for a backend.
+
+    Linear layers and norms are Transformer Engine's whenever it is installed (FP8 needs them), and
+    megatron-core's local modules otherwise; core attention is TE's for te/fused/unfused, megatron's
+    own for local, ours (attention.py) for sdpa/flex/flash.
+    """
+    backend = resolve_attention_backend(attention_backend)
+    if backend != "local" and optional.available("transformer_engine"):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
-    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
-    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
+    else:
+        spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    if backend in _OUR_CORE_ATTENTION:
+        spec.submodules.self_attention.submodules.core_attention = _OUR_CORE_ATTENTION[backend]
     return spec
+
+
+FP8_RECIPES = ("delayed", "tensorwise", "mxfp8", "blockwise")
+
+
+def check_fp8(fp8_format: Optional[str], fp8_recipe: str, attention_backend: str) -> None:
+    """Refuses FP8 settings that cannot run here, naming the flag (FP8 needs TE's linear layers)."""
+    if fp8_format is None:
+        return
+    if fp8_format not in ("e4m3", "hybrid"):
+        raise ValueError(f"--fp8-format {fp8_format!r}: choose e4m3 or hybrid")
+    if fp8_recipe not in FP8_RECIPES:
+        raise ValueError(f"--fp8-recipe {fp8_recipe!r}: choose one of {', '.join(FP8_RECIPES)}")
+    optional.require("transformer_engine", f"--fp8-format {fp8_format}")
+    if attention_backend == "local":
+        raise ValueError("--fp8-format needs Transformer Engine layers; --attention-backend local uses megatron's "
+                         "local ones")
 
 
 def transformer_config(
@@ -46,9 +117,18 @@ def transformer_config(
     sequence_parallel: bool = False,
     params_dtype: torch.dtype = torch.float32,
     init_method_std: float = 0.02,
+    attention_backend: str = "auto",
+    fp8_format: Optional[str] = None,
+    fp8_recipe: str = "delayed",
 ) -> TransformerConfig:
-    """megatron-core's config for ``shape``; fusions that need CUDA kernels stay off without CUDA."""
+    """megatron-core's config for ``shape``; fusions that need CUDA kernels stay off without CUDA.
+
+    ``fp8_format`` (e4m3 | hybrid) turns on FP8 through Transformer Engine's ``fp8_recipe``; megatron-core
+    then runs every layer under TE's FP8 autocast. It needs TE's linear layers, so not ``local``.
+    """
     cuda = torch.cuda.is_available()
+    backend = resolve_attention_backend(attention_backend)
+    check_fp8(fp8_format, fp8_recipe, backend)
     return TransformerConfig(
         num_layers=shape.num_layers,
         hidden_size=shape.hidden_size,
@@ -81,6 +161,8 @@ def transformer_config(
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
+        attention_backend=_TE_BACKENDS.get(backend, AttnBackend.local if backend == "local" else AttnBackend.auto),
+        **({"fp8": fp8_format, "fp8_recipe": fp8_recipe} if fp8_format is not None else {}),
     )
 
 

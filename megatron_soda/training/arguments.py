@@ -23,49 +23,85 @@ class PretrainConfig:
     data_path: List[str] = field(default_factory=list)
     """--data-path: prefixes, or weight/prefix pairs (``0.95 speech 0.05 text``); weights are probabilities."""
     split: str = "969,30,1"
+    """--split: train,valid,test shares of each dataset's documents (rows for --packed-data)."""
+    packed_data: bool = False
+    """--packed-data: the --data-path datasets are packed rows (tools/pack_dataset.py), one row per sample,
+    attention kept within documents; rows must fit --seq-length."""
+    reset_attention_mask: bool = False
+    """--reset-attention-mask: GPTDataset rows (documents joined by EOD) attend within each document only."""
+    eod_mask_loss: bool = False
+    """--eod-mask-loss: no loss where the input token is EOD (GPTDataset rows; default: EOD is learned)."""
     tensor_model_parallel_size: int = 1
+    """--tensor-model-parallel-size: ranks that split each layer's weights (must divide heads and query groups)."""
     pipeline_model_parallel_size: int = 1
+    """--pipeline-model-parallel-size: pipeline stages (must divide the layers)."""
     num_layers_per_virtual_pipeline_stage: Optional[int] = None
+    """--num-layers-per-virtual-pipeline-stage: layers per model chunk for the interleaved 1F1B schedule."""
     micro_batch_size: int = 1
+    """--micro-batch-size: sequences per forward/backward on one rank."""
     global_batch_size: int = 8
+    """--global-batch-size: sequences per optimizer step over all data-parallel ranks (the rest is gradient accumulation)."""
     seq_length: int = 4096
+    """--seq-length: tokens per sequence."""
     train_iters: Optional[int] = None
+    """--train-iters: optimizer steps of the whole run (the LR schedule spans them)."""
     train_tokens: Optional[int] = None
     """--train-tokens: alternative to --train-iters; iterations = ceil(tokens / (global batch x seq length))."""
     lr: float = 3e-4
+    """--lr: peak learning rate."""
     min_lr: float = 0.0
+    """--min-lr: learning rate at the end of the decay."""
     lr_decay_style: str = "wsd"
     """wsd | cosine | linear | constant."""
     lr_warmup_iters: Optional[int] = None
+    """--lr-warmup-iters: linear warmup steps (overrides --lr-warmup-fraction)."""
     lr_warmup_fraction: Optional[float] = 0.1
+    """--lr-warmup-fraction: share of the run spent warming up."""
     lr_decay_fraction: Optional[float] = 0.2
     """wsd only: share of the run spent decaying to --min-lr."""
     optimizer: str = "cautious"
     """adamw | cautious (Cautious AdamW, as SODA trained)."""
     adam_beta1: float = 0.9
+    """--adam-beta1: Adam beta1."""
     adam_beta2: float = 0.95
+    """--adam-beta2: Adam beta2."""
     adam_eps: float = 1e-8
+    """--adam-eps: Adam epsilon."""
     weight_decay: float = 0.1
+    """--weight-decay: decoupled weight decay (not on norms or embeddings)."""
     adamc: bool = False
     """AdamC weight decay: decay scaled by lr_t / lr_max."""
     clip_grad: float = 1.0
+    """--clip-grad: global gradient-norm clip (0 turns clipping off)."""
     z_loss_weight: float = 0.0
+    """--z-loss-weight: weight of the z-loss, mean(logsumexp(logits)^2)."""
     attention_backend: str = "auto"
-    """auto | te | sdpa."""
+    """--attention-backend: core attention, one of:"""
     bf16: bool = False
+    """--bf16: bf16 parameters and activations, fp32 master weights and gradient reduction."""
     fp8_format: Optional[str] = None
-    """e4m3 | hybrid: FP8 through Transformer Engine recipes (needs TE)."""
+    """--fp8-format: e4m3 | hybrid: FP8 linear layers through Transformer Engine (needs TE)."""
+    fp8_recipe: str = "delayed"
+    """--fp8-recipe: delayed | tensorwise | mxfp8 | blockwise: Transformer Engine's FP8 scaling recipe."""
     seed: int = 1234
+    """--seed: seed of initialization, data order and dropout."""
     save: Optional[str] = None
+    """--save: checkpoint directory to write (latest_checkpointed_iteration.txt + iter_NNNNNNN/)."""
     load: Optional[str] = None
+    """--load: checkpoint directory to resume from (its latest complete checkpoint; any TP/PP)."""
     save_interval: Optional[int] = None
+    """--save-interval: save every this many iterations (and at the end)."""
     exit_interval: Optional[int] = None
     """--exit-interval: stop after this many iterations (saving first when --save is set); the schedule still
     spans --train-iters, so a later --load continues the same run."""
     eval_interval: Optional[int] = None
+    """--eval-interval: validation loss every this many iterations."""
     eval_iters: int = 10
+    """--eval-iters: global batches per validation."""
     log_interval: int = 1
+    """--log-interval: console line every this many iterations."""
     tensorboard_dir: Optional[str] = None
+    """--tensorboard-dir: write tensorboard scalars here."""
     metrics_file: Optional[str] = None
     """--metrics-file: one JSON line per iteration (rank of the last pipeline stage, TP rank 0)."""
     nan_policy: str = "stop"
@@ -97,10 +133,13 @@ class PretrainConfig:
             raise ValueError(f"--optimizer {self.optimizer!r}: choose adamw or cautious")
         if self.nan_policy not in ("stop", "skip"):
             raise ValueError(f"--nan-policy {self.nan_policy!r}: choose stop or skip")
-        if self.fp8_format is not None:
-            from megatron_soda import optional
+        if self.packed_data and self.reset_attention_mask:
+            raise ValueError("--reset-attention-mask is for GPTDataset rows; packed rows (--packed-data) keep "
+                             "documents apart already")
+        from megatron_soda.models.gpt import check_fp8, resolve_attention_backend
 
-            optional.require("transformer_engine", f"--fp8-format {self.fp8_format}")
+        resolve_attention_backend(self.attention_backend)
+        check_fp8(self.fp8_format, self.fp8_recipe, self.attention_backend)
         self.num_train_iters()
 
 
@@ -120,6 +159,14 @@ def _field_docs(cls) -> dict:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _attention_backend_help() -> str:
+    from megatron_soda.models.gpt import ATTENTION_BACKENDS, available_attention_backends
+
+    runnable = available_attention_backends()
+    return "; ".join(f"{name}: {text}{'' if name in runnable else ' [not runnable in this build]'}"
+                     for name, text in ATTENTION_BACKENDS.items())
 
 
 def _soda_defaults(model: str) -> dict:
@@ -144,16 +191,17 @@ def parse_args(argv=None) -> PretrainConfig:
     parser = argparse.ArgumentParser(description="SODA pretraining on megatron-core (launch with torchrun).")
     parser.add_argument("--config", help="YAML file of config fields (flags given here override it)")
     docs = _field_docs(PretrainConfig)
+    docs["attention_backend"] += " " + _attention_backend_help()
     for f in dataclasses.fields(PretrainConfig):
         help_text = docs.get(f.name, "").removeprefix(_flag(f.name) + ":").strip() or None
         kind = f.type if isinstance(f.type, str) else f.type.__name__
         if kind == "bool":
             parser.add_argument(_flag(f.name), action="store_true", default=None, help=help_text)
         elif kind.startswith("List"):
-            parser.add_argument(_flag(f.name), nargs="+", default=None)
+            parser.add_argument(_flag(f.name), nargs="+", default=None, help=help_text)
         else:
             caster = int if "int" in kind else float if "float" in kind else str
-            parser.add_argument(_flag(f.name), type=caster, default=None)
+            parser.add_argument(_flag(f.name), type=caster, default=None, help=help_text)
     args = vars(parser.parse_args(argv))
     values = {}
     config_file = args.pop("config")

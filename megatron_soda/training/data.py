@@ -8,21 +8,30 @@ seek and no iterator state, and the order is the same for any TP/PP layout.
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
+from megatron_soda.data.packed_dataset import documents_after_eod
+
+KEYS = ("tokens", "labels", "loss_mask", "position_ids", "document_ids", "dataset_id")
+
 
 def micro_batches(dataset, consumed_samples: int, global_batch_size: int, micro_batch_size: int,
-                  dp_rank: int, dp_size: int) -> List[Dict[str, torch.Tensor]]:
-    """This data-parallel rank's micro-batches of the global batch that starts at ``consumed_samples``."""
+                  dp_rank: int, dp_size: int, eod_documents: Optional[int] = None) -> List[Dict[str, torch.Tensor]]:
+    """This data-parallel rank's micro-batches of the global batch that starts at ``consumed_samples``.
+
+    Packed rows carry ``document_ids``; with ``eod_documents`` (the EOD id) GPTDataset rows get them
+    too, a new document after each EOD, so attention stays within documents
+    (``--reset-attention-mask``). ``dataset_id`` says which blended dataset each sample came from.
+    """
     per_rank = global_batch_size // dp_size
     start = consumed_samples + dp_rank * per_rank
     batches = []
     for first in range(start, start + per_rank, micro_batch_size):
         samples = [dataset[(first + k) % len(dataset)] for k in range(micro_batch_size)]
-        batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in ("tokens", "labels", "loss_mask", "position_ids")}
-        if "attention_mask" in samples[0]:
-            batch["attention_mask"] = torch.stack([torch.as_tensor(s["attention_mask"]) for s in samples])
+        batch = {key: torch.stack([torch.as_tensor(s[key]) for s in samples]) for key in KEYS if key in samples[0]}
+        if eod_documents is not None and "document_ids" not in batch:
+            batch["document_ids"] = documents_after_eod(batch["tokens"], eod_documents)
         batches.append(batch)
     return batches

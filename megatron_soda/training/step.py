@@ -6,10 +6,16 @@ the parallel layout; this module supplies the forward step: the model is called 
 ``loss.lm_loss`` (cross-entropy + z-loss over the loss-masked positions, per-modality metrics) as
 ``LossSettings`` says. megatron divides each micro-batch's loss by the number of micro-batches and
 DDP averages over data-parallel ranks, so the gradient is that of the mean of the micro-batch means.
+
+Micro-batches with ``document_ids`` (packed rows, or rows split at EODs) go to the model in megatron's
+packed ``thd`` format: the ``b`` rows flattened into one sequence of ``b * s`` tokens with
+``cu_seqlens`` at every document and row start, so attention stays within documents and RoPE
+restarts per document. The loss is unchanged: the mean over the same masked positions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import Dict, Iterator, List, Optional
 
@@ -22,9 +28,40 @@ def _loss(settings: LossSettings, labels: torch.Tensor, loss_mask: torch.Tensor,
     return loss_for_settings(settings, logits, labels, loss_mask)
 
 
-def _forward_step(settings: LossSettings, data_iterator: Iterator[Dict[str, torch.Tensor]], model):
-    batch = next(data_iterator)
-    logits = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=None)
+def packed_micro_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
+    """``batch`` in megatron's ``thd`` format: rows flattened to ``[1, b * s]`` plus ``PackedSeqParams``."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    documents = batch["document_ids"]
+    rows, seq = documents.shape
+    flat = documents.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1]
+    starts[::seq] = True
+    cu_seqlens = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([rows * seq])]).to(torch.int32)
+    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    out = {key: batch[key].reshape(1, rows * seq) for key in ("tokens", "labels", "loss_mask", "position_ids")}
+    out["packed_seq_params"] = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                                               max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+    return out
+
+
+def _to_device(batch: Dict[str, object]) -> Dict[str, object]:
+    if not torch.cuda.is_available():
+        return batch
+    device = torch.cuda.current_device()
+    out = {key: value.to(device, non_blocking=True) for key, value in batch.items() if torch.is_tensor(value)}
+    params = batch.get("packed_seq_params")
+    if params is not None:
+        cu_seqlens = params.cu_seqlens_q.to(device, non_blocking=True)
+        out["packed_seq_params"] = dataclasses.replace(params, cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens)
+    return out
+
+
+def _forward_step(settings: LossSettings, data_iterator: Iterator[Dict[str, object]], model):
+    batch = _to_device(next(data_iterator))
+    logits = model(batch["tokens"], batch["position_ids"], None, labels=None,
+                   packed_seq_params=batch.get("packed_seq_params"))
     return logits, partial(_loss, settings, batch["labels"], batch["loss_mask"])
 
 
@@ -47,6 +84,9 @@ def forward_backward(
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     settings = loss if loss is not None else LossSettings()
+    if batches and "document_ids" in batches[0]:
+        batches = [packed_micro_batch(batch) for batch in batches]
+        seq_length, micro_batch_size = seq_length * micro_batch_size, 1
     iterators = [iter(batches) for _ in model_chunks]
     results = get_forward_backward_func()(
         forward_step_func=partial(_forward_step, settings),

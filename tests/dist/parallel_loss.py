@@ -1,7 +1,7 @@
 """Worker for tests/test_parallel.py, run on every rank: losses of fixed batches at a parallel layout.
 
     RANK=.. WORLD_SIZE=.. MASTER_ADDR=127.0.0.1 MASTER_PORT=.. python tests/dist/parallel_loss.py \
-        --tp 2 --pp 2 --checkpoint DIR (--save | --load) --out losses.json
+        --tp 2 --pp 2 --checkpoint DIR (--save | --load) [--packed] --out losses.json
 """
 
 import argparse
@@ -12,7 +12,8 @@ import warnings
 import torch
 
 
-def batches(vocab, seq_length, micro_batch_size, num_microbatches, seed=0):
+def batches(vocab, seq_length, micro_batch_size, num_microbatches, seed=0, packed=False):
+    """Random micro-batches; ``packed`` adds document ids (3 to 6 documents per row) for packed rows."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(num_microbatches):
@@ -23,6 +24,12 @@ def batches(vocab, seq_length, micro_batch_size, num_microbatches, seed=0):
             "loss_mask": torch.ones(micro_batch_size, seq_length),
             "position_ids": torch.arange(seq_length).expand(micro_batch_size, -1).contiguous(),
         })
+        if packed:
+            starts = torch.zeros(micro_batch_size, seq_length, dtype=torch.long)
+            for row in range(micro_batch_size):
+                cuts = torch.randperm(seq_length - 1, generator=generator)[:int(torch.randint(2, 6, (1,), generator=generator))] + 1
+                starts[row, cuts] = 1
+            out[-1]["document_ids"] = starts.cumsum(1)
     return out
 
 
@@ -37,6 +44,7 @@ def main():
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--save", action="store_true", help="initialize from the seed and save; else load")
+    parser.add_argument("--packed", action="store_true", help="packed rows (document ids, thd format)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
@@ -64,7 +72,7 @@ def main():
         for i, chunk in enumerate(chunks):
             chunk.load_state_dict(loaded[f"model{i}"])
 
-    data = batches(shape.vocab_size, seq_length=32, micro_batch_size=2, num_microbatches=4)
+    data = batches(shape.vocab_size, seq_length=32, micro_batch_size=2, num_microbatches=4, packed=args.packed)
     results = forward_backward(chunks, data, seq_length=32, micro_batch_size=2, forward_only=bool(os.environ.get("FORWARD_ONLY")))
     losses = [r["lm loss"] for r in results]
     if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:

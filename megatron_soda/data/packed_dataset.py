@@ -1,0 +1,91 @@
+"""Packed rows (``tools/pack_dataset.py`` output) as training samples with document boundaries.
+
+A packed dataset holds one IndexedDataset *document* per row and one *sequence* per packed piece
+(DESIGN.md). A sample is one row: its pieces concatenated, padded to ``seq_length`` with the pad id
+(loss-masked), and ``document_ids`` numbering the pieces (the padding is a piece of its own), from
+which the trainer builds cu_seqlens so attention never crosses a document. The label of a position
+is the next token *of the same piece*; the last position of each piece has no target.
+
+``PackedRowDataset`` is a megatron-core ``MegatronDataset``, so ``BlendedMegatronDatasetBuilder``
+splits it (by rows), blends it with weights and caches its blend indices exactly as for GPTDataset.
+Rows are shuffled per epoch with a seed of (config seed, split, epoch): a pure function of the sample
+index, so a resumed run reads the same rows.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import torch
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.megatron_dataset import MegatronDataset
+
+
+class PackedRowDataset(MegatronDataset):
+    """Rows of a packed dataset; ``config`` is a ``GPTDatasetConfig`` (sequence length, seed, pad id)."""
+
+    def __init__(self, dataset: IndexedDataset, dataset_path, indices, num_samples, index_split, config) -> None:
+        super().__init__(dataset, dataset_path, indices, num_samples, index_split, config)
+        rows = dataset.document_indices
+        lengths = np.add.reduceat(dataset.sequence_lengths.astype(np.int64), rows[:-1]) if len(rows) > 1 else np.zeros(0)
+        too_long = np.flatnonzero(lengths > config.sequence_length)
+        if too_long.size:
+            raise ValueError(
+                f"{dataset_path}: row {too_long[0]} holds {lengths[too_long[0]]} tokens, more than --seq-length "
+                f"{config.sequence_length}; pack it again with --row-length {config.sequence_length} or less"
+            )
+        self.pad_id = config.tokenizer.pad
+        self.rows = rows
+        self.length = len(indices) if num_samples is None else num_samples
+        self._epoch = None
+
+    @staticmethod
+    def numel_low_level_dataset(low_level_dataset: IndexedDataset) -> int:
+        return low_level_dataset.document_indices.shape[0] - 1
+
+    @staticmethod
+    def build_low_level_dataset(dataset_path: str, config) -> IndexedDataset:
+        return IndexedDataset(dataset_path, multimodal=False, mmap=config.mmap_bin_files)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _row(self, index: int) -> int:
+        epoch, position = divmod(index, len(self.indices))
+        if self._epoch is None or self._epoch[0] != epoch:
+            seed = (self.config.random_seed, self.index_split.value, epoch)
+            self._epoch = (epoch, np.random.default_rng(seed).permutation(len(self.indices)))
+        return int(self.indices[self._epoch[1][position]])
+
+    def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
+        row = self._row(index)
+        pieces = [np.asarray(self.dataset[i], dtype=np.int64) for i in range(self.rows[row], self.rows[row + 1])]
+        return packed_sample(pieces, self.config.sequence_length, self.pad_id)
+
+
+def documents_after_eod(tokens: torch.Tensor, eod_id: int) -> torch.Tensor:
+    """Document ids for GPTDataset rows (documents joined by EOD): a new document after each EOD."""
+    ends = (tokens == eod_id).to(torch.int64)
+    return torch.cumsum(ends, dim=-1) - ends
+
+
+def packed_sample(pieces, seq_length: int, pad_id: int) -> Dict[str, torch.Tensor]:
+    """One row of ``pieces`` (token arrays) as a training sample of ``seq_length`` positions."""
+    tokens = np.full(seq_length, pad_id, dtype=np.int64)
+    labels = np.full(seq_length, pad_id, dtype=np.int64)
+    loss_mask = np.zeros(seq_length, dtype=np.float32)
+    position_ids = np.zeros(seq_length, dtype=np.int64)
+    document_ids = np.full(seq_length, len(pieces), dtype=np.int64)
+    start = 0
+    for k, piece in enumerate(pieces):
+        end = start + len(piece)
+        tokens[start:end] = piece
+        labels[start:end - 1] = piece[1:]
+        loss_mask[start:end - 1] = 1.0
+        position_ids[start:end] = np.arange(len(piece))
+        document_ids[start:end] = k
+        start = end
+    return {key: torch.from_numpy(value) for key, value in (
+        ("tokens", tokens), ("labels", labels), ("loss_mask", loss_mask), ("position_ids", position_ids),
+        ("document_ids", document_ids))}
