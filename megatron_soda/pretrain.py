@@ -45,6 +45,32 @@ def _check_data(prefixes: List[str], vocab_size: int, scan_tokens: bool) -> None
             raise ValueError(f"--data-path {prefix}: {report}")
 
 
+def _model_shape(config: PretrainConfig, vocab_size: int):
+    """The model to train: --model's preset, or the --load checkpoint's model; refuses a mismatch of the two."""
+    from megatron_soda.models.presets import get_preset
+    from megatron_soda.models.shape_record import shape_from_record
+    from megatron_soda.training import checkpointing
+
+    wanted = get_preset(config.model, vocab_size=vocab_size) if config.model else None
+    if not config.load or checkpointing.latest_iteration(config.load) is None:
+        return wanted or get_preset("tiny", vocab_size=vocab_size)
+    extra = checkpointing.read_checkpoint_info(config.load)["extra"] or {}
+    if "model" not in extra:
+        if wanted is None:
+            raise ValueError(f"--load {config.load}: the checkpoint does not say which model it holds; pass --model")
+        return wanted
+    stored = shape_from_record(extra["model"], vocab_size, f"--load {config.load}")
+    if wanted is not None and wanted != stored:
+        raise ValueError(f"--model {config.model} differs from the model in --load {config.load} "
+                         f"({extra['model'] if isinstance(extra['model'], str) else 'its recorded shape'}); "
+                         f"leave --model out to continue that model")
+    padded = extra.get("padded_vocab_size")
+    if padded is not None and padded != stored.padded_vocab_size():
+        raise ValueError(f"--load {config.load}: its embedding has {padded} rows, the model here "
+                         f"{stored.padded_vocab_size()}; pass the --tokenizer it was trained with")
+    return stored
+
+
 class _Logger:
     """Megatron-like console lines, tensorboard and a JSONL metrics file, on one rank."""
 
@@ -90,20 +116,20 @@ def pretrain(config: PretrainConfig) -> None:
 
     from megatron_soda.data.gpt_blend import BlendConfig, achieved_mix, build_gpt_datasets, parse_data_path, samples_per_dataset
     from megatron_soda.models.gpt import transformer_config
-    from megatron_soda.models.presets import get_preset
+    from megatron_soda.models.shape_record import record_for
     from megatron_soda.training import checkpointing, parallel
     from megatron_soda.training.data import micro_batches
     from megatron_soda.training.flops import mfu, six_n_flops_per_token, training_flops_per_token
     from megatron_soda.training.loss import LossSettings, combine_metrics
     from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer
-    from megatron_soda.training.schedules import LRSchedule, apply_lr
+    from megatron_soda.training.schedules import apply_lr
     from megatron_soda.training.step import forward_backward
 
     # Everything that can be refused is refused before process groups or models exist.
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     config.check(world_size)
     vocab = _layout(config)
-    shape = get_preset(config.model, vocab_size=vocab.vocab_size)
+    shape = _model_shape(config, vocab.vocab_size)
     layout = parallel.ParallelLayout(
         config.tensor_model_parallel_size, config.pipeline_model_parallel_size,
         (shape.num_layers // config.pipeline_model_parallel_size // config.num_layers_per_virtual_pipeline_stage)
@@ -113,6 +139,7 @@ def pretrain(config: PretrainConfig) -> None:
     prefixes, weights = parse_data_path(config.data_path)
     _check_data(prefixes, vocab.vocab_size, scan_tokens=not config.skip_data_validation)
     train_iters = config.num_train_iters()
+    schedule = config.lr_schedule()
     dtype = torch.bfloat16 if config.bf16 else torch.float32
 
     parallel.initialize(layout, seed=config.seed)
@@ -133,11 +160,6 @@ def pretrain(config: PretrainConfig) -> None:
         ),
         bf16=config.bf16, use_distributed_optimizer=ddp_config.use_distributed_optimizer,
     )
-    warmup = {"warmup_iters": config.lr_warmup_iters} if config.lr_warmup_iters is not None else \
-        {"warmup_fraction": config.lr_warmup_fraction or 0.0}
-    decay = {"decay_fraction": config.lr_decay_fraction or 0.0} if config.lr_decay_style == "wsd" else {}
-    schedule = LRSchedule(total_steps=train_iters, lr=config.lr, min_lr=config.min_lr, style=config.lr_decay_style,
-                          **warmup, **decay)
 
     dp_size = parallel_state.get_data_parallel_world_size()
     dp_rank = parallel_state.get_data_parallel_rank()
@@ -225,7 +247,8 @@ def pretrain(config: PretrainConfig) -> None:
         if config.save and (exiting or iteration == train_iters or
                             (config.save_interval and iteration % config.save_interval == 0)):
             checkpointing.save_checkpoint(config.save, iteration, chunks, optimizer, {"schedule": schedule.__dict__}, consumed,
-                                          {"model": config.model, "padded_vocab_size": shape.padded_vocab_size()})
+                                          {"model": record_for(shape), "vocab_size": vocab.vocab_size,
+                                           "padded_vocab_size": shape.padded_vocab_size()})
         if exiting:
             logger.info("exiting at iteration %d (--exit-interval %d)", iteration, config.exit_interval)
             break

@@ -94,6 +94,7 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--fp8-format", "hybrid"], 1, "needs transformer_engine"),
         (["--attention-backend", "xformers"], 1, "--attention-backend 'xformers': choose one of"),
         (["--packed-data", "--reset-attention-mask"], 1, "--reset-attention-mask is for GPTDataset rows"),
+        (["--train-iters", "3"], 1, "--lr-decay-style wsd over 3 iterations .*--lr-decay-fraction 0.2.*needs a decay phase"),
     ],
 )
 def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):

@@ -16,8 +16,9 @@ from typing import List, Optional
 
 @dataclass
 class PretrainConfig:
-    model: str = "tiny"
-    """--model: a preset from megatron_soda.models.presets (soda-135m, soda-600m, soda-1.7b, soda-4b, tiny, ...)."""
+    model: Optional[str] = None
+    """--model: a preset from megatron_soda.models.presets (soda-135m, soda-600m, soda-1.7b, soda-4b, tiny, ...);
+    default: the model of the --load checkpoint (e.g. one imported from Hugging Face), else tiny."""
     tokenizer: Optional[str] = None
     """--tokenizer: SODA tokenizer directory; sets the vocabulary (default: SODA's released 144,644 ids)."""
     data_path: List[str] = field(default_factory=list)
@@ -115,6 +116,25 @@ class PretrainConfig:
             return math.ceil(self.train_tokens / (self.global_batch_size * self.seq_length))
         raise ValueError("give --train-iters or --train-tokens")
 
+    def lr_schedule(self):
+        """The run's LR schedule, or an error naming the flags that make it impossible."""
+        from megatron_soda.training.schedules import LRSchedule
+
+        iters = self.num_train_iters()
+        if self.lr_warmup_iters is not None:
+            warmup, warmup_flag = {"warmup_iters": self.lr_warmup_iters}, f"--lr-warmup-iters {self.lr_warmup_iters}"
+        else:
+            warmup = {"warmup_fraction": self.lr_warmup_fraction or 0.0}
+            warmup_flag = f"--lr-warmup-fraction {self.lr_warmup_fraction}"
+        decay = {"decay_fraction": self.lr_decay_fraction or 0.0} if self.lr_decay_style == "wsd" else {}
+        try:
+            return LRSchedule(total_steps=iters, lr=self.lr, min_lr=self.min_lr, style=self.lr_decay_style,
+                              **warmup, **decay)
+        except ValueError as error:
+            raise ValueError(f"--lr-decay-style {self.lr_decay_style} over {iters} iterations with {warmup_flag}, "
+                             f"--lr-decay-fraction {self.lr_decay_fraction}, --lr {self.lr}, --min-lr {self.min_lr}: "
+                             f"{error}") from None
+
     def check(self, world_size: int) -> None:
         """Refuses settings that cannot work, naming the flag."""
         tp, pp = self.tensor_model_parallel_size, self.pipeline_model_parallel_size
@@ -140,7 +160,7 @@ class PretrainConfig:
 
         resolve_attention_backend(self.attention_backend)
         check_fp8(self.fp8_format, self.fp8_recipe, self.attention_backend)
-        self.num_train_iters()
+        self.lr_schedule()
 
 
 def _field_docs(cls) -> dict:
@@ -169,10 +189,22 @@ def _attention_backend_help() -> str:
                      for name, text in ATTENTION_BACKENDS.items())
 
 
-def _soda_defaults(model: str) -> dict:
+def _checkpoint_model(load: Optional[str]) -> Optional[str]:
+    """The preset name a --load checkpoint records, so that resuming without --model keeps its recipe."""
+    from megatron_soda.training import checkpointing
+
+    if not load or checkpointing.latest_iteration(load) is None:
+        return None
+    model = (checkpointing.read_checkpoint_info(load)["extra"] or {}).get("model")
+    return model if isinstance(model, str) else None
+
+
+def _soda_defaults(model: Optional[str]) -> dict:
     """SODA's recipe for a SODA preset (SODA.md), as config fields."""
     from megatron_soda.models.presets import soda_recipe
 
+    if model is None:
+        return {}
     try:
         recipe = soda_recipe(model)
     except (KeyError, ValueError):
@@ -214,6 +246,5 @@ def parse_args(argv=None) -> PretrainConfig:
         if unknown:
             raise SystemExit(f"{config_file}: unknown fields {sorted(unknown)}")
     values.update({k: v for k, v in args.items() if v is not None})
-    model = values.get("model", PretrainConfig.model)
-    merged = {**_soda_defaults(model), **values}
+    merged = {**_soda_defaults(values.get("model") or _checkpoint_model(values.get("load"))), **values}
     return PretrainConfig(**merged)

@@ -18,7 +18,8 @@ What one ``iter_NNNNNNN`` directory holds, and where:
   reshard like the model; the step count and param-group hyperparameters are common state.
 - **Common state** (written once, by rank 0, into ``common.pt``) under the key ``"soda"``: format
   version, iteration, consumed_samples, scheduler_state, the parallel layout it was saved at, the
-  optimizer's checkpoint format (``OPTIMIZER_METADATA``; None when saved without optimizer), and
+  optimizer's checkpoint format (``OPTIMIZER_METADATA``; None when saved without optimizer),
+  ``model_only`` (weights alone as a starting point, e.g. imported: see ``save_checkpoint``), and
   ``extra`` (the caller's: e.g. args, padded vocabulary size, model shape). ``read_checkpoint_info``
   returns it without building a model, so a trainer can learn the padded vocabulary first.
 - **RNG states** (per rank): python ``random``, numpy, torch CPU, and CUDA (device state and
@@ -244,7 +245,8 @@ def _model_sharded_state_dict(models: Sequence[torch.nn.Module]) -> Dict[str, An
 # ---- save --------------------------------------------------------------------------------------
 
 def save_checkpoint(save_dir: PathLike, iteration: int, model_chunks: Sequence[torch.nn.Module], optimizer,
-                    scheduler_state: dict, consumed_samples: int, extra: Optional[dict] = None) -> Path:
+                    scheduler_state: dict, consumed_samples: int, extra: Optional[dict] = None,
+                    model_only: bool = False) -> Path:
     """Saves model, optimizer, RNG and training progress as ``save_dir/iter_{iteration:07d}``; collective.
 
     Every rank calls this with its own chunks (DDP-wrapped or not) and the megatron optimizer (or
@@ -252,9 +254,15 @@ def save_checkpoint(save_dir: PathLike, iteration: int, model_chunks: Sequence[t
     the module docstring), identical on every rank. The checkpoint becomes visible (directory
     renamed into place, then the latest file updated) only after every rank has written and synced
     its part. Returns the checkpoint directory.
+
+    ``model_only`` saves weights as a starting point (e.g. imported from Hugging Face): no optimizer
+    (``optimizer`` must be None) and no RNG state; ``load_checkpoint`` then starts a run's optimizer
+    fresh and keeps the run's own RNG, where it refuses a checkpoint merely saved without optimizer.
     """
     from megatron.core import dist_checkpointing
 
+    if model_only and optimizer is not None:
+        raise ValueError("a model_only checkpoint holds no optimizer state: pass optimizer=None")
     if iteration < 0:
         raise ValueError(f"iteration must be >= 0, got {iteration}")
     _check_plain(scheduler_state, "scheduler_state")
@@ -274,11 +282,13 @@ def save_checkpoint(save_dir: PathLike, iteration: int, model_chunks: Sequence[t
     if optimizer is not None:
         _init_optimizer_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(dict(state), metadata=dict(OPTIMIZER_METADATA))
-    state["rng_state"] = _rng_sharded_object(_rng_state())
+    if not model_only:
+        state["rng_state"] = _rng_sharded_object(_rng_state())
     state["soda"] = {"format_version": FORMAT_VERSION, "iteration": int(iteration),
                      "consumed_samples": int(consumed_samples), "scheduler_state": scheduler_state,
                      "extra": extra, "layout": _layout(),
-                     "optimizer_metadata": dict(OPTIMIZER_METADATA) if optimizer is not None else None}
+                     "optimizer_metadata": dict(OPTIMIZER_METADATA) if optimizer is not None else None,
+                     "model_only": bool(model_only)}
     dist_checkpointing.save(state, str(tmp))
 
     if int(os.environ.get("LOCAL_RANK", rank)) == 0:  # one rank per node flushes what its node wrote
@@ -322,7 +332,8 @@ def read_checkpoint_info(load_dir: PathLike, iteration: Optional[int] = None) ->
     """The common state of a checkpoint (no model needed, no process group needed).
 
     Keys: iteration, consumed_samples, scheduler_state, extra, layout (the parallel layout it was
-    saved at), optimizer_metadata (None when saved without optimizer), format_version, and path.
+    saved at), optimizer_metadata (None when saved without optimizer), model_only (see
+    ``save_checkpoint``), format_version, and path.
     """
     from megatron.core import dist_checkpointing
 
@@ -335,7 +346,7 @@ def read_checkpoint_info(load_dir: PathLike, iteration: Optional[int] = None) ->
     if info["format_version"] > FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format {info['format_version']}; this code reads up to "
                          f"{FORMAT_VERSION}: update megatron_soda")
-    return {**info, "path": path}
+    return {"model_only": False, **info, "path": path}  # checkpoints from before model_only existed
 
 
 def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module], optimizer,
@@ -350,6 +361,9 @@ def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module],
     every update (``schedules.apply_lr``) rather than once at start. Returns the checkpoint's iteration,
     consumed_samples, scheduler_state and extra, plus ``rng_restored``.
 
+    A ``model_only`` checkpoint (``save_checkpoint``) loads the model alone: the optimizer keeps its
+    fresh state and the RNGs their current one.
+
     Raises FileNotFoundError when there is no checkpoint to load (naming the directory and the
     missing piece) and ``CheckpointMismatchError`` when the checkpoint's tensors do not fit the
     model (megatron's message, with the offending keys).
@@ -360,10 +374,11 @@ def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module],
 
     info = read_checkpoint_info(load_dir, iteration)
     path = info["path"]
-    load_optimizer = load_optimizer and optimizer is not None
+    load_optimizer = load_optimizer and optimizer is not None and not info["model_only"]
     if load_optimizer and info["optimizer_metadata"] is None:
         raise ValueError(f"{path} holds no optimizer state (saved with optimizer=None); load it with "
                          f"load_optimizer=False")
+    load_rng = load_rng and not info["model_only"]
     rng_restored = load_rng and info["layout"] == _layout()
     if load_rng and not rng_restored and dist.get_rank() == 0:
         logger.warning("checkpoint %s was saved at layout %s, this run is %s: RNG states not restored",

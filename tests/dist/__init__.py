@@ -18,7 +18,8 @@ def free_port() -> int:
 def launch(script: str, world_size: int, *args, timeout: float = 240) -> None:
     """Runs ``tests/dist/<script>`` on ``world_size`` ranks, as torchrun would; raises with the logs on failure."""
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world_size),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+           "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
     procs = [
         subprocess.Popen([sys.executable, str(ROOT / "tests" / "dist" / script), *map(str, args)],
                          env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},

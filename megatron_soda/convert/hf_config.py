@@ -1,0 +1,189 @@
+"""ModelShape <-> Hugging Face Qwen3 ``config.json``, and which shapes both sides can hold.
+
+Written configs carry both spellings transformers has used, with the same values, so that 5.x
+(``rope_parameters`` holding ``rope_theta`` and ``rope_type``; ``dtype``) and 4.x (``rope_theta`` and
+``rope_scaling``; ``torch_dtype``) build the same model. The RMSNorm epsilon is always written:
+SODA's is 1e-5, transformers' Qwen3 default 1e-6.
+
+RoPE: megatron-core applies Llama-3 frequency scaling with the factor as its only setting (``gpt.py``
+passes ``rope_scaling`` and ``rope_scaling_factor``; low-frequency factor 1, high-frequency factor 4 and
+original context 8192 are fixed inside megatron-core), so a shape whose other settings differ cannot be
+converted either way without changing the model: ``check_convertible`` refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from megatron_soda.convert.names import ConversionError
+from megatron_soda.models.presets import LLAMA3_ROPE_SCALING, ModelShape, RopeScaling
+
+MEGATRON_FIXED_ROPE = replace(LLAMA3_ROPE_SCALING, factor=1.0)
+"""Llama-3 scaling as megatron-core applies it, factor aside (module docstring)."""
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+"""``--dtype`` values and config.json dtype names."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (config.json's spelling)."""
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConversionError(f"--dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_convertible(shape: ModelShape, where: str) -> None:
+    """Refuses a shape that megatron_soda's model and HF's ``Qwen3ForCausalLM`` would not both compute."""
+    problems = []
+    if shape.bias:
+        problems.append("projection biases (megatron_soda builds none)")
+    if not shape.swiglu:
+        problems.append("a plain MLP (Qwen3's is SwiGLU)")
+    if not shape.qk_layernorm:
+        problems.append("no q/k norms (Qwen3 has them)")
+    rope = shape.rope_scaling
+    if rope is not None and replace(rope, factor=1.0) != MEGATRON_FIXED_ROPE:
+        problems.append(f"RoPE scaling {rope}, but megatron-core applies Llama-3 scaling with low_freq_factor "
+                        f"{MEGATRON_FIXED_ROPE.low_freq_factor}, high_freq_factor {MEGATRON_FIXED_ROPE.high_freq_factor} "
+                        f"and original context {MEGATRON_FIXED_ROPE.original_max_position} (only the factor is a setting)")
+    if problems:
+        raise ConversionError(f"{where}: cannot convert this model: it has {'; '.join(problems)}")
+
+
+def _rope_fields(shape: ModelShape) -> Tuple[dict, Optional[dict]]:
+    """(``rope_parameters`` for transformers 5, ``rope_scaling`` for transformers 4)."""
+    rope = shape.rope_scaling
+    if rope is None:
+        return {"rope_type": "default", "rope_theta": shape.rotary_base}, None
+    scaling = {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
+               "high_freq_factor": rope.high_freq_factor, "original_max_position_embeddings": rope.original_max_position}
+    return {**scaling, "rope_theta": shape.rotary_base}, scaling
+
+
+def hf_config(shape: ModelShape, dtype: torch.dtype, bos_token_id: Optional[int] = None,
+              eos_token_id: Optional[int] = None) -> dict:
+    """config.json of ``Qwen3ForCausalLM`` for ``shape`` (the real, unpadded vocabulary)."""
+    rope_parameters, rope_scaling = _rope_fields(shape)
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.ffn_hidden_size,
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_query_groups,
+        "head_dim": shape.kv_channels,
+        "hidden_act": "silu",
+        "max_position_embeddings": shape.max_position_embeddings,
+        "rms_norm_eps": shape.norm_epsilon,
+        "tie_word_embeddings": shape.tie_embeddings,
+        "rope_parameters": rope_parameters,
+        "rope_theta": shape.rotary_base,
+        "rope_scaling": rope_scaling,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": shape.num_layers,
+        "layer_types": ["full_attention"] * shape.num_layers,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": bos_token_id,
+        "eos_token_id": eos_token_id,
+        "dtype": dtype_name(dtype),
+        "torch_dtype": dtype_name(dtype),
+        "transformers_version": _transformers_version(),
+    }
+
+
+def generation_config(bos_token_id: Optional[int], eos_token_id: Optional[int]) -> dict:
+    """generation_config.json: the special ids only; sampling settings belong to the task, not the model."""
+    return {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "transformers_version": _transformers_version()}
+
+
+def _transformers_version() -> str:
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def shape_from_hf_config(directory) -> Tuple[ModelShape, Optional[torch.dtype]]:
+    """The shape a Hugging Face Qwen3 directory holds, and the dtype its config names (None if it names none).
+
+    The config is read by transformers (its defaults apply to absent fields), in either version's spelling.
+    """
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{directory} has no config.json: is it a Hugging Face model directory?")
+    raw = json.loads(path.read_text())
+    if raw.get("model_type") != "qwen3":
+        raise ConversionError(f"{path}: model_type is {raw.get('model_type')!r}; only Qwen3 (\"qwen3\") converts")
+    from transformers import Qwen3Config
+
+    config = Qwen3Config.from_pretrained(str(directory), local_files_only=True)
+    problems = []
+    if config.hidden_act != "silu":
+        problems.append(f"hidden_act {config.hidden_act!r} (megatron_soda's MLP is SwiGLU with SiLU)")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        problems.append("attention_bias/mlp_bias set (megatron_soda builds no biases)")
+    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+        problems.append("sliding-window layers (megatron_soda attends over the whole sequence)")
+    if problems:
+        raise ConversionError(f"{path}: cannot convert: {'; '.join(problems)}")
+    heads = config.num_attention_heads
+    theta, rope = _read_rope(config, path)
+    try:
+        shape = ModelShape(
+            num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, num_attention_heads=heads,
+            num_query_groups=config.num_key_value_heads or heads,
+            kv_channels=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            ffn_hidden_size=config.intermediate_size, vocab_size=config.vocab_size,
+            tie_embeddings=bool(config.tie_word_embeddings), norm_epsilon=float(config.rms_norm_eps),
+            rotary_base=theta, rope_scaling=rope, max_position_embeddings=config.max_position_embeddings,
+        )
+    except ValueError as error:
+        raise ConversionError(f"{path}: {error}") from None
+    check_convertible(shape, str(path))
+    name = raw.get("dtype") or raw.get("torch_dtype")
+    return shape, (DTYPES[name] if name in DTYPES else None)
+
+
+def _read_rope(config, path: Path) -> Tuple[float, Optional[RopeScaling]]:
+    """(theta, Llama-3 scaling or None) from transformers 5's ``rope_parameters`` or 4's ``rope_theta``/``rope_scaling``."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and params:
+        if not {"rope_type", "type", "rope_theta"} & set(params):
+            raise ConversionError(f"{path}: per-layer-type RoPE parameters {sorted(params)} are not a Qwen3 model's")
+        theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    else:
+        params = getattr(config, "rope_scaling", None) or {}
+        theta = getattr(config, "rope_theta", None)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if theta is None:
+        raise ConversionError(f"{path}: no rope_theta")
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConversionError(f"{path}: partial_rotary_factor {params['partial_rotary_factor']} (megatron_soda rotates whole heads)")
+    if kind == "default":
+        return float(theta), None
+    if kind != "llama3":
+        raise ConversionError(f"{path}: RoPE type {kind!r}; megatron_soda's models use plain or Llama-3 ('llama3') RoPE")
+    try:
+        rope = RopeScaling(factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
+                           high_freq_factor=float(params["high_freq_factor"]),
+                           original_max_position=int(params["original_max_position_embeddings"]))
+    except KeyError as missing:
+        raise ConversionError(f"{path}: llama3 RoPE parameters lack {missing}") from None
+    return float(theta), rope
