@@ -1,11 +1,21 @@
 """The work done in preprocessing's worker processes: read, check and resample one utterance.
 
 Torch-free on purpose: spawned workers import only this, numpy, soundfile and soxr.
+
+``DecodePool`` runs ``decode`` in those workers, in order, with a bounded number of utterances in
+flight (memory stays flat however large a shard is), and survives a worker that dies inside a
+decoding library (a segfault on a malformed file): the file that kills a worker when decoded alone
+is rejected as ``decoder_crashed`` and the job goes on.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -42,8 +52,16 @@ def _check_length_from_header(task: DecodeTask) -> None:
         raise AudioRejected("too_long", f"{task.path}: {seconds:.1f} s is longer than the {task.max_seconds:.1f} s limit")
 
 
+CRASH_HOOK = "MEGATRON_SODA_TEST_CRASH_DECODING"
+"""Test hook: a worker decoding a path that ends with this variable's value dies (os.abort), as a
+decoder crash would kill it."""
+
+
 def decode(task: DecodeTask) -> Decoded:
     """Never raises: any failure becomes a reject with its reason."""
+    crash = os.environ.get(CRASH_HOOK)
+    if crash and task.path.endswith(crash):
+        os.abort()
     try:
         _check_length_from_header(task)
         wave, rate = load_audio(task.path, task.start, task.end)
@@ -54,3 +72,55 @@ def decode(task: DecodeTask) -> Decoded:
         return Decoded(None, error.reason, str(error))
     except Exception as error:  # a codec library's own failure on odd input
         return Decoded(None, "unreadable", f"{task.path}: {type(error).__name__}: {error}")
+
+
+class DecodePool:
+    """``decode`` over tasks in ``workers`` spawned processes (in this process when 0), results in order."""
+
+    def __init__(self, workers: int, in_flight_per_worker: int = 8):
+        self.workers = workers
+        self.window = max(1, workers * in_flight_per_worker)
+        self.pool: Optional[ProcessPoolExecutor] = None
+
+    def _restart(self) -> ProcessPoolExecutor:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        return self.pool
+
+    def map(self, tasks: Iterable[DecodeTask]) -> Iterator[Decoded]:
+        if self.workers == 0:
+            yield from map(decode, tasks)
+            return
+        pool = self.pool or self._restart()
+        pending = deque()
+        for task in tasks:
+            pending.append((task, pool.submit(decode, task)))
+            if len(pending) >= self.window:
+                yield self._result(pending)
+                pool = self.pool
+        while pending:
+            yield self._result(pending)
+
+    def _result(self, pending: deque) -> Decoded:
+        task, future = pending.popleft()
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            pass
+        # A worker died and took the pool (and every future in flight) with it. Decode this task
+        # alone in a fresh pool: if that dies too, it is the culprit; the others are resubmitted.
+        try:
+            result = self._restart().submit(decode, task).result()
+        except BrokenProcessPool:
+            self._restart()
+            result = Decoded(None, "decoder_crashed", f"{task.path}: the decoding process died (a crash in the audio "
+                                                      f"library on this file)")
+        for k, (other, _) in enumerate(pending):
+            pending[k] = (other, self.pool.submit(decode, other))
+        return result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None

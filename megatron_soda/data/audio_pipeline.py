@@ -25,15 +25,13 @@ import logging
 import os
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from typing import Iterable, List, Optional
 
 import numpy as np
 
 from megatron_soda.codec.loading import CodecConfig, load_codec
-from megatron_soda.data.audio_decode import DecodeTask, decode
+from megatron_soda.data.audio_decode import DecodePool, DecodeTask
 from megatron_soda.data.formats import Utterance, document_orders, render, speech_document
 from megatron_soda.data.indexed_dataset import DatasetWriter
 from megatron_soda.data.jobs import (
@@ -125,7 +123,7 @@ class _Progress:
 def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress) -> None:
     records = [r for document in documents for r in document]
     tasks = [DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records]
-    decoded = pool.map(decode, tasks, chunksize=4) if pool is not None else map(decode, tasks)
+    decoded = pool.map(tasks)
 
     codes_by_record, rejects, batch, batch_seconds = {}, [], [], 0.0
 
@@ -223,15 +221,14 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
 
     if todo:
         progress = _Progress(sum(len(documents[d]) for i in todo for d in shards[i]), config.progress)
-        pool = ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) if config.workers > 0 else None
+        pool = DecodePool(config.workers)
         try:
             for i in todo:
                 docs = [documents[d] for d in shards[i]]
                 _process_shard(job, i, docs, [orders[d] for d in shards[i]], codec, tokenizer, pool, config, progress)
         finally:
             progress.close()
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+            pool.close()
     report = summarize(job.reports(len(shards)), input_rejects)
     report["hours"] = report.get("seconds", 0.0) / 3600
     job.write("report.json", json.dumps(report, indent=2))
