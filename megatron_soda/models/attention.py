@@ -18,6 +18,7 @@ no flex backward). ``FlashAttention`` calls flash-attn (``flash_attn_varlen_func
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Optional
 
@@ -103,6 +104,16 @@ tensor, so the mask is built once per micro-batch instead of once per layer."""
 _compiled_flex = None
 
 
+@functools.lru_cache(maxsize=8)
+def _causal_block_mask(seq: int, device: torch.device):
+    """The causal block mask of a row length: built once, not once per layer and micro-batch."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, qi, ki):
+        return qi >= ki
+    return create_block_mask(mask_mod, None, None, seq, seq, device=device)
+
+
 def _flex(q, k, v, **kwargs):
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -132,9 +143,7 @@ class FlexAttention(CoreAttention):
 
         batch, _, seq, _ = q.shape
         if keep is None:
-            def mask_mod(b, h, qi, ki):
-                return qi >= ki
-            block_mask = create_block_mask(mask_mod, None, None, seq, seq, device=q.device)
+            block_mask = _causal_block_mask(seq, q.device)
         else:
             keep = keep.expand(batch, 1, seq, seq)
 
