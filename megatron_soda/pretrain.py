@@ -53,6 +53,9 @@ def _model_shape(config: PretrainConfig, vocab_size: int):
 
     wanted = get_preset(config.model, vocab_size=vocab_size) if config.model else None
     if not config.load or checkpointing.latest_iteration(config.load) is None:
+        if wanted is None and config.load:
+            raise ValueError(f"--load {config.load} holds no checkpoint, and no --model says what to start; pass "
+                             f"--model for a new run, or the directory of the checkpoint to continue")
         return wanted or get_preset("tiny", vocab_size=vocab_size)
     extra = checkpointing.read_checkpoint_info(config.load)["extra"] or {}
     if "model" not in extra:
@@ -99,6 +102,9 @@ class _Logger:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, iteration)
+                elif isinstance(value, list):  # e.g. the data mix: one curve per dataset
+                    for k, item in enumerate(value):
+                        self.writer.add_scalar(f"{key}/{k}", item, iteration)
         if self.metrics is not None:
             self.metrics.write(json.dumps({"iteration": iteration, **values}) + "\n")
             self.metrics.flush()
@@ -236,11 +242,18 @@ def pretrain(config: PretrainConfig) -> None:
         if config.eval_interval and iteration % config.eval_interval == 0 and valid_data is not None:
             start_sample = (iteration // config.eval_interval - 1) * config.eval_iters * config.global_batch_size
             eval_results = []
-            for k in range(config.eval_iters):
-                eval_batches = micro_batches(valid_data, start_sample + k * config.global_batch_size, config.global_batch_size,
-                                             config.micro_batch_size, dp_rank, dp_size, eod_documents)
-                eval_results += forward_backward(chunks, eval_batches, seq_length=config.seq_length,
-                                                 micro_batch_size=config.micro_batch_size, forward_only=True, loss=loss_settings)
+            for chunk in chunks:
+                chunk.eval()
+            with torch.no_grad():
+                for k in range(config.eval_iters):
+                    eval_batches = micro_batches(valid_data, start_sample + k * config.global_batch_size,
+                                                 config.global_batch_size, config.micro_batch_size, dp_rank, dp_size,
+                                                 eod_documents)
+                    eval_results += forward_backward(chunks, eval_batches, seq_length=config.seq_length,
+                                                     micro_batch_size=config.micro_batch_size, forward_only=True,
+                                                     loss=loss_settings)
+            for chunk in chunks:
+                chunk.train()
             eval_metrics = combine_metrics(eval_results, parallel_state.get_data_parallel_group())
             log.log(iteration, train_iters, {"validation lm loss": _from_last_stage(eval_metrics["lm loss"])}, console=True)
         exiting = config.exit_interval is not None and iteration % config.exit_interval == 0
@@ -288,7 +301,7 @@ def main(argv=None) -> int:
     config = parse_args(argv)
     try:
         pretrain(config)
-    except ValueError as error:
+    except (ValueError, ImportError) as error:
         print(f"pretrain: {error}", file=sys.stderr)
         return 2
     return 0

@@ -32,12 +32,9 @@ def megatron_world():
     parallel.destroy()
 
 
-def _config():
-    return types.SimpleNamespace(attention_dropout=0.0)
-
-
-def _module(cls):
-    return cls(_config(), layer_number=1, attn_mask_type=None)
+def _module(cls, params_dtype=torch.float32):
+    config = types.SimpleNamespace(attention_dropout=0.0, params_dtype=params_dtype)
+    return cls(config, layer_number=1, attn_mask_type=None)
 
 
 def _qkv(tokens, batch=None, seed=0):
@@ -148,7 +145,7 @@ def fake_flash_attn(monkeypatch):
 
 
 def test_flash_backend_calls_flash_attn_with_its_layouts(fake_flash_attn):
-    flash, sdpa = _module(FlashAttention), _module(SDPAttention)
+    flash, sdpa = _module(FlashAttention, torch.bfloat16), _module(SDPAttention)
     q, k, v = _qkv(20, batch=2)
     torch.testing.assert_close(flash(q, k, v, None), sdpa(q, k, v, None), atol=1e-5, rtol=1e-5)
     q, k, v = _qkv(CU[-1])
@@ -157,6 +154,8 @@ def test_flash_backend_calls_flash_attn_with_its_layouts(fake_flash_attn):
                                atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="not a dense attention mask"):
         flash(*_qkv(4, batch=1), torch.zeros(1, 1, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="--attention-backend flash needs --bf16"):
+        _module(FlashAttention, torch.float32)
 
 
 @pytest.mark.skipif(optional.available("flash_attn"), reason="flash-attn is installed here")
@@ -164,7 +163,7 @@ def test_flash_backend_without_flash_attn_says_how_to_get_it():
     with pytest.raises(ImportError, match="--attention-backend flash needs flash_attn.*pip install"):
         gpt.resolve_attention_backend("flash")
     with pytest.raises(ImportError, match="--attention-backend flash needs flash_attn"):
-        _module(FlashAttention)
+        _module(FlashAttention, torch.bfloat16)
 
 
 @pytest.mark.skipif(optional.available("transformer_engine"), reason="Transformer Engine is installed here")

@@ -94,7 +94,8 @@ def test_padded_vocab_is_a_function_of_the_vocabulary_only():
     shape = PRESETS["soda-600m"]
     assert shape.padded_vocab_size() == 145_408  # 142 x 1024, serves TP 1, 2, 4, 8 alike
     assert all(PRESETS[name].padded_vocab_size() == 145_408 for name in PRESETS)
-    assert get_preset("tiny", vocab_size=2048).padded_vocab_size() == 2048
+    assert get_preset("tiny", vocab_size=2047).padded_vocab_size() == 2048
+    assert get_preset("tiny", vocab_size=2048).padded_vocab_size() == 3072  # the pad id needs a row
     assert get_preset("tiny", vocab_size=2049).padded_vocab_size(128) == 2176
     with pytest.raises(ValueError, match="multiple"):
         shape.padded_vocab_size(0)

@@ -72,10 +72,13 @@ def test_document_masked_blend_logs_the_achieved_mix(demo_data):
     layout = load_soda_tokenizer(demo_data / "tok").layout
     write_dataset(demo_data / "text", *text_documents(np.random.default_rng(0), 200, layout, (20, 120)), layout.vocab_size,
                   overwrite=True)
-    lines = pretrain(demo_data, "blend", "--train-iters", 8, "--reset-attention-mask",
-                     "--data-path", 0.7, demo_data / "speech", 0.3, demo_data / "text")
-    assert all(np.isfinite(line["lm loss"]) for line in lines)
-    assert lines[-1]["data mix"] == pytest.approx([0.7, 0.3], abs=0.03)
+    lines = pretrain(demo_data, "blend", "--train-iters", 8, "--reset-attention-mask", "--split", "80,20,0",
+                     "--eval-interval", 4, "--eval-iters", 1, "--data-path", 0.7, demo_data / "speech", 0.3, demo_data / "text")
+    train = [line for line in lines if "lm loss" in line]
+    assert len(train) == 8 and all(np.isfinite(line["lm loss"]) for line in train)
+    assert train[-1]["data mix"] == pytest.approx([0.7, 0.3], abs=0.03)
+    validation = [line for line in lines if "validation lm loss" in line]
+    assert [line["iteration"] for line in validation] == [4, 8] and all(np.isfinite(line["validation lm loss"]) for line in validation)
 
 
 def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
@@ -94,6 +97,7 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--fp8-format", "hybrid"], 1, "needs transformer_engine"),
         (["--attention-backend", "xformers"], 1, "--attention-backend 'xformers': choose one of"),
         (["--packed-data", "--reset-attention-mask"], 1, "--reset-attention-mask is for GPTDataset rows"),
+        (["--attention-backend", "local", "--packed-data"], 1, "--attention-backend local cannot keep documents apart"),
         (["--train-iters", "3"], 1, "--lr-decay-style wsd over 3 iterations .*--lr-decay-fraction 0.2.*needs a decay phase"),
     ],
 )
@@ -101,3 +105,12 @@ def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):
     config = parse_args(["--data-path", "x", "--train-iters", "1", *argv])
     with pytest.raises((ValueError, ImportError), match=message):
         config.check(world)
+
+
+def test_load_of_an_empty_directory_without_a_model_is_refused(demo_data, tmp_path):
+    from megatron_soda.pretrain import pretrain as run
+
+    config = parse_args(["--data-path", str(demo_data / "speech"), "--tokenizer", str(demo_data / "tok"), "--train-iters",
+                         "10", "--load", str(tmp_path / "typo")])
+    with pytest.raises(ValueError, match=f"--load {tmp_path / 'typo'} holds no checkpoint, and no --model"):
+        run(config)

@@ -46,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
                                           "directory (config.json + safetensors, sharded or not).")
     imp.add_argument("--hf", required=True, help="Hugging Face Qwen3 directory")
     imp.add_argument("--save", required=True, help="checkpoint directory to write (pretrain --load reads it)")
-    imp.add_argument("--iteration", type=int, default=0, help="iteration to save it as (default 0)")
     imp.add_argument("--dtype", help=f"{_DTYPES} (default: config.json's dtype, else the weights')")
     imp.add_argument("--tensor-model-parallel-size", type=int, default=1,
                      help="TP the checkpoint will be loaded at: checked against the model now (default 1)")

@@ -36,8 +36,6 @@ class ImportConfig:
     """Hugging Face Qwen3 directory (config.json and safetensors, one file or sharded with an index)."""
     save: str
     """Checkpoint directory to write (``pretrain --load`` reads it)."""
-    iteration: int = 0
-    """Iteration the checkpoint is saved as (training continues from it)."""
     dtype: Optional[str] = None
     """bf16 | fp32 | fp16 (default: config.json's dtype, else the weights')."""
     tensor_model_parallel_size: int = 1
@@ -83,10 +81,8 @@ def plan_import(config: ImportConfig) -> ImportPlan:
     shape, config_dtype = hf_config.shape_from_hf_config(config.hf)
     tp, pp = config.tensor_model_parallel_size, config.pipeline_model_parallel_size
     ParallelLayout(tp, pp).check(tp * pp, shape.num_layers, shape.num_attention_heads, shape.num_query_groups)
-    if config.iteration < 0:
-        raise ConversionError(f"--iteration must be >= 0, got {config.iteration}")
     latest = latest_iteration(config.save) if Path(config.save).is_dir() else None
-    if not config.overwrite and (latest is not None or checkpoint_dir(config.save, config.iteration).exists()):
+    if not config.overwrite and (latest is not None or checkpoint_dir(config.save, 0).exists()):
         raise ConversionError(f"{config.save} already holds checkpoints (latest: {latest}); importing there would "
                               f"change what --load resumes: choose a new directory or pass --overwrite")
     tensors = HFTensors(config.hf)
@@ -171,7 +167,7 @@ def write_import(plan: ImportPlan, config: ImportConfig) -> Path:
                 parameter.copy_(value)
         extra = {"model": plan.record, "vocab_size": shape.vocab_size, "padded_vocab_size": shape.padded_vocab_size(),
                  "imported_from": str(Path(config.hf).resolve())}
-        return save_checkpoint(config.save, config.iteration, [model], None, scheduler_state={}, consumed_samples=0,
+        return save_checkpoint(config.save, 0, [model], None, scheduler_state={}, consumed_samples=0,
                                extra=extra, model_only=True)
 
 

@@ -138,8 +138,12 @@ def samples_per_dataset(dataset, start: int, stop: int):
     index = getattr(dataset, "dataset_index", None)
     if index is None:
         return np.array([stop - start])
-    positions = np.arange(start, stop) % len(index)
-    return np.bincount(np.asarray(index)[positions], minlength=len(dataset.datasets))
+    size, counts = len(index), np.zeros(len(dataset.datasets), dtype=np.int64)
+    while start < stop:  # in slices, wrapping around the end of the index as training does
+        end = min(stop, (start // size + 1) * size)
+        counts += np.bincount(np.asarray(index[start % size:(end - 1) % size + 1]), minlength=len(counts))
+        start = end
+    return counts
 
 
 def achieved_mix(dataset, num_samples: int) -> List[float]:

@@ -8,12 +8,13 @@ is the next token *of the same piece*; the last position of each piece has no ta
 
 ``PackedRowDataset`` is a megatron-core ``MegatronDataset``, so ``BlendedMegatronDatasetBuilder``
 splits it (by rows), blends it with weights and caches its blend indices exactly as for GPTDataset.
-Rows are shuffled per epoch with a seed of (config seed, split, epoch): a pure function of the sample
-index, so a resumed run reads the same rows.
+Rows are shuffled per epoch with a seed of (config seed, split, epoch, dataset path): a pure function
+of the sample index, so a resumed run reads the same rows.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Dict
 
 import numpy as np
@@ -28,7 +29,8 @@ class PackedRowDataset(MegatronDataset):
     def __init__(self, dataset: IndexedDataset, dataset_path, indices, num_samples, index_split, config) -> None:
         super().__init__(dataset, dataset_path, indices, num_samples, index_split, config)
         rows = dataset.document_indices
-        lengths = np.add.reduceat(dataset.sequence_lengths.astype(np.int64), rows[:-1]) if len(rows) > 1 else np.zeros(0)
+        ends = np.concatenate([[0], np.cumsum(dataset.sequence_lengths, dtype=np.int64)])
+        lengths = ends[rows[1:]] - ends[rows[:-1]]
         too_long = np.flatnonzero(lengths > config.sequence_length)
         if too_long.size:
             raise ValueError(
@@ -54,7 +56,7 @@ class PackedRowDataset(MegatronDataset):
     def _row(self, index: int) -> int:
         epoch, position = divmod(index, len(self.indices))
         if self._epoch is None or self._epoch[0] != epoch:
-            seed = (self.config.random_seed, self.index_split.value, epoch)
+            seed = (self.config.random_seed, self.index_split.value, epoch, zlib.crc32(str(self.dataset_path).encode()))
             self._epoch = (epoch, np.random.default_rng(seed).permutation(len(self.indices)))
         return int(self.indices[self._epoch[1][position]])
 

@@ -72,10 +72,24 @@ class CoreAttention(MegatronModule):
         raise NotImplementedError
 
 
+class _PerMicroBatch:
+    """A value derived from a micro-batch's cu_seqlens, built once for all layers: every layer of a
+    micro-batch sees the same tensor object, so a weak reference to it identifies the micro-batch."""
+
+    def __init__(self):
+        self.ref, self.value = (lambda: None), None
+
+    def get(self, cu_seqlens: torch.Tensor, build):
+        if self.ref() is not cu_seqlens:
+            self.value, self.ref = build(), weakref.ref(cu_seqlens)
+        return self.value
+
+
 class SDPAttention(CoreAttention):
     """``torch.nn.functional.scaled_dot_product_attention``; packed rows one document at a time."""
 
     backend = "sdpa"
+    _bounds = _PerMicroBatch()  # document bounds as Python ints: one device sync per micro-batch
 
     def dense(self, q, k, v, keep):
         return F.scaled_dot_product_attention(
@@ -84,7 +98,7 @@ class SDPAttention(CoreAttention):
         )
 
     def packed(self, q, k, v, cu_seqlens, max_seqlen):
-        bounds = cu_seqlens.tolist()
+        bounds = self._bounds.get(cu_seqlens, cu_seqlens.tolist)
         pieces = [
             self.dense(*(t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)), None)[0].transpose(0, 1)
             for start, end in zip(bounds[:-1], bounds[1:]) if end > start
@@ -98,34 +112,41 @@ def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     return torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
 
 
-_last_block_mask = (lambda: None, None)
-"""(weak reference to a cu_seqlens tensor, its block mask): every layer of a micro-batch sees the same
-tensor, so the mask is built once per micro-batch instead of once per layer."""
-_compiled_flex = None
+_compiled = {}
+
+
+def _compiled_on_gpu(function, cuda: bool):
+    """``function`` itself on CPU; compiled once on CUDA, where flex attention and its block masks are
+    meant to run as generated kernels (uncompiled, a block mask materializes the whole t x t mask)."""
+    if not cuda:
+        return function
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function, dynamic=False)
+    return _compiled[function]
+
+
+def _block_mask(mask_mod, batch: Optional[int], seq: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return _compiled_on_gpu(create_block_mask, torch.device(device).type == "cuda")(
+        mask_mod, batch, None, seq, seq, device=device)
 
 
 @functools.lru_cache(maxsize=8)
 def _causal_block_mask(seq: int, device: torch.device):
     """The causal block mask of a row length: built once, not once per layer and micro-batch."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def mask_mod(b, h, qi, ki):
         return qi >= ki
-    return create_block_mask(mask_mod, None, None, seq, seq, device=device)
+    return _block_mask(mask_mod, None, seq, device)
 
 
 def _flex(q, k, v, **kwargs):
     from torch.nn.attention.flex_attention import flex_attention
 
-    global _compiled_flex
-    if q.device.type != "cuda":
-        if q.requires_grad:
-            raise RuntimeError("--attention-backend flex: torch has no flex_attention backward on CPU; train with "
-                               "--attention-backend sdpa here (flex serves forward passes on CPU)")
-        return flex_attention(q, k, v, **kwargs)
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, **kwargs)
+    if q.device.type != "cuda" and q.requires_grad:
+        raise RuntimeError("--attention-backend flex: torch has no flex_attention backward on CPU; train with "
+                           "--attention-backend sdpa here (flex serves forward passes on CPU)")
+    return _compiled_on_gpu(flex_attention, q.device.type == "cuda")(q, k, v, **kwargs)
 
 
 class FlexAttention(CoreAttention):
@@ -138,9 +159,9 @@ class FlexAttention(CoreAttention):
             raise ValueError("--attention-backend flex does not apply attention dropout; set it to 0 or use sdpa")
         return _flex(q, k, v, block_mask=block_mask, scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1])
 
-    def dense(self, q, k, v, keep):
-        from torch.nn.attention.flex_attention import create_block_mask
+    _masks = _PerMicroBatch()  # the document block mask of the current micro-batch
 
+    def dense(self, q, k, v, keep):
         batch, _, seq, _ = q.shape
         if keep is None:
             block_mask = _causal_block_mask(seq, q.device)
@@ -149,23 +170,19 @@ class FlexAttention(CoreAttention):
 
             def mask_mod(b, h, qi, ki):
                 return keep[b, 0, qi, ki]
-            block_mask = create_block_mask(mask_mod, batch, None, seq, seq, device=q.device)
+            block_mask = _block_mask(mask_mod, batch, seq, q.device)
         return self._attend(q, k, v, block_mask)
 
     def packed(self, q, k, v, cu_seqlens, max_seqlen):
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        global _last_block_mask
         tokens = q.shape[0]
-        cached, block_mask = _last_block_mask
-        if cached() is not cu_seqlens:
+
+        def build():
             docs = document_ids(cu_seqlens, tokens)
 
             def mask_mod(b, h, qi, ki):
                 return (docs[qi] == docs[ki]) & (qi >= ki)
-            block_mask = create_block_mask(mask_mod, None, None, tokens, tokens, device=q.device)
-            _last_block_mask = (weakref.ref(cu_seqlens), block_mask)
-        out = self._attend(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), block_mask)
+            return _block_mask(mask_mod, None, tokens, q.device)
+        out = self._attend(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), self._masks.get(cu_seqlens, build))
         return out[0].transpose(0, 1)
 
 
@@ -177,6 +194,8 @@ class FlashAttention(CoreAttention):
     def __init__(self, config, layer_number: int, attn_mask_type, **kwargs):
         super().__init__(config, layer_number, attn_mask_type, **kwargs)
         self.flash_attn = optional.require("flash_attn", "--attention-backend flash")
+        if config.params_dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError("--attention-backend flash needs --bf16: flash-attn has no fp32 kernels")
 
     def dense(self, q, k, v, keep):
         if keep is not None:

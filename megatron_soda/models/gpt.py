@@ -54,32 +54,40 @@ def available_attention_backends() -> List[str]:
     return [name for name in ATTENTION_BACKENDS if _runnable(name)]
 
 
-def resolve_attention_backend(name: str) -> str:
-    """The backend ``name`` stands for here (``auto`` -> a concrete one); a clear error when it cannot run."""
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def resolve_attention_backend(name: str, params_dtype: torch.dtype = torch.float32) -> str:
+    """The backend ``name`` stands for here (``auto`` -> a concrete one); a clear error when it cannot run.
+
+    flash-attn has only half-precision kernels, so ``auto`` picks it for bf16/fp16 models alone.
+    """
     if name not in ATTENTION_BACKENDS:
         raise ValueError(f"--attention-backend {name!r}: choose one of {', '.join(ATTENTION_BACKENDS)}")
     if name == "auto":
-        return next(b for b in ("te", "flash", "sdpa") if _runnable(b))
+        return next(b for b in ("te", "flash", "sdpa") if _runnable(b) and (b != "flash" or params_dtype in _HALF))
     if name in _TE_BACKENDS:
         optional.require("transformer_engine", f"--attention-backend {name}")
     elif name == "flash":
         optional.require("flash_attn", "--attention-backend flash")
         if not torch.cuda.is_available():
             raise ValueError("--attention-backend flash needs a CUDA device; use sdpa on CPU")
+        if params_dtype not in _HALF:
+            raise ValueError("--attention-backend flash needs --bf16: flash-attn has no fp32 kernels")
     elif name == "local" and not torch.cuda.is_available():
         raise ValueError("--attention-backend local is megatron-core's own attention, which builds its mask on CUDA; "
                          "use sdpa on CPU")
     return name
 
 
-def layer_spec(attention_backend: str = "auto") -> ModuleSpec:
+def layer_spec(attention_backend: str = "auto", params_dtype: torch.dtype = torch.float32) -> ModuleSpec:
     """The transformer layer for a backend.
 
     Linear layers and norms are Transformer Engine's whenever it is installed (FP8 needs them), and
     megatron-core's local modules otherwise; core attention is TE's for te/fused/unfused, megatron's
     own for local, ours (attention.py) for sdpa/flex/flash.
     """
-    backend = resolve_attention_backend(attention_backend)
+    backend = resolve_attention_backend(attention_backend, params_dtype)
     if backend != "local" and optional.available("transformer_engine"):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -127,7 +135,7 @@ def transformer_config(
     then runs every layer under TE's FP8 autocast. It needs TE's linear layers, so not ``local``.
     """
     cuda = torch.cuda.is_available()
-    backend = resolve_attention_backend(attention_backend)
+    backend = resolve_attention_backend(attention_backend, params_dtype)
     check_fp8(fp8_format, fp8_recipe, backend)
     return TransformerConfig(
         num_layers=shape.num_layers,
@@ -179,7 +187,7 @@ def build_gpt_model(
     rope = shape.rope_scaling
     return GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(attention_backend),
+        transformer_layer_spec=layer_spec(attention_backend, config.params_dtype),
         vocab_size=shape.padded_vocab_size(),
         max_sequence_length=shape.max_position_embeddings,
         pre_process=pre_process,

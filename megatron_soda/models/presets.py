@@ -101,15 +101,16 @@ class ModelShape:
         return n + self.num_embedding_parameters() if include_embeddings else n
 
     def padded_vocab_size(self, multiple: int = 1024) -> int:
-        """Embedding rows in a megatron checkpoint: the vocabulary rounded up to ``multiple``.
+        """Embedding rows in a megatron checkpoint: the next multiple of ``multiple`` above the vocabulary.
 
         A fixed function of the vocabulary, never of the TP size (DESIGN.md): megatron's default of
         128 x TP would give different row counts at TP=1 and TP=2 and make checkpoints non-portable.
-        1,024 serves TP up to 8 (and any power of two dividing 1,024).
+        1,024 serves TP up to 8 (and any power of two dividing 1,024). Always at least one row past
+        the vocabulary, even when it is a multiple already: training's pad id (``vocab_size``) lives there.
         """
         if multiple <= 0:
             raise ValueError(f"multiple must be positive, got {multiple}")
-        return -(-self.vocab_size // multiple) * multiple
+        return (self.vocab_size // multiple + 1) * multiple
 
 
 def _soda(num_layers, hidden, heads, kv_heads, head_dim, ffn) -> ModelShape:

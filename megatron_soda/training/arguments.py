@@ -156,9 +156,14 @@ class PretrainConfig:
         if self.packed_data and self.reset_attention_mask:
             raise ValueError("--reset-attention-mask is for GPTDataset rows; packed rows (--packed-data) keep "
                              "documents apart already")
+        if self.attention_backend == "local" and (self.packed_data or self.reset_attention_mask):
+            raise ValueError("--attention-backend local cannot keep documents apart (no packed rows); drop "
+                             "--packed-data / --reset-attention-mask or choose another backend")
+        import torch
+
         from megatron_soda.models.gpt import check_fp8, resolve_attention_backend
 
-        resolve_attention_backend(self.attention_backend)
+        resolve_attention_backend(self.attention_backend, torch.bfloat16 if self.bf16 else torch.float32)
         check_fp8(self.fp8_format, self.fp8_recipe, self.attention_backend)
         self.lr_schedule()
 

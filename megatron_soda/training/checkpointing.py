@@ -362,7 +362,8 @@ def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module],
     consumed_samples, scheduler_state and extra, plus ``rng_restored``.
 
     A ``model_only`` checkpoint (``save_checkpoint``) loads the model alone: the optimizer keeps its
-    fresh state and the RNGs their current one.
+    fresh state (its main copies of the parameters are reloaded from the model) and the RNGs their
+    current one.
 
     Raises FileNotFoundError when there is no checkpoint to load (naming the directory and the
     missing piece) and ``CheckpointMismatchError`` when the checkpoint's tensors do not fit the
@@ -402,6 +403,10 @@ def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module],
         model.load_state_dict(loaded[f"model{i}"])
     if load_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
+    elif optimizer is not None:
+        # Mixed-precision optimizers keep fp32 main copies of the parameters, made when they were
+        # built; without this the first step would write those (the initial weights) back.
+        optimizer.reload_model_params()
     if rng_restored:
         _set_rng_state(loaded["rng_state"])
     return {"iteration": info["iteration"], "consumed_samples": info["consumed_samples"],

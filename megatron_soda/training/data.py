@@ -14,7 +14,7 @@ import torch
 
 from megatron_soda.data.packed_dataset import documents_after_eod
 
-KEYS = ("tokens", "labels", "loss_mask", "position_ids", "document_ids", "dataset_id")
+KEYS = ("tokens", "labels", "loss_mask", "position_ids", "document_ids")
 
 
 def micro_batches(dataset, consumed_samples: int, global_batch_size: int, micro_batch_size: int,
@@ -23,7 +23,7 @@ def micro_batches(dataset, consumed_samples: int, global_batch_size: int, micro_
 
     Packed rows carry ``document_ids``; with ``eod_documents`` (the EOD id) GPTDataset rows get them
     too, a new document after each EOD, so attention stays within documents
-    (``--reset-attention-mask``). ``dataset_id`` says which blended dataset each sample came from.
+    (``--reset-attention-mask``).
     """
     per_rank = global_batch_size // dp_size
     start = consumed_samples + dp_rank * per_rank
