@@ -224,8 +224,8 @@ def pretrain(config: PretrainConfig) -> None:
             "elapsed time per iteration (ms)": elapsed * 1000.0,
             "learning rate": lr,
             "lm loss": loss,
-            "audio loss": metrics["audio loss"],
-            "text loss": metrics["text loss"],
+            # Per modality only when the batch had such tokens: a 0 would read as a perfect loss.
+            **{f"{m} loss": metrics[f"{m} loss"] for m in ("audio", "text") if metrics[f"{m} tokens"]},
             "z loss": metrics["z loss"],
             "grad norm": float(grad_norm) if math.isfinite(loss) and grad_norm is not None else float("nan"),
             "tokens per second": tokens_per_second,

@@ -302,13 +302,25 @@ def test_import_refuses_rope_scaling_that_megatron_cannot_apply(world, tmp_path)
         plan_import(ImportConfig(hf=str(other), save=str(tmp_path / "ckpt")))
 
 
+def relabeled_copy(world, source, target, record):
+    """The tied model of ``source`` saved again with ``extra["model"] = record``, through the checkpoint
+    API (so in whichever layout this megatron-core version gives the common state)."""
+    from megatron_soda.convert.solo import one_process_group
+    from megatron_soda.models.gpt import build_gpt_model, transformer_config
+    from megatron_soda.training.checkpointing import load_checkpoint, save_checkpoint
+
+    shape = world.shapes["tied"]
+    with one_process_group(megatron_parallel=True):
+        model = build_gpt_model(shape, transformer_config(shape), attention_backend="sdpa")
+        load_checkpoint(source, [model], None, load_rng=False)
+        save_checkpoint(target, 5, [model], None, {}, 0, {"model": record, "padded_vocab_size": shape.padded_vocab_size()},
+                        model_only=True)
+    return target
+
+
 def test_export_refuses_a_checkpoint_whose_tensors_are_not_its_named_model(world, tmp_path):
-    copy = tmp_path / "ckpt"
-    shutil.copytree(world.root / "ckpt_tied", copy)
-    common = copy / "iter_0000005" / "common.pt"
-    state = torch.load(common, weights_only=False)
-    state["soda"]["extra"]["model"] = "tiny"  # the tied, head-dim-24 model's tensors under the untied preset's name
-    torch.save(state, common)
+    # The tied, head-dim-24 model's tensors under the untied preset's name.
+    copy = relabeled_copy(world, world.root / "ckpt_tied", tmp_path / "ckpt", "tiny")
     with pytest.raises(ConversionError) as error:
         export_checkpoint(ExportConfig(load=str(copy), output=str(tmp_path / "hf"), tokenizer=str(world.tokenizer)))
     message = str(error.value)
@@ -318,8 +330,7 @@ def test_export_refuses_a_checkpoint_whose_tensors_are_not_its_named_model(world
     assert "tensor decoder.layers.self_attention.linear_qkv.weight has shape (2, 192, 64), but the model needs (2, 128, 64)" in message
     assert not (tmp_path / "hf").exists()
     # A tokenizer other than the model's is refused by its size.
-    state["soda"]["extra"].update(model=dataclasses.asdict(world.shapes["tied"]))
-    torch.save(state, common)
+    copy = relabeled_copy(world, world.root / "ckpt_tied", tmp_path / "ckpt2", dataclasses.asdict(world.shapes["tied"]))
     small = tmp_path / "tok"
     save_soda_tokenizer(build_soda_tokenizer(train_bpe(["tiny text"] * 5, vocab_size=280), num_codebooks=2,
                                              codebook_size=16), small, num_codebooks=2, codebook_size=16)

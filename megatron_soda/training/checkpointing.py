@@ -16,7 +16,8 @@ What one ``iter_NNNNNNN`` directory holds, and where:
   wrapper (``FP32Optimizer``, ``Float16Optimizer...``, ``DistributedOptimizer`` or a
   ``ChainedOptimizer`` of them). Moments are ShardedTensors keyed after their parameters, so they
   reshard like the model; the step count and param-group hyperparameters are common state.
-- **Common state** (written once, by rank 0, into ``common.pt``) under the key ``"soda"``: format
+- **Common state** (written once, by rank 0: ``common.pt`` in megatron-core 0.16, inside the torch_dist
+  files from 0.17 on; ``dist_checkpointing.load_common_state_dict`` reads both) under the key ``"soda"``: format
   version, iteration, consumed_samples, scheduler_state, the parallel layout it was saved at, the
   optimizer's checkpoint format (``OPTIMIZER_METADATA``; None when saved without optimizer),
   ``model_only`` (weights alone as a starting point, e.g. imported: see ``save_checkpoint``), and
@@ -30,7 +31,7 @@ What one ``iter_NNNNNNN`` directory holds, and where:
   as Megatron-LM does when TP/PP change.
 
 Everything in the common state must be plain data (None, bool, int, float, str, tensors, lists,
-tuples, dicts with string keys): megatron-core reads ``common.pt`` with ``torch.load``, whose
+tuples, dicts with string keys): megatron-core reads the common state with ``torch.load``, whose
 default in torch >= 2.6 is ``weights_only=True``. ``save_checkpoint`` refuses anything else up front,
 rather than writing a checkpoint that cannot be read back.
 

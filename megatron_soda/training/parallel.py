@@ -1,6 +1,7 @@
 """Process groups and model chunks: tensor, pipeline (optionally interleaved) and data parallelism.
 
-Launched by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK in the environment).
+Launched by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK in the environment), or
+as a plain single process.
 NCCL where CUDA exists, gloo otherwise (with ``cpu_compat`` installed), so tests run real TP/PP.
 """
 
@@ -55,9 +56,13 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
         raise ValueError("interleaved pipelining (--num-layers-per-virtual-pipeline-stage) with "
                          "--pipeline-model-parallel-size 2 gives wrong gradients on gloo (CPU); use 4 or more stages")
     if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if "RANK" in os.environ:
+            dist.init_process_group(backend)
+        else:  # plain `python`, no launcher: a world of one over an in-memory store (no port to pick)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tensor,
         pipeline_model_parallel_size=layout.pipeline,
