@@ -37,6 +37,22 @@ def test_a_crashing_decode_rejects_that_file_and_every_other_result_is_unchanged
 
 
 @pytest.mark.timeout(120)
+def test_a_pool_that_broke_before_the_next_submission_recovers(monkeypatch):
+    """A worker can die while tasks are still being submitted: those submissions fail at once."""
+    tasks = corpus_tasks(5)
+    monkeypatch.setenv(CRASH_HOOK, tasks[0].path.rsplit("/", 1)[-1])
+    pool = DecodePool(1, in_flight_per_worker=8)
+    try:
+        pool._restart()
+        with pytest.raises(Exception):
+            pool.pool.submit(decode, tasks[0]).result()  # the worker dies: the pool is broken now
+        results = list(pool.map(tasks[1:]))
+    finally:
+        pool.close()
+    assert [r.reason for r in results] == [None] * 4 and all(len(r.wave) for r in results)
+
+
+@pytest.mark.timeout(120)
 def test_at_most_a_window_of_tasks_is_in_flight(monkeypatch):
     submitted = []
     original = ProcessPoolExecutor.submit

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from typing import Iterable, Iterator, NamedTuple, Optional
@@ -92,15 +92,24 @@ class DecodePool:
         if self.workers == 0:
             yield from map(decode, tasks)
             return
-        pool = self.pool or self._restart()
+        if self.pool is None:
+            self._restart()
         pending = deque()
         for task in tasks:
-            pending.append((task, pool.submit(decode, task)))
+            pending.append((task, self._submit(task)))
             if len(pending) >= self.window:
                 yield self._result(pending)
-                pool = self.pool
         while pending:
             yield self._result(pending)
+
+    def _submit(self, task: DecodeTask) -> Future:
+        """A future of ``decode(task)``; an already failed one when the pool broke before the submission."""
+        try:
+            return self.pool.submit(decode, task)
+        except BrokenProcessPool as error:  # a worker died since the last result was taken
+            failed = Future()
+            failed.set_exception(error)
+            return failed
 
     def _result(self, pending: deque) -> Decoded:
         task, future = pending.popleft()
@@ -116,8 +125,9 @@ class DecodePool:
             self._restart()
             result = Decoded(None, "decoder_crashed", f"{task.path}: the decoding process died (a crash in the audio "
                                                       f"library on this file)")
-        for k, (other, _) in enumerate(pending):
-            pending[k] = (other, self.pool.submit(decode, other))
+        for k, (other, future) in enumerate(pending):
+            if not future.done() or future.exception() is not None:  # finished ones keep their result
+                pending[k] = (other, self._submit(other))
         return result
 
     def close(self) -> None:
