@@ -126,19 +126,13 @@ def single_process_env() -> None:
 
 def device_info(config: BenchConfig) -> dict:
     """Name of the device and its dense bf16 peak (None where unknown, e.g. the CPU)."""
-    from megatron_soda.training.flops import PEAK_BF16_FLOPS
+    from megatron_soda.training.flops import peak_bf16_flops
 
     if not torch.cuda.is_available():
         return {"name": f"CPU: {_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
                 "cuda": False, "peak_flops": None}
     name = torch.cuda.get_device_name()
-    peak = None
-    if config.peak_tflops:
-        peak = config.peak_tflops * 1e12
-    elif "h200" in name.lower():
-        peak = PEAK_BF16_FLOPS["h200"]
-    elif "h100" in name.lower():
-        peak = PEAK_BF16_FLOPS["h100-sxm"]
+    peak = config.peak_tflops * 1e12 if config.peak_tflops else peak_bf16_flops(name)
     return {"name": name, "cuda": True, "peak_flops": peak}
 
 
@@ -588,9 +582,11 @@ def append_results(path: str, section: str) -> None:
 
 
 def default_backends() -> List[str]:
+    """Every backend this build runs but ``auto`` (an alias) and ``local``: megatron's unfused attention
+    keeps each layer's full probability map, which does not fit at SODA's sizes (ask for it by name)."""
     from megatron_soda.models.gpt import available_attention_backends
 
-    return [b for b in available_attention_backends() if b != "auto"]
+    return [b for b in available_attention_backends() if b not in ("auto", "local")]
 
 
 def parse_args(argv=None) -> BenchConfig:

@@ -125,7 +125,7 @@ def pretrain(config: PretrainConfig) -> None:
     from megatron_soda.models.shape_record import record_for
     from megatron_soda.training import checkpointing, parallel
     from megatron_soda.training.data import micro_batches
-    from megatron_soda.training.flops import mfu, six_n_flops_per_token, training_flops_per_token
+    from megatron_soda.training.flops import mfu, peak_bf16_flops, six_n_flops_per_token, training_flops_per_token
     from megatron_soda.training.loss import LossSettings, combine_metrics
     from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer
     from megatron_soda.training.schedules import apply_lr
@@ -190,6 +190,7 @@ def pretrain(config: PretrainConfig) -> None:
     log = _Logger(config, active=last_rank)
     loss_settings = LossSettings(z_loss_weight=config.z_loss_weight, layout=vocab)
     flops_per_token = training_flops_per_token(shape, config.seq_length)
+    peak_flops = peak_bf16_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
     tokens_per_iter = config.global_batch_size * config.seq_length
     skipped = 0
     mix_counts = samples_per_dataset(train_data, 0, consumed)
@@ -235,8 +236,8 @@ def pretrain(config: PretrainConfig) -> None:
         }
         if len(mix_counts) > 1:
             values["data mix"] = [round(float(c) / float(mix_counts.sum()), 4) for c in mix_counts]
-        if torch.cuda.is_available():
-            values["MFU"] = mfu(tokens_per_second / world_size, shape, config.seq_length, _peak_flops())
+        if peak_flops is not None:
+            values["MFU"] = mfu(tokens_per_second / world_size, shape, config.seq_length, peak_flops)
         log.log(iteration, train_iters, values, console=iteration % config.log_interval == 0)
 
         if config.eval_interval and iteration % config.eval_interval == 0 and valid_data is not None:
@@ -287,13 +288,6 @@ def _from_last_stage(value: float) -> float:
                           dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
     torch.distributed.all_reduce(tensor, group=parallel_state.get_pipeline_model_parallel_group())
     return float(tensor)
-
-
-def _peak_flops() -> float:
-    from megatron_soda.training.flops import PEAK_BF16_FLOPS
-
-    name = torch.cuda.get_device_name().lower()
-    return PEAK_BF16_FLOPS["h200" if "h200" in name else "h100-sxm"]
 
 
 def main(argv=None) -> int:

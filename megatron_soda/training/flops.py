@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 PEAK_BF16_FLOPS: dict[str, float] = {
     "h100-sxm": 989e12,
+    "h100-nvl": 835e12,
+    "h100-pcie": 756e12,
     "h200": 989e12,
 }
 """Dense bf16 tensor-core peak per GPU, as NVIDIA's datasheets list it (the headline 1,979 TFLOP/s is
@@ -88,6 +90,16 @@ def mfu(tokens_per_second: float, shape: "ModelShape", seq_len: int, peak_flops:
     """Model FLOPs utilisation: ``tokens_per_second`` (the whole job's) x training model FLOPs per
     token, over ``num_devices`` x ``peak_flops`` (one device's peak, e.g. ``PEAK_BF16_FLOPS["h100-sxm"]``)."""
     return tokens_per_second * training_flops_per_token(shape, seq_len) / (num_devices * peak_flops)
+
+
+def peak_bf16_flops(device_name: str) -> "float | None":
+    """The dense bf16 peak of a GPU from its name (``torch.cuda.get_device_name()``); None when unknown."""
+    name = device_name.lower()
+    if "h200" in name:
+        return PEAK_BF16_FLOPS["h200"]
+    if "h100" in name:
+        return PEAK_BF16_FLOPS["h100-nvl" if "nvl" in name else "h100-pcie" if "pcie" in name else "h100-sxm"]
+    return None
 
 
 def six_n_mfu(tokens_per_second: float, shape: "ModelShape", peak_flops: float, num_devices: int = 1) -> float:

@@ -38,7 +38,7 @@ def packed_micro_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     starts = torch.ones_like(flat, dtype=torch.bool)
     starts[1:] = flat[1:] != flat[:-1]
     starts[::seq] = True
-    cu_seqlens = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([rows * seq])]).to(torch.int32)
+    cu_seqlens = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([rows * seq], device=documents.device)]).to(torch.int32)
     max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     out = {key: batch[key].reshape(1, rows * seq) for key in ("tokens", "labels", "loss_mask", "position_ids")}
     out["packed_seq_params"] = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
