@@ -121,3 +121,12 @@ def test_six_n_mfu_is_reported_in_its_own_convention():
 def test_invalid_sequence_length_is_refused():
     with pytest.raises(ValueError, match="seq_len"):
         forward_flops_per_token(TINY, 0)
+
+
+def test_peak_is_read_from_the_device_name_and_unknown_devices_get_none():
+    from megatron_soda.training.flops import PEAK_BF16_FLOPS, peak_bf16_flops
+
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == PEAK_BF16_FLOPS["h100-sxm"] == 989e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12 and peak_bf16_flops("NVIDIA H100 NVL") == 835e12
+    assert peak_bf16_flops("NVIDIA H200") == 989e12
+    assert peak_bf16_flops("NVIDIA A100-SXM4-80GB") is None
