@@ -1,9 +1,7 @@
 """Core attention backends: the same numbers from every backend, documents kept apart in packed rows."""
 
-import os
 import sys
 import types
-import warnings
 
 import pytest
 import torch
@@ -17,19 +15,6 @@ from megatron_soda.models.presets import get_preset
 from megatron_soda.training.step import packed_micro_batch
 
 HEADS, GROUPS, HEAD_DIM = 4, 2, 8
-
-
-@pytest.fixture(scope="module")
-def megatron_world():
-    """One gloo process with megatron-core's model-parallel groups (what building a GPTModel needs)."""
-    from megatron_soda.training import parallel
-    from tests.dist import free_port
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
-    warnings.filterwarnings("ignore")
-    parallel.initialize(parallel.ParallelLayout(), seed=7)
-    yield
-    parallel.destroy()
 
 
 def _module(cls, params_dtype=torch.float32):

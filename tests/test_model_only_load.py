@@ -6,23 +6,7 @@ initial weights back. megatron's bf16 wrapper accepts CUDA tensors only, so on C
 fp32 wrapper and checks that the refresh is asked for exactly when the optimizer state is not loaded.
 """
 
-import os
-import warnings
-
-import pytest
 import torch
-
-
-@pytest.fixture(scope="module")
-def megatron_world():
-    from megatron_soda.training import parallel
-    from tests.dist import free_port
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
-    warnings.filterwarnings("ignore")
-    parallel.initialize(parallel.ParallelLayout(), seed=3)
-    yield
-    parallel.destroy()
 
 
 def _model(shape, seed):
