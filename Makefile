@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: help install test demo bench clean
 
 help:
-	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize, train (CPU, ~1 min)"
+	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize, train, export (CPU, ~1 min)"
 	@echo "make test     run the test suite (creates $(VENV) and builds the extension first)"
 	@echo "make bench    run bench/bench_builder.py and record results in bench/RESULTS.md"
 	@echo "make install  only create $(VENV) and install megatron-soda into it (editable)"

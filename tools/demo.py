@@ -11,7 +11,9 @@
 3. merges shards, validates them, packs speech into 4096-token rows that keep document boundaries;
 4. samples a 0.95/0.05 speech/text blend with megatron-core's GPTDataset;
 5. detokenizes one sequence back to its transcript and wav clips;
-6. pretrains a tiny Qwen3 model on the blend with megatron-core (one CPU process) and saves a checkpoint.
+6. pretrains a tiny Qwen3 model on the blend with megatron-core (one CPU process) and saves a checkpoint;
+7. exports the checkpoint to a Hugging Face Qwen3ForCausalLM directory and continues a transcript with
+   transformers' generate (the continuation is audio tokens; the model is tiny and barely trained).
 """
 
 import argparse
@@ -112,13 +114,9 @@ def main(argv=None) -> int:
     print(f"-> {len(paths)} files in {out / 'detokenized'}")
 
     step("6. pretrain a tiny Qwen3 model on it (megatron-core, one CPU process)")
-    import os
-
     from megatron_soda.pretrain import pretrain
     from megatron_soda.training.arguments import PretrainConfig
 
-    os.environ.update({k: v for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"),
-                                          ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29517")) if k not in os.environ})
     metrics = out / "train_metrics.jsonl"
     pretrain(PretrainConfig(
         model="tiny", tokenizer=str(out / "tokenizer"), data_path=["0.95", str(out / "speech"), "0.05", str(out / "text")],
@@ -128,6 +126,24 @@ def main(argv=None) -> int:
     ))
     losses = [json.loads(line)["lm loss"] for line in open(metrics)]
     print(f"loss {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} iterations; checkpoint in {out / 'checkpoint'}")
+
+    step("7. export to Hugging Face and generate with transformers")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from megatron_soda.convert import ExportConfig, export_checkpoint
+
+    export_checkpoint(ExportConfig(load=str(out / "checkpoint"), output=str(out / "hf"), tokenizer=str(out / "tokenizer"),
+                                   progress=False))
+    layout = tokenizer.layout
+    transcript = json.loads((CORPUS / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
+    prompt = [layout.bos_id, layout.text_start_id, *tokenizer.encode_text(transcript).tolist(), layout.text_end_id,
+              layout.audio_start_id]
+    model = AutoModelForCausalLM.from_pretrained(out / "hf")
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt):].numpy()
+    print(f"{out / 'hf'}: {transcript!r} -> {int(layout.is_audio(generated).sum())} of {len(generated)} new tokens "
+          f"are audio codes: {tokenizer.ids_to_string(generated)[:60]}...")
 
     print(f"\ndemo finished in {time.time() - start:.1f} s; outputs in {out}/")
     return 0
