@@ -36,11 +36,22 @@ def _layout(config: PretrainConfig):
 
 
 def _check_data(prefixes: List[str], vocab_size: int, scan_tokens: bool) -> None:
-    """Refuses missing, damaged or out-of-vocabulary datasets before any work starts."""
-    from megatron_soda.data.indexed_dataset import validate_dataset
+    """Refuses missing, damaged or out-of-vocabulary datasets before any work starts.
 
+    Every rank checks each dataset's index (cheap). The token ids (the whole ``.bin``) are scanned by
+    global rank 0 alone, once per unchanged dataset (``validate_tokens_once``, records under
+    ``$MEGATRON_SODA_CACHE`` or ``~/.cache/megatron_soda``): a refusal there ends the job before
+    training starts, without every rank reading the corpus at every restart.
+    """
+    from megatron_soda.data.indexed_dataset import validate_dataset, validate_tokens_once
+
+    cache = os.environ.get("MEGATRON_SODA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "megatron_soda"))
+    scan = scan_tokens and int(os.environ.get("RANK", 0)) == 0
     for prefix in prefixes:
-        report = validate_dataset(prefix, vocab_size if scan_tokens else None)
+        if not os.path.exists(prefix + ".idx"):  # the validator's own report, without a cache lookup first
+            raise ValueError(f"--data-path {prefix}: {validate_dataset(prefix)}")
+        report = (validate_tokens_once(prefix, vocab_size, os.path.join(cache, "validated")) if scan
+                  else validate_dataset(prefix))
         if not report.ok:
             raise ValueError(f"--data-path {prefix}: {report}")
 

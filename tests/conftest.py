@@ -1,9 +1,15 @@
 """Fixtures shared by test modules."""
 
 import os
+import tempfile
 import warnings
 
 import pytest
+
+
+def pytest_configure(config):
+    # Records of scanned datasets (pretrain's data check) go to a temporary folder, not ~/.cache.
+    os.environ.setdefault("MEGATRON_SODA_CACHE", tempfile.mkdtemp(prefix="megatron_soda_cache_"))
 
 
 @pytest.fixture(scope="module")

@@ -254,6 +254,34 @@ def validate_dataset(prefix: PathLike, vocab_size: Optional[int] = None) -> Vali
     )
 
 
+def validate_tokens_once(prefix: PathLike, vocab_size: int, cache_dir: PathLike) -> ValidationReport:
+    """``validate_dataset`` with the token scan remembered: a dataset whose files have not changed since
+    a scan found every id below ``vocab_size`` is checked by its index only.
+
+    The scan reads the whole ``.bin`` (terabytes for a full SODA corpus), which a training job should
+    not repeat at every restart. The record, one small file in ``cache_dir`` named by a hash of the
+    dataset's real path, the size and mtime of both files and the vocabulary size, is written only
+    after a clean scan; any change to the files gives another name, so a stale record never applies.
+    """
+    import hashlib
+    import json
+
+    path = os.path.realpath(_prefix(prefix))
+    stats = [os.stat(path + suffix) for suffix in (".idx", ".bin")]
+    key = json.dumps([path, [(s.st_size, s.st_mtime_ns) for s in stats], int(vocab_size)])
+    record = os.path.join(os.fspath(cache_dir), hashlib.sha256(key.encode()).hexdigest() + ".json")
+    if os.path.exists(record):
+        return validate_dataset(prefix)
+    report = validate_dataset(prefix, vocab_size)
+    if report.ok:
+        os.makedirs(os.fspath(cache_dir), exist_ok=True)
+        tmp = f"{record}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(key)
+        os.replace(tmp, record)
+    return report
+
+
 def find_datasets(paths: Iterable[PathLike]) -> list[str]:
     """Expands files and directories into the sorted list of complete dataset prefixes under them."""
     prefixes = []

@@ -108,6 +108,9 @@ class PretrainConfig:
     nan_policy: str = "stop"
     """stop | skip: what a NaN/inf loss does."""
     skip_data_validation: bool = False
+    """--skip-data-validation: do not scan token ids against the vocabulary (each dataset's index is still
+    checked). The scan runs on rank 0 once per unchanged dataset; its record is kept under
+    $MEGATRON_SODA_CACHE (default ~/.cache/megatron_soda)."""
 
     def num_train_iters(self) -> int:
         if self.train_iters is not None:
