@@ -184,7 +184,7 @@ def pretrain(config: PretrainConfig) -> None:
     train_data, valid_data, _ = build_gpt_datasets(
         BlendConfig(prefixes, weights, seq_length=config.seq_length, seed=config.seed, split=config.split, layout=vocab,
                     packed_rows=config.packed_data, reset_attention_mask=config.reset_attention_mask,
-                    eod_mask_loss=config.eod_mask_loss),
+                    eod_mask_loss=config.eod_mask_loss, cache_dir=config.data_cache_path),
         (train_iters * config.global_batch_size, eval_samples, 0),
     )
     eod_documents = vocab.eos_id if config.reset_attention_mask else None

@@ -77,10 +77,12 @@ def test_document_masked_blend_logs_the_achieved_mix(demo_data):
     write_dataset(demo_data / "text", *text_documents(np.random.default_rng(0), 200, layout, (20, 120)), layout.vocab_size,
                   overwrite=True)
     lines = pretrain(demo_data, "blend", "--train-iters", 8, "--reset-attention-mask", "--split", "80,20,0",
+                     "--data-cache-path", demo_data / "index_cache",
                      "--eval-interval", 4, "--eval-iters", 1, "--data-path", 0.7, demo_data / "speech", 0.3, demo_data / "text")
     train = [line for line in lines if "lm loss" in line]
     assert len(train) == 8 and all(np.isfinite(line["lm loss"]) for line in train)
     assert train[-1]["data mix"] == pytest.approx([0.7, 0.3], abs=0.03)
+    assert any((demo_data / "index_cache").glob("*-GPTDataset-train-shuffle_index.npy"))  # megatron cached them there
     validation = [line for line in lines if "validation lm loss" in line]
     assert [line["iteration"] for line in validation] == [4, 8] and all(np.isfinite(line["validation lm loss"]) for line in validation)
 

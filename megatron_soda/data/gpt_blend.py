@@ -52,7 +52,8 @@ class BlendConfig:
     """Train/valid/test split of each dataset's documents."""
     cache_dir: Optional[str] = None
     """Where megatron-core caches the sample indices (``.npy``); needs an initialized torch.distributed
-    process group, as in training. None builds them in memory."""
+    process group, as in training. None: GPTDataset's default, a ``cache/`` folder beside each dataset
+    (the blend's own indices are then rebuilt in memory, which is fast)."""
     reset_position_ids: bool = False
     """Restart position ids after each EOD (documents concatenated in a row stay one sequence by default)."""
     reset_attention_mask: bool = False

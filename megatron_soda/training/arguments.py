@@ -23,6 +23,9 @@ class PretrainConfig:
     """--tokenizer: SODA tokenizer directory; sets the vocabulary (default: SODA's released 144,644 ids)."""
     data_path: List[str] = field(default_factory=list)
     """--data-path: prefixes, or weight/prefix pairs (``0.95 speech 0.05 text``); weights are probabilities."""
+    data_cache_path: Optional[str] = None
+    """--data-cache-path: where megatron-core keeps GPTDataset's sample indices (built by rank 0, read by
+    the others); default: a cache/ folder beside each dataset."""
     split: str = "969,30,1"
     """--split: train,valid,test shares of each dataset's documents (rows for --packed-data)."""
     packed_data: bool = False
