@@ -17,9 +17,10 @@ def megatron_world():
     """One gloo process with megatron-core's model-parallel groups (TP=1, PP=1): what building, running
     and checkpointing a model in the test process needs."""
     from megatron_soda.training import parallel
-    from tests.dist import free_port
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
+    # No RANK in the environment: a world of one over an in-memory store. (Setting RANK/MASTER_PORT
+    # here would leak into every later subprocess of the session and point them at this store's port.)
+    assert "RANK" not in os.environ, "the test process should not look like a torchrun rank"
     warnings.filterwarnings("ignore")
     parallel.initialize(parallel.ParallelLayout(), seed=7)
     yield
