@@ -221,3 +221,14 @@ def test_packed_rows_through_the_model_equal_each_document_alone(megatron_world,
         for start, document in zip(starts, documents):
             alone = model(document[None], torch.arange(len(document))[None], None)[0]
             torch.testing.assert_close(logits[start:start + len(document)], alone, atol=2e-5, rtol=1e-5)
+
+
+def test_a_backend_must_implement_both_row_kinds():
+    from megatron_soda.models.attention import CoreAttention
+
+    class DenseOnly(CoreAttention):
+        def dense(self, q, k, v, keep):
+            return q
+
+    with pytest.raises(TypeError, match="packed"):
+        _module(DenseOnly)

@@ -18,6 +18,7 @@ no flex backward). ``FlashAttention`` calls flash-attn (``flash_attn_varlen_func
 
 from __future__ import annotations
 
+import abc
 import functools
 import weakref
 from typing import Optional
@@ -29,8 +30,8 @@ from megatron.core.transformer.module import MegatronModule
 from megatron_soda import optional
 
 
-class CoreAttention(MegatronModule):
-    """megatron's core-attention interface; subclasses implement ``dense`` and ``packed``."""
+class CoreAttention(MegatronModule, metaclass=abc.ABCMeta):
+    """megatron's core-attention interface; each backend implements ``dense`` and ``packed``."""
 
     backend = ""
 
@@ -63,13 +64,13 @@ class CoreAttention(MegatronModule):
         out = self.dense(q, k, v, keep)
         return out.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)
 
+    @abc.abstractmethod
     def dense(self, q, k, v, keep: Optional[torch.Tensor]) -> torch.Tensor:
         """``[b, heads, s, d]`` in and out; ``keep`` (True = attend) replaces causality when given."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def packed(self, q, k, v, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         """``[t, heads, d]`` in and out; causal within each ``cu_seqlens`` document."""
-        raise NotImplementedError
 
 
 class _PerMicroBatch:
