@@ -54,7 +54,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, REPO)
 
-from megatron_soda.models.presets import PRESETS, soda_recipe  # noqa: E402
+from megatron_soda.device import device_info
+from megatron_soda.models.presets import PRESETS  # noqa: E402
 from megatron_soda.tokenizer.layout import SODA_LAYOUT  # noqa: E402
 
 RESULTS_HEADING = "# Training throughput benchmark (`bench/bench_train.py`)"
@@ -62,6 +63,8 @@ TARGET = {"model": "soda-600m", "seq_length": 4096, "device": "H100", "mfu": 0.5
 """The issue's targets: >= 50% MFU bf16 on one H100 for soda-600m at 4096, >= 1.5x transformers."""
 BASELINES = ("autocast", "bf16", "fp32")
 ZIPF_EXPONENT = 1.1
+Z_LOSS_WEIGHT = 1e-4
+"""SODA's z-loss weight, for both sides (it costs a little per step)."""
 """Token frequencies in the synthetic batches fall off as rank ** -1.1 over the audio block."""
 
 
@@ -124,11 +127,11 @@ def single_process_env() -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 
 
-def device_info(config: BenchConfig) -> dict:
+def describe_device(config: BenchConfig) -> dict:
     """Name of the device and its dense bf16 peak (None where unknown, e.g. the CPU)."""
     from megatron_soda.training.flops import peak_bf16_flops
 
-    if not torch.cuda.is_available():
+    if not device_info().cuda:
         return {"name": f"CPU: {_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
                 "cuda": False, "peak_flops": None}
     name = torch.cuda.get_device_name()
@@ -151,7 +154,7 @@ def versions() -> Dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    if torch.cuda.is_available():
+    if device_info().cuda:
         out["cuda"] = str(torch.version.cuda)
     for package in ("megatron-core", "transformers"):
         try:
@@ -172,26 +175,26 @@ def git_commit() -> str:
 
 
 def synchronize() -> None:
-    if torch.cuda.is_available():
+    if device_info().cuda:
         torch.cuda.synchronize()
 
 
 def free_memory() -> None:
     """Returns the previous run's model, optimizer and caches to the device before the next run."""
     gc.collect()
-    if torch.cuda.is_available():
+    if device_info().cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
 def peak_memory() -> Optional[int]:
-    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    return torch.cuda.max_memory_allocated() if device_info().cuda else None
 
 
 def reseed(seed: int) -> None:
     """Every run starts from the same weights for its model type."""
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
+    if device_info().cuda:
         from megatron.core import tensor_parallel
 
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
@@ -245,55 +248,27 @@ def timed_steps(config: BenchConfig, step: Callable[[list], object], batches) ->
 
 
 def run_ours(config: BenchConfig, backend: str, batches) -> RunResult:
-    """Builds the model for ``backend`` exactly as ``pretrain`` does and trains ``batches`` with it."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    """Builds the model for ``backend`` with the trainer ``pretrain`` uses and steps it over ``batches``."""
+    from megatron_soda.training.plan import plan_run
+    from megatron_soda.training.trainer import Trainer
 
-    from megatron_soda.models.gpt import transformer_config
-    from megatron_soda.training import parallel
-    from megatron_soda.training.loss import LossSettings
-    from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer
-    from megatron_soda.training.schedules import apply_lr
-    from megatron_soda.training.step import forward_backward
-
-    shape = PRESETS[config.model]
-    recipe = _recipe(config.model)
     reseed(config.seed)
-    model_config = transformer_config(shape, params_dtype=torch.bfloat16 if config.bf16 else torch.float32,
-                                      attention_backend=backend)
-    chunks = parallel.build_model_chunks(shape, model_config, attention_backend=backend)
-    _check_parameter_count(sum(p.numel() for c in chunks for p in c.parameters()), shape, "ours")
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
-                                               use_distributed_optimizer=torch.cuda.is_available())
-    chunks = [DistributedDataParallel(model_config, ddp_config, module=chunk) for chunk in chunks]
-    model_config.finalize_model_grads_func = finalize_model_grads
-    optimizer = build_megatron_optimizer(
-        chunks,
-        OptimizerSettings(name=config.optimizer, lr=config.lr, betas=(recipe.adam_beta1, recipe.adam_beta2),
-                          eps=recipe.adam_eps, weight_decay=recipe.weight_decay, adamc=recipe.adamc_weight_decay,
-                          clip_grad=recipe.clip_grad),
-        bf16=config.bf16, use_distributed_optimizer=ddp_config.use_distributed_optimizer,
-    )
-    apply_lr(optimizer, config.lr)
-    loss_settings = LossSettings(z_loss_weight=recipe.z_loss_weight, layout=SODA_LAYOUT)
-
-    def step(micro_batches):
-        for chunk in chunks:
-            chunk.zero_grad_buffer()
-        optimizer.zero_grad()
-        results = forward_backward(chunks, micro_batches, seq_length=config.seq_length,
-                                   micro_batch_size=config.micro_batch_size, loss=loss_settings)
-        optimizer.step()
-        return statistics.fmean(r["lm loss"] for r in results)
-
-    return timed_steps(config, step, batches)
+    trainer = Trainer(plan_run(train_config(config, backend), world_size=1, check_data=False))
+    trainer.setup_model_and_optimizer()
+    _check_parameter_count(sum(p.numel() for c in trainer.model for p in c.parameters()), trainer.plan.shape, "ours")
+    return timed_steps(config, lambda micro_batches: trainer.train_step(micro_batches)["lm loss"], batches)
 
 
-def _recipe(model: str):
-    """SODA's hyperparameters (betas, eps, decay, clip, z-loss); a non-SODA preset borrows soda-600m's."""
-    try:
-        return soda_recipe(model)
-    except KeyError:
-        return soda_recipe("soda-600m")
+def train_config(config: BenchConfig, backend: str = "sdpa"):
+    """The ``pretrain`` configuration of our runs (a SODA preset brings SODA's optimizer settings)."""
+    from megatron_soda.training.plan import parse_train_config
+
+    return parse_train_config([str(flag) for flag in (
+        "--model", config.model, "--attention-backend", backend, "--seq-length", config.seq_length,
+        "--micro-batch-size", config.micro_batch_size, "--global-batch-size", config.global_batch_size,
+        "--train-iters", config.warmup + config.steps, "--optimizer", config.optimizer, "--lr", config.lr,
+        "--lr-decay-style", "constant", "--lr-warmup-fraction", 0, "--z-loss-weight", Z_LOSS_WEIGHT,
+        "--seed", config.seed, "--bf16" if config.bf16 else "--no-bf16")])
 
 
 def _check_parameter_count(count: int, shape, who: str) -> None:
@@ -337,8 +312,8 @@ def run_hf(config: BenchConfig, precision: str, batches) -> RunResult:
     from transformers import Qwen3ForCausalLM
 
     shape = PRESETS[config.model]
-    recipe = _recipe(config.model)
-    cuda = torch.cuda.is_available()
+    hyper = train_config(config).optimizer  # the same hyperparameters as ours
+    cuda = device_info().cuda
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     reseed(config.seed)
     with device:
@@ -348,10 +323,10 @@ def run_hf(config: BenchConfig, precision: str, batches) -> RunResult:
     model.train()
     params = list(model.parameters())
     _check_parameter_count(sum(p.numel() for p in params), shape, "transformers")
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.weight_decay},
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": hyper.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(recipe.adam_beta1, recipe.adam_beta2),
-                                  eps=recipe.adam_eps, **({"fused": True} if cuda else {}))
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(hyper.adam_beta1, hyper.adam_beta2),
+                                  eps=hyper.adam_eps, **({"fused": True} if cuda else {}))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "autocast")
 
     def step(micro_batches):
@@ -361,7 +336,7 @@ def run_hf(config: BenchConfig, precision: str, batches) -> RunResult:
                 loss = model(input_ids=micro["tokens"], labels=micro["tokens"]).loss
             (loss / len(micro_batches)).backward()
             total += loss.detach().float()
-        torch.nn.utils.clip_grad_norm_(params, recipe.clip_grad, foreach=True)
+        torch.nn.utils.clip_grad_norm_(params, hyper.clip_grad, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return total / len(micro_batches)  # a device tensor: read after the timing, no per-step sync
@@ -390,7 +365,7 @@ def run_all(config: BenchConfig, runners: List[Runner], log) -> None:
             if runner.error is not None:
                 continue
             free_memory()
-            if torch.cuda.is_available():  # what the previous runs left behind (should stay ~0)
+            if device_info().cuda:  # what the previous runs left behind (should stay ~0)
                 allocated = torch.cuda.memory_allocated() / 2**30
                 log(f"rep {rep + 1} {runner.name:14s} starting, {allocated:.2f} GiB allocated")
             try:
@@ -521,7 +496,7 @@ def report(config: BenchConfig, command: str, started: str, device: dict, vers: 
         f"{config.tokens_per_step:,} tokens per step); {config.warmup} untimed + {config.steps} timed steps per run, "
         f"{config.repeats} interleaved repetitions (order rotated), medians. Ours: {precision}, "
         f"{'Cautious AdamW' if config.optimizer == 'cautious' else 'AdamW'} (megatron optimizer wrappers), "
-        f"z-loss, clip {_recipe(config.model).clip_grad}. Baseline: transformers Qwen3ForCausalLM, SDPA, plain RoPE "
+        f"z-loss, clip {train_config(config).optimizer.clip_grad}. Baseline: transformers Qwen3ForCausalLM, SDPA, plain RoPE "
         "(Llama-3 scaling does not change the cost), torch AdamW"
         f"{' (fused)' if device['cuda'] else ''}, same clip; `hf-autocast` = fp32 params under bf16 autocast, "
         "`hf-bf16` = pure bf16 params and state. Token ids from the audio block, Zipf frequencies "
@@ -614,7 +589,7 @@ def parse_args(argv=None) -> BenchConfig:
     p.add_argument("--results", metavar="FILE", default=None, help="append a Markdown section to FILE")
     p.add_argument("--json", metavar="PATH", dest="json_path", default=None, help="write every figure as JSON")
     args = p.parse_args(argv)
-    cuda = torch.cuda.is_available()
+    cuda = device_info().cuda
     bf16 = cuda if args.bf16 is None else args.bf16
     if bf16 and not cuda:
         p.error("--bf16 needs CUDA: megatron-core's bf16 optimizer wrapper checks for CUDA tensors")
@@ -658,7 +633,7 @@ def main(argv=None) -> int:
 
     parallel.initialize(parallel.ParallelLayout(), seed=config.seed)
     try:
-        device = device_info(config)
+        device = describe_device(config)
         vers = versions()
         log(f"{config.model} on {device['name']}; " + ", ".join(f"{k} {v}" for k, v in vers.items()))
         data_device = torch.device("cuda", torch.cuda.current_device()) if device["cuda"] else torch.device("cpu")

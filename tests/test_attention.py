@@ -182,10 +182,10 @@ def test_backend_choice_on_a_cpu_machine():
 
 
 def test_help_lists_every_backend_and_what_runs_here(capsys):
-    from megatron_soda.training.arguments import parse_args
+    from megatron_soda.training.plan import parse_train_config
 
     with pytest.raises(SystemExit):
-        parse_args(["--help"])
+        parse_train_config(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     for name in gpt.ATTENTION_BACKENDS:
         assert f"{name}:" in text

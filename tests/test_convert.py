@@ -292,13 +292,20 @@ def test_a_tied_models_lm_head_may_be_stored_only_as_a_copy_of_the_embedding(wor
         plan_import(ImportConfig(hf=str(other), save=str(tmp_path / "ckpt")))
 
 
-def test_import_refuses_rope_scaling_that_megatron_cannot_apply(world, tmp_path):
+def test_import_keeps_every_llama3_rope_setting_and_refuses_an_undefined_one(world, tmp_path):
+    from megatron_soda.models.presets import RopeScaling
+
     other = tmp_path / "hf"
     shutil.copytree(world.sources["tied_fp32"], other)
     raw = json.loads((other / "config.json").read_text())
-    raw["rope_parameters"]["low_freq_factor"] = 2.0
+    raw["rope_parameters"].update(low_freq_factor=2.0, original_max_position_embeddings=2048)
     (other / "config.json").write_text(json.dumps(raw))
-    with pytest.raises(ConversionError, match=r"megatron-core applies Llama-3 scaling with low_freq_factor 1.0"):
+    shape = plan_import(ImportConfig(hf=str(other), save=str(tmp_path / "ckpt"))).shape
+    assert shape.rope_scaling == RopeScaling(factor=8.0, low_freq_factor=2.0, high_freq_factor=4.0,
+                                             original_max_position=2048)
+    raw["rope_parameters"]["low_freq_factor"] = 4.0  # == high_freq_factor: the interpolation band is empty
+    (other / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConversionError, match=r"0 < low_freq_factor < high_freq_factor .*low_freq_factor=4.0"):
         plan_import(ImportConfig(hf=str(other), save=str(tmp_path / "ckpt")))
 
 
@@ -405,7 +412,8 @@ def test_pretraining_continues_from_an_import_of_a_model_that_is_no_preset(world
     """`pretrain --load` takes the imported model's recorded shape; a different --model is refused."""
     from megatron_soda.data.indexed_dataset import write_dataset
     from megatron_soda.data.synthetic import random_documents
-    from megatron_soda.training.arguments import parse_args
+    from megatron_soda.training.logger import iteration_records
+    from megatron_soda.training.plan import parse_train_config
     from megatron_soda.pretrain import pretrain
 
     write_dataset(tmp_path / "data", *random_documents(np.random.default_rng(0), 200, (20, 80), world.vocab),
@@ -416,12 +424,12 @@ def test_pretraining_continues_from_an_import_of_a_model_that_is_no_preset(world
             "--micro-batch-size", 2, "--global-batch-size", 2, "--train-iters", 2, "--lr", 1e-3, "--lr-decay-style", "cosine",
             "--load", run, "--save", run, "--metrics-file", tmp_path / "metrics.jsonl"]
     launch("pretrain_entry.py", 1, *args)
-    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    lines = iteration_records(tmp_path / "metrics.jsonl")
     assert [line["iteration"] for line in lines] == [1, 2] and all(np.isfinite(line["lm loss"]) for line in lines)
     info = read_checkpoint_info(run)
     assert info["iteration"] == 2 and not info["model_only"]
     assert info["extra"]["model"] == dataclasses.asdict(world.shapes["tied"])
 
-    config = parse_args([str(a) for a in args + ["--model", "tiny"]])
-    with pytest.raises(ValueError, match=f"--model tiny differs from the model in --load {run}"):
+    config = parse_train_config([str(a) for a in args + ["--model", "tiny"]])
+    with pytest.raises(ValueError, match=f"the model given by flags differs from the model in --load {run}"):
         pretrain(config)

@@ -24,7 +24,8 @@ def _model(shape, seed):
 def test_loading_without_optimizer_state_refreshes_the_optimizers_copies_of_the_weights(megatron_world, tmp_path):
     from megatron_soda.models.presets import get_preset
     from megatron_soda.training import checkpointing
-    from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer
+    from megatron_soda.training.config import OptimizerConfig
+    from megatron_soda.training.optimizer import build_megatron_optimizer
     from megatron_soda.training.schedules import apply_lr
     from megatron_soda.training.step import forward_backward
 
@@ -34,7 +35,7 @@ def test_loading_without_optimizer_state_refreshes_the_optimizers_copies_of_the_
     loaded = {k: v.detach().clone() for k, v in source[0].module.state_dict().items() if torch.is_tensor(v)}
 
     model = _model(shape, seed=2)  # other initial weights
-    optimizer = build_megatron_optimizer(model, OptimizerSettings(name="adamw", lr=1e-3, weight_decay=0.0))
+    optimizer = build_megatron_optimizer(model, OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.0))
     refreshed = []
     original = optimizer.reload_model_params
     optimizer.reload_model_params = lambda *args: (refreshed.append(True), original(*args))[1]

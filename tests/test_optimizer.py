@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_soda.training.optimizer import CautiousAdamW, OptimizerSettings, decays, param_groups
+from megatron_soda.training.config import OptimizerConfig
+from megatron_soda.training.optimizer import CautiousAdamW, cautious_adamw, decays, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,15 +110,15 @@ def test_resume_from_state_dict_continues_identically():
                 q.grad = gq.clone()
             opt.step()
 
-    settings = OptimizerSettings(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    settings = OptimizerConfig(lr=1e-2, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8)
     straight = _params()
-    opt = settings.build(straight)
+    opt = cautious_adamw(settings, straight)
     run(straight, opt, grads)
     first = _params()
-    opt_first = settings.build(first)
+    opt_first = cautious_adamw(settings, first)
     run(first, opt_first, grads[:3])
     resumed = [q.detach().clone().requires_grad_() for q in first]
-    opt_resumed = settings.build(resumed)
+    opt_resumed = cautious_adamw(settings, resumed)
     opt_resumed.load_state_dict(opt_first.state_dict())
     run(resumed, opt_resumed, grads[3:])
     for a, b in zip(straight, resumed):
@@ -180,7 +181,7 @@ def test_tied_output_layer_copy_on_the_last_pipeline_stage_is_not_decayed():
 
 def test_settings_reject_an_unknown_optimizer_and_adamc_without_peak():
     with pytest.raises(ValueError, match="cautious"):
-        OptimizerSettings(name="adam")
+        OptimizerConfig(name="adam")
     with pytest.raises(ValueError, match="max_lr"):
         CautiousAdamW([torch.zeros(2, requires_grad=True)], lr=0.0, adamc=True)
 
@@ -195,7 +196,8 @@ dist.init_process_group("gloo", rank=0, world_size=1)
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.transformer import TransformerConfig
-from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer, param_groups
+from megatron_soda.training.config import OptimizerConfig
+from megatron_soda.training.optimizer import build_megatron_optimizer, cautious_adamw, param_groups
 from megatron_soda.training.schedules import apply_lr
 parallel_state.initialize_model_parallel(1, 1)
 
@@ -211,7 +213,7 @@ class Toy(torch.nn.Module):  # GPT-like names: embedding, a decayed matrix, a no
         h = self.embedding.word_embeddings(x)
         return self.output_layer(self.final_layernorm(torch.tanh(self.linear_fc1(h)) + h))
 
-settings = OptimizerSettings(lr=2e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, clip_grad=0.0)
+settings = OptimizerConfig(lr=2e-2, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8, weight_decay=0.1, clip_grad=0.0)
 config = TransformerConfig(num_layers=1, hidden_size=6, num_attention_heads=1)
 def megatron_pair(state):
     model = Toy(); model.load_state_dict(state)
@@ -221,7 +223,7 @@ def megatron_pair(state):
 torch.manual_seed(0)
 start = Toy().state_dict()
 reference = Toy(); reference.load_state_dict(start)
-ref_opt = settings.build(param_groups(reference.named_parameters(), settings.weight_decay))
+ref_opt = cautious_adamw(settings, param_groups(reference.named_parameters(), settings.weight_decay))
 model, ddp, opt = megatron_pair(start)
 generator = torch.Generator().manual_seed(1)
 batches = [torch.randint(0, 10, (3, 5), generator=generator) for _ in range(4)]

@@ -10,7 +10,9 @@ from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_
 from megatron_soda.data.indexed_dataset import merge_datasets, write_dataset
 from megatron_soda.data.packing import pack_dataset
 from megatron_soda.data.synthetic import text_documents
-from megatron_soda.training.arguments import parse_args
+from megatron_soda.models.presets import get_preset
+from megatron_soda.training.logger import iteration_records, read_metrics
+from megatron_soda.training.plan import parse_train_config, plan_run
 from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from tests.dist import launch
 from tests.test_preprocess_audio import CORPUS, TINY_MIMI
@@ -30,13 +32,13 @@ def demo_data(tmp_path_factory):
     return root
 
 
-def pretrain(root, run, *args, world=1):
+def pretrain(root, run, *args, world=1, model="tiny"):
     metrics = root / f"{run}.jsonl"
-    launch("pretrain_entry.py", world, "--model", "tiny", "--tokenizer", root / "tok", "--data-path", root / "speech",
+    launch("pretrain_entry.py", world, *(["--model", model] if model else []), "--tokenizer", root / "tok", "--data-path", root / "speech",
            "--split", "100,0,0", "--seq-length", 128, "--micro-batch-size", 2, "--global-batch-size", 4,
            "--lr", 3e-3, "--lr-warmup-iters", 2, "--lr-decay-style", "wsd", "--lr-decay-fraction", 0.2,
            "--clip-grad", 1.0, "--z-loss-weight", 1e-4, "--metrics-file", metrics, "--skip-data-validation", *args)
-    return [json.loads(line) for line in open(metrics)]
+    return iteration_records(metrics)
 
 
 @pytest.mark.timeout(600)
@@ -63,6 +65,109 @@ def test_stop_and_resume_equals_the_uninterrupted_run_bitwise(demo_data, tmp_pat
 
 
 @pytest.mark.timeout(600)
+def test_metrics_file_describes_the_run_and_a_resume_keeps_one_record_per_iteration(demo_data, tmp_path):
+    """A run that wrote iterations 4-6 past its checkpoint at 3, resumed from 3 into the same file."""
+    whole = pretrain(demo_data, "whole6", "--train-iters", 6)
+    ckpt = tmp_path / "ckpt"
+    pretrain(demo_data, "resumed", "--train-iters", 6, "--save", ckpt, "--save-interval", 3)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("3\n")  # as if killed after iteration 6's log line
+    resumed = pretrain(demo_data, "resumed", "--train-iters", 6, "--load", ckpt, "--save", ckpt)
+    assert [line["iteration"] for line in resumed] == list(range(1, 7))
+    assert [line["lm loss"] for line in resumed] == [line["lm loss"] for line in whole]
+    records = read_metrics(demo_data / "resumed.jsonl")
+    run = records[0]["run"]
+    tiny = get_preset("tiny", vocab_size=load_soda_tokenizer(demo_data / "tok").layout.vocab_size)
+    assert run["model"] == "tiny" and run["parameters"] == tiny.num_parameters()
+    assert run["non_embedding_parameters"] == tiny.num_non_embedding_parameters()
+    assert run["tokens_per_iteration"] == 4 * 128 and run["flops_per_token"] > run["six_n_flops_per_token"] > 0
+    assert run["layout"]["tensor"] == 1 and run["layout"]["data"] == 1 and run["recipe"] is None
+    assert [r["resume"]["iteration"] for r in records if "resume" in r] == [3]
+
+
+def _checkpoint_tensors(path):
+    """A dist checkpoint's model tensors, read without a model or process group."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = path.parent / (path.name + ".pt")
+    dcp_to_torch_save(str(path), str(out))
+    state = torch.load(out, weights_only=False)
+    return {k: v for k, v in state.items()
+            if torch.is_tensor(v) and not k.startswith(("optimizer", "rng_state")) and "_extra_state" not in k}
+
+
+@pytest.mark.timeout(600)
+def test_finetune_starts_iteration_schedule_data_and_optimizer_fresh_from_the_weights(demo_data, tmp_path):
+    pretrain(demo_data, "pre10", "--train-iters", 10, "--save", tmp_path / "pre")
+    # lr 0 and no decay: the one fine-tuning step leaves the weights as loaded.
+    tuned = pretrain(demo_data, "ft", "--train-iters", 2, "--finetune", "--load", tmp_path / "pre", "--save",
+                     tmp_path / "ft", "--lr", 0.0, "--weight-decay", 0.0, "--lr-decay-style", "constant")
+    assert [(r["iteration"], r["consumed samples"]) for r in tuned] == [(1, 4), (2, 8)]
+    from megatron_soda.training.checkpointing import read_checkpoint_info
+
+    info = read_checkpoint_info(tmp_path / "ft")
+    assert info["iteration"] == 2 and info["consumed_samples"] == 8 and info["scheduler_state"]["schedule"]["total_steps"] == 2
+    before = _checkpoint_tensors(tmp_path / "pre" / "iter_0000010")
+    after = _checkpoint_tensors(tmp_path / "ft" / "iter_0000002")
+    assert before.keys() == after.keys() and len(before) > 10
+    assert all(before[k].equal(after[k]) for k in before)
+    # The data starts at sample 0: the first fine-tuning loss is the pretrained model's on batch 0, which
+    # differs from its loss on batch 11 (where a resume would continue).
+    warm = pretrain(demo_data, "ft_lr", "--train-iters", 4, "--finetune", "--load", tmp_path / "pre", "--lr", 1e-3,
+                    "--lr-warmup-iters", 2, "--lr-decay-style", "constant")
+    assert warm[0]["learning rate"] == pytest.approx(5e-4) and warm[0]["lm loss"] == tuned[0]["lm loss"]
+    assert read_metrics(demo_data / "ft_lr.jsonl")[0]["run"]["finetune"] is True
+
+
+@pytest.mark.timeout(600)
+def test_a_shape_from_flags_trains_checkpoints_exports_and_converts_back(demo_data, tmp_path):
+    import subprocess
+    import sys
+
+    from megatron_soda.training.checkpointing import read_checkpoint_info
+
+    shape_flags = ["--num-layers", 2, "--hidden-size", 48, "--num-attention-heads", 4, "--num-query-groups", 2,
+                   "--ffn-hidden-size", 96, "--max-position-embeddings", 256]
+    lines = pretrain(demo_data, "custom", "--train-iters", 3, "--save", tmp_path / "ckpt", *shape_flags,
+                     "--lr-decay-style", "constant", model=None)
+    assert len(lines) == 3 and all(np.isfinite(line["lm loss"]) for line in lines)
+    record = read_checkpoint_info(tmp_path / "ckpt")["extra"]["model"]
+    assert isinstance(record, dict) and (record["num_layers"], record["hidden_size"], record["kv_channels"]) == (2, 48, 12)
+    assert record["tie_embeddings"] is True  # Megatron-LM's default without --untie-embeddings-and-output-weights
+    tool = [sys.executable, "tools/convert_checkpoint.py"]
+    for args in (["export", "--load", tmp_path / "ckpt", "--output", tmp_path / "hf", "--tokenizer", demo_data / "tok"],
+                 ["import", "--hf", tmp_path / "hf", "--save", tmp_path / "back"]):
+        result = subprocess.run([*tool, *map(str, args), "--no-progress"], capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stderr[-2000:]
+    trained, back = _checkpoint_tensors(tmp_path / "ckpt" / "iter_0000003"), _checkpoint_tensors(tmp_path / "back" / "iter_0000000")
+    vocab = load_soda_tokenizer(demo_data / "tok").layout.vocab_size
+    assert trained.keys() == back.keys()
+    # Hugging Face holds the real vocabulary only: the embedding's padding rows do not travel.
+    differ = [k for k in trained if not (trained[k][:vocab].equal(back[k][:vocab]) if "word_embeddings" in k
+                                         or "output_layer" in k else trained[k].equal(back[k]))]
+    assert not differ, differ
+    # The imported model continues without --model or shape flags: its checkpoint records the shape.
+    more = pretrain(demo_data, "custom_more", "--train-iters", 3, "--load", tmp_path / "back",
+                    "--lr-decay-style", "constant", model=None)
+    assert len(more) == 3 and np.isfinite(more[0]["lm loss"])
+
+
+def test_dry_run_prints_model_layout_run_and_memory_without_touching_data(capsys):
+    from megatron_soda.pretrain import main
+    from megatron_soda.training.memory import estimate_memory
+
+    assert main(["--model", "soda-600m", "--dry-run", "--micro-batch-size", "4", "--bf16", "--data-path", "nowhere"]) == 0
+    out = capsys.readouterr().out
+    shape = get_preset("soda-600m")
+    assert f"{shape.num_parameters():,} total" in out and f"{shape.num_non_embedding_parameters():,} non-embedding" in out
+    assert "TP=1 x PP=1 x DP=1" in out and "238,419 iterations x 512 sequences x 4096 tokens" in out
+    assert "recipe: soda (soda-600m)" in out
+    estimate = estimate_memory(shape, tensor_parallel=1, pipeline_parallel=1, data_parallel=1, micro_batch_size=4,
+                               seq_length=4096, bf16=True, distributed_optimizer=False)
+    assert f"{estimate.total / 2**30:.2f} GiB" in out
+
+
+@pytest.mark.timeout(600)
 def test_packed_rows_train_at_tp2(demo_data):
     pack_dataset(demo_data / "speech", demo_data / "speech_packed", 128, overwrite=True)
     lines = pretrain(demo_data, "packed", "--train-iters", 12, "--data-path", demo_data / "speech_packed", "--packed-data",
@@ -76,22 +181,25 @@ def test_document_masked_blend_logs_the_achieved_mix(demo_data):
     layout = load_soda_tokenizer(demo_data / "tok").layout
     write_dataset(demo_data / "text", *text_documents(np.random.default_rng(0), 200, layout, (20, 120)), layout.vocab_size,
                   overwrite=True)
-    lines = pretrain(demo_data, "blend", "--train-iters", 8, "--reset-attention-mask", "--split", "80,20,0",
+    pretrain(demo_data, "blend", "--train-iters", 8, "--reset-attention-mask", "--split", "80,20,0",
                      "--data-cache-path", demo_data / "index_cache",
-                     "--eval-interval", 4, "--eval-iters", 1, "--data-path", 0.7, demo_data / "speech", 0.3, demo_data / "text")
+                     "--eval-interval", 4, "--eval-samples", 8, "--data-path", 0.7, demo_data / "speech", 0.3, demo_data / "text")
+    lines = [json.loads(line) for line in open(demo_data / "blend.jsonl")]
     train = [line for line in lines if "lm loss" in line]
     assert len(train) == 8 and all(np.isfinite(line["lm loss"]) for line in train)
-    assert train[-1]["data mix"] == pytest.approx([0.7, 0.3], abs=0.03)
+    assert train[-1]["data mix"] == pytest.approx({"speech": 0.7, "text": 0.3}, abs=0.03)
     assert any((demo_data / "index_cache").glob("*-GPTDataset-train-shuffle_index.npy"))  # megatron cached them there
     validation = [line for line in lines if "validation lm loss" in line]
     assert [line["iteration"] for line in validation] == [4, 8] and all(np.isfinite(line["validation lm loss"]) for line in validation)
 
 
 def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
-    config = parse_args(["--model", "soda-600m", "--data-path", "0.95", "speech", "0.05", "text", "--lr", "1e-3"])
-    assert (config.global_batch_size, config.seq_length, config.train_iters) == (512, 4096, 238_419)
-    assert (config.adam_beta1, config.adam_beta2, config.adam_eps, config.weight_decay) == (0.98, 0.98, 1e-16, 0.033)
-    assert config.adamc and config.optimizer == "cautious" and config.z_loss_weight == 1e-4 and config.lr == 1e-3
+    config = parse_train_config(["--model", "soda-600m", "--data-path", "0.95", "speech", "0.05", "text", "--lr", "1e-3"])
+    t, o = config.training, config.optimizer
+    assert (t.global_batch_size, t.seq_length, t.train_iters) == (512, 4096, 238_419)
+    assert (o.adam_beta1, o.adam_beta2, o.adam_eps, o.weight_decay) == (0.98, 0.98, 1e-16, 0.033)
+    assert o.adamc and o.name == "cautious" and t.z_loss_weight == 1e-4 and o.lr == 1e-3
+    assert config.recipe == "soda (soda-600m)"
 
 
 @pytest.mark.parametrize(
@@ -99,24 +207,26 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
     [
         (["--global-batch-size", "6", "--micro-batch-size", "4"], 1, "--global-batch-size 6 is not divisible"),
         (["--tensor-model-parallel-size", "3"], 4, "not divisible by --tensor-model-parallel-size 3"),
-        (["--lr-decay-style", "step"], 1, "--lr-decay-style 'step'"),
         (["--fp8-format", "hybrid"], 1, "needs transformer_engine"),
         (["--attention-backend", "xformers"], 1, "--attention-backend 'xformers': choose one of"),
+        (["--num-layers", "3"], 1, "a custom shape needs --hidden-size, --num-attention-heads"),
+        (["--model", "soda-9b"], 1, "--model: unknown model preset 'soda-9b'"),
+        (["--finetune"], 1, "--finetune needs --load"),
         (["--packed-data", "--reset-attention-mask"], 1, "--reset-attention-mask is for GPTDataset rows"),
         (["--attention-backend", "local", "--packed-data"], 1, "--attention-backend local cannot keep documents apart"),
         (["--train-iters", "3"], 1, "--lr-decay-style wsd over 3 iterations .*--lr-decay-fraction 0.2.*needs a decay phase"),
     ],
 )
 def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):
-    config = parse_args(["--data-path", "x", "--train-iters", "1", *argv])
+    config = parse_train_config(["--data-path", "x", "--train-iters", "1", *argv])
     with pytest.raises((ValueError, ImportError), match=message):
-        config.check(world)
+        plan_run(config, world, check_data=False)
 
 
 def test_load_of_an_empty_directory_without_a_model_is_refused(demo_data, tmp_path):
     from megatron_soda.pretrain import pretrain as run
 
-    config = parse_args(["--data-path", str(demo_data / "speech"), "--tokenizer", str(demo_data / "tok"), "--train-iters",
+    config = parse_train_config(["--data-path", str(demo_data / "speech"), "--tokenizer", str(demo_data / "tok"), "--train-iters",
                          "10", "--load", str(tmp_path / "typo")])
     with pytest.raises(ValueError, match=f"--load {tmp_path / 'typo'} holds no checkpoint, and no --model"):
         run(config)
@@ -136,7 +246,7 @@ def test_plain_python_without_a_launcher_trains_as_one_process(demo_data, tmp_pa
          "--metrics-file", str(tmp_path / "m.jsonl")],
         env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [json.loads(line)["iteration"] for line in open(tmp_path / "m.jsonl")] == [1, 2]
+    assert [line["iteration"] for line in iteration_records(tmp_path / "m.jsonl")] == [1, 2]
 
 
 @pytest.mark.timeout(600)

@@ -13,13 +13,15 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from megatron_soda.device import device_info
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
     """``"auto"`` -> the GPU when there is one, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if device_info().cuda else "cpu")
     return torch.device(device)
 
 

@@ -5,16 +5,13 @@ Written configs carry both spellings transformers has used, with the same values
 ``rope_scaling``; ``torch_dtype``) build the same model. The RMSNorm epsilon is always written:
 SODA's is 1e-5, transformers' Qwen3 default 1e-6.
 
-RoPE: megatron-core applies Llama-3 frequency scaling with the factor as its only setting (``gpt.py``
-passes ``rope_scaling`` and ``rope_scaling_factor``; low-frequency factor 1, high-frequency factor 4 and
-original context 8192 are fixed inside megatron-core), so a shape whose other settings differ cannot be
-converted either way without changing the model: ``check_convertible`` refuses it.
+RoPE: Llama-3 frequency scaling converts with all four settings (factor, low/high-frequency factors,
+original context); ``models/gpt.py`` gives megatron-core's rotary embedding every one of them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Optional, Tuple
@@ -22,10 +19,7 @@ from typing import Optional, Tuple
 import torch
 
 from megatron_soda.convert.names import ConversionError
-from megatron_soda.models.presets import LLAMA3_ROPE_SCALING, ModelShape, RopeScaling
-
-MEGATRON_FIXED_ROPE = replace(LLAMA3_ROPE_SCALING, factor=1.0)
-"""Llama-3 scaling as megatron-core applies it, factor aside (module docstring)."""
+from megatron_soda.models.presets import ModelShape, RopeScaling
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -52,11 +46,13 @@ def check_convertible(shape: ModelShape, where: str) -> None:
         problems.append("a plain MLP (Qwen3's is SwiGLU)")
     if not shape.qk_layernorm:
         problems.append("no q/k norms (Qwen3 has them)")
-    rope = shape.rope_scaling
-    if rope is not None and replace(rope, factor=1.0) != MEGATRON_FIXED_ROPE:
-        problems.append(f"RoPE scaling {rope}, but megatron-core applies Llama-3 scaling with low_freq_factor "
-                        f"{MEGATRON_FIXED_ROPE.low_freq_factor}, high_freq_factor {MEGATRON_FIXED_ROPE.high_freq_factor} "
-                        f"and original context {MEGATRON_FIXED_ROPE.original_max_position} (only the factor is a setting)")
+    if shape.rope_scaling is not None:
+        from megatron_soda.models.gpt import check_rope_scaling
+
+        try:
+            check_rope_scaling(shape.rope_scaling)
+        except ValueError as error:
+            problems.append(str(error))
     if problems:
         raise ConversionError(f"{where}: cannot convert this model: it has {'; '.join(problems)}")
 

@@ -1,9 +1,9 @@
 """Qwen3-architecture models as megatron-core GPTModels: the one place that calls its model API.
 
-RMSNorm, SwiGLU, GQA, QK-norm, no biases, Llama-3-style RoPE, tied or untied embeddings, all from a
-``ModelShape``. Layers come from a ``ModuleSpec``: Transformer Engine's linear layers and norms when
-it is installed, megatron-core's local modules otherwise; core attention as ``--attention-backend``
-says (``ATTENTION_BACKENDS``).
+RMSNorm, SwiGLU, GQA, QK-norm, no biases, Llama-3-style RoPE (all four of its settings, see
+``apply_rope_scaling``), tied or untied embeddings, all from a ``ModelShape``. Layers come from a
+``ModuleSpec``: Transformer Engine's linear layers and norms when it is installed, megatron-core's
+local modules otherwise; core attention as ``--attention-backend`` says (``ATTENTION_BACKENDS``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_soda import optional
+from megatron_soda.device import device_info
 from megatron_soda.models.attention import FlashAttention, FlexAttention, SDPAttention
-from megatron_soda.models.presets import ModelShape
+from megatron_soda.models.presets import ModelShape, RopeScaling
 
 ATTENTION_BACKENDS = {
     "auto": "the fastest this build has: te with Transformer Engine, else flash with flash-attn on CUDA, else sdpa",
@@ -43,9 +44,9 @@ def _runnable(name: str) -> bool:
     if name in _TE_BACKENDS:
         return optional.available("transformer_engine")
     if name == "flash":
-        return torch.cuda.is_available() and optional.available("flash_attn")
+        return device_info().cuda and optional.available("flash_attn")
     if name == "local":
-        return torch.cuda.is_available()
+        return device_info().cuda
     return True
 
 
@@ -70,11 +71,11 @@ def resolve_attention_backend(name: str, params_dtype: torch.dtype = torch.float
         optional.require("transformer_engine", f"--attention-backend {name}")
     elif name == "flash":
         optional.require("flash_attn", "--attention-backend flash")
-        if not torch.cuda.is_available():
+        if not device_info().cuda:
             raise ValueError("--attention-backend flash needs a CUDA device; use sdpa on CPU")
         if params_dtype not in _HALF:
             raise ValueError("--attention-backend flash needs --bf16: flash-attn has no fp32 kernels")
-    elif name == "local" and not torch.cuda.is_available():
+    elif name == "local" and not device_info().cuda:
         raise ValueError("--attention-backend local is megatron-core's own attention, which builds its mask on CUDA; "
                          "use sdpa on CPU")
     return name
@@ -133,8 +134,12 @@ def transformer_config(
 
     ``fp8_format`` (e4m3 | hybrid) turns on FP8 through Transformer Engine's ``fp8_recipe``; megatron-core
     then runs every layer under TE's FP8 autocast. It needs TE's linear layers, so not ``local``.
+
+    ``calculate_per_token_loss`` is always on: the loss is the global batch's per-token mean
+    (``training/step.py``); DDP reads it when built from this config (it then sums gradients over
+    data-parallel ranks and ``finalize_model_grads`` divides by the global batch's loss tokens).
     """
-    cuda = torch.cuda.is_available()
+    cuda = device_info().cuda
     backend = resolve_attention_backend(attention_backend, params_dtype)
     check_fp8(fp8_format, fp8_recipe, backend)
     return TransformerConfig(
@@ -169,9 +174,52 @@ def transformer_config(
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
+        calculate_per_token_loss=True,
         attention_backend=_TE_BACKENDS.get(backend, AttnBackend.local if backend == "local" else AttnBackend.auto),
         **({"fp8": fp8_format, "fp8_recipe": fp8_recipe} if fp8_format is not None else {}),
     )
+
+
+def check_rope_scaling(rope: RopeScaling) -> None:
+    """Refuses Llama-3 scaling settings whose frequency formula is undefined or meaningless."""
+    if not (rope.factor > 0 and 0 < rope.low_freq_factor < rope.high_freq_factor and rope.original_max_position > 0):
+        raise ValueError(
+            f"Llama-3 RoPE scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position "
+            f"> 0; got factor={rope.factor}, low_freq_factor={rope.low_freq_factor}, high_freq_factor="
+            f"{rope.high_freq_factor}, original_max_position={rope.original_max_position}")
+
+
+def apply_rope_scaling(model: GPTModel, shape: ModelShape) -> None:
+    """Gives ``model``'s rotary embedding all four Llama-3 scaling settings of ``shape.rope_scaling``.
+
+    megatron-core's ``GPTModel`` (0.16, and unchanged up to 0.20) accepts only ``rope_scaling`` and
+    ``rope_scaling_factor``, and its ``RotaryEmbedding`` calls ``_apply_scaling(inv_freq, factor=...)``,
+    so low_freq_factor 1, high_freq_factor 4 and original context 8192 (that method's defaults) would
+    stand in for the shape's own. ``_apply_scaling`` itself takes all four, so right after construction
+    (before any forward: the embedding's ``forward`` caches its output per sequence length) ``inv_freq``
+    is recomputed here from megatron's own unscaled formula (``1 / base ** (arange(0, dim, 2) / dim)``,
+    float32, on the same device) and megatron's ``_apply_scaling`` with the shape's four values. For the
+    default settings this reproduces megatron's frequencies bit for bit. ``inv_freq`` is a plain attribute,
+    not a buffer: checkpoints do not hold it, so every model built here computes it the same way.
+    """
+    rope = shape.rope_scaling
+    rotary = getattr(model, "rotary_pos_emb", None)
+    if rope is None or rotary is None:
+        return
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    if type(rotary) is not RotaryEmbedding or not hasattr(rotary, "_apply_scaling"):
+        raise ValueError(f"cannot apply Llama-3 RoPE scaling {rope} to megatron-core's {type(rotary).__name__}: "
+                         "expected its plain RotaryEmbedding with _apply_scaling")
+    dim = shape.kv_channels  # GPTModel's rotary_percent is 1.0: the whole head rotates
+    if rotary.inv_freq.numel() != (dim + 1) // 2:
+        raise ValueError(f"megatron-core's rotary embedding has {rotary.inv_freq.numel()} frequencies, expected "
+                         f"{(dim + 1) // 2} for head dimension {dim}")
+    exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=rotary.inv_freq.device) / dim
+    base = 1.0 / (shape.rotary_base ** exponents)
+    rotary.inv_freq = rotary._apply_scaling(
+        base, factor=rope.factor, low_freq_factor=rope.low_freq_factor, high_freq_factor=rope.high_freq_factor,
+        original_max_position_embeddings=rope.original_max_position)
 
 
 def build_gpt_model(
@@ -183,9 +231,15 @@ def build_gpt_model(
     post_process: bool = True,
     vp_stage: Optional[int] = None,
 ) -> GPTModel:
-    """One pipeline stage (or the whole model) of ``shape`` with the padded vocabulary."""
+    """One pipeline stage (or the whole model) of ``shape`` with the padded vocabulary.
+
+    RoPE scaling reaches megatron in full: the factor through ``GPTModel``, the other three settings
+    through ``apply_rope_scaling`` right after construction.
+    """
     rope = shape.rope_scaling
-    return GPTModel(
+    if rope is not None:
+        check_rope_scaling(rope)
+    model = GPTModel(
         config=config,
         transformer_layer_spec=layer_spec(attention_backend, config.params_dtype),
         vocab_size=shape.padded_vocab_size(),
@@ -200,3 +254,5 @@ def build_gpt_model(
         rope_scaling_factor=rope.factor if rope is not None else 8.0,
         **({"vp_stage": vp_stage} if vp_stage is not None else {}),
     )
+    apply_rope_scaling(model, shape)
+    return model

@@ -65,6 +65,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_soda.device import device_info
 from megatron_soda.data.jobs import fsync_path
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def _rng_state() -> Dict[str, Any]:
     state = {"python": random.getstate(),
              "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if device_info().cuda:
         from megatron.core import tensor_parallel
 
         state["cuda"] = torch.cuda.get_rng_state()
@@ -219,7 +220,7 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and "cuda" in state:
+    if device_info().cuda and "cuda" in state:
         from megatron.core import tensor_parallel
 
         torch.cuda.set_rng_state(state["cuda"])

@@ -31,6 +31,8 @@ import contextlib
 import threading
 
 import torch
+
+from megatron_soda.device import device_info
 from torch.overrides import TorchFunctionMode
 
 _lock = threading.Lock()
@@ -118,7 +120,7 @@ def _install_clip() -> None:
 
 
 def needed() -> bool:
-    return not torch.cuda.is_available()
+    return not device_info().cuda
 
 
 def install() -> None:

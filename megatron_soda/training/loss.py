@@ -4,10 +4,25 @@ For every position with a target (``loss_mask`` > 0)::
 
     lse    = log sum_v exp(logits_v)             over the whole (padded) vocabulary, across TP ranks
     ce     = lse - logits[label]
-    loss   = mean(ce) + z_loss_weight * mean(lse ** 2)        means over the loss-masked positions
+    loss   = (sum(ce) + z_loss_weight * sum(lse ** 2)) / N    sums over the loss-masked positions
 
-This is Levanter's ``logsumexp_weight`` z-loss (SODA.md: weight 1e-4), averaged with the same mask as
-the cross-entropy. ``loss_mask`` values act as weights (megatron's GPTDataset gives 0/1 floats).
+where N is the number of loss tokens of the whole *global batch*: every micro-batch, every
+data-parallel rank. This is Levanter's ``logsumexp_weight`` z-loss (SODA.md: weight 1e-4), normalized
+like the cross-entropy, and Megatron-LM's ``--calculate-per-token-loss``: every loss token weighs the
+same however the global batch is split into micro-batches and ranks, and whatever the other rows'
+masks (padded packed rows, EOD-masked tokens). ``loss_mask`` is megatron's 0/1 float mask; its values
+multiply the per-position terms, but N counts them rounded to an integer (megatron's token counter is
+an int), so only 0/1 masks give an exact mean.
+
+**How N gets there: megatron-core's per-token mechanism.** ``lm_loss`` returns megatron's 3-tuple
+``(loss_sum, num_tokens, metrics)`` for one micro-batch. With ``TransformerConfig.calculate_per_token_loss``
+(``models/gpt.py`` sets it) megatron's schedule backpropagates ``loss_sum`` as it is (no division by the
+micro-batch's tokens or by the number of micro-batches), adds up ``num_tokens`` over the micro-batches on
+the last pipeline stage, and hands that count to ``finalize_model_grads`` (``config.finalize_model_grads_func``),
+which broadcasts it over the pipeline group, all-reduces it over the data-parallel group and scales the
+gradients by 1/N; DDP, built with the same config, sums gradients over data-parallel ranks instead of
+averaging them. The logged losses follow the same rule: ``combine_metrics`` weighs each micro-batch by
+its loss tokens across micro-batches and ranks.
 
 **One pass, megatron's arithmetic.** The cross-entropy is megatron-core's vocab-parallel
 cross-entropy, built from the very pieces ``tensor_parallel.vocab_parallel_cross_entropy`` uses
@@ -52,6 +67,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from megatron_soda.device import device_info
 from megatron_soda.tokenizer.layout import VocabLayout
 
 METRIC_KEYS = ("lm loss", "z loss", "audio loss", "text loss", "audio tokens", "text tokens")
@@ -62,7 +78,7 @@ class LossSettings:
     """How the training loss is formed (``forward_backward``'s ``loss`` argument)."""
 
     z_loss_weight: float = 0.0
-    """Weight of mean(logsumexp^2); SODA trained with 1e-4 (0 leaves the loss plain cross-entropy)."""
+    """Weight of the per-token mean of logsumexp^2; SODA trained with 1e-4 (0 leaves plain cross-entropy)."""
     layout: Optional[VocabLayout] = None
     """Vocabulary layout for the audio/text split of the metrics; None counts every label as text."""
     mask_padded_vocab: bool = False
@@ -143,17 +159,25 @@ def cross_entropy_and_logsumexp(logits: torch.Tensor, labels: torch.Tensor, *, t
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, z_loss_weight: float = 0.0,
             audio_offset: Optional[int] = None, vocab_size: Optional[int] = None, *,
-            mask_padded_vocab: bool = False, tp_group=None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """SODA's loss for one micro-batch; returns ``(loss, metrics)`` as megatron's ``loss_func`` does.
+            mask_padded_vocab: bool = False,
+            tp_group=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+    """SODA's loss for one micro-batch as megatron's per-token ``loss_func``: ``(loss_sum, num_tokens, metrics)``.
 
     ``logits`` ``[..., v/tp]`` (the model's vocab-parallel output; ``[b, s, v/tp]`` from GPTModel with
     ``labels=None``), ``labels`` and ``loss_mask`` ``[...]``. ``audio_offset``/``vocab_size``: the
     layout's first audio id and real vocabulary size (``VocabLayout.audio_offset``/``vocab_size``).
-    ``loss`` = masked mean cross-entropy + ``z_loss_weight`` * masked mean logsumexp^2 (with grad).
-    ``metrics`` holds detached fp32 scalars: ``lm loss`` (the cross-entropy mean), ``z loss`` (the
-    weighted term added), ``audio loss``/``text loss`` (mean cross-entropy over positions whose label is
-    audio / not audio; 0 where there are none) and ``audio tokens``/``text tokens`` (their loss-mask
-    weight, so ``combine_metrics`` can average them correctly over micro-batches and ranks).
+
+    ``loss_sum`` (fp32 scalar, with grad) = sum over the loss-masked positions of cross-entropy +
+    ``z_loss_weight`` * logsumexp^2, *not* divided by anything: the division by the global batch's loss
+    tokens happens in megatron (module docstring). ``num_tokens`` (int32 scalar) = the loss mask's sum,
+    the count megatron adds up over micro-batches and ranks. A micro-batch without loss tokens gives
+    ``(0, 0, ...)``, no NaN.
+
+    ``metrics`` holds detached fp32 scalars for this micro-batch alone: ``lm loss`` (its per-token mean
+    cross-entropy), ``z loss`` (its per-token mean of the weighted term), ``audio loss``/``text loss``
+    (mean cross-entropy over positions whose label is audio / not audio) and ``audio tokens``/``text
+    tokens`` (their loss-mask weight; the two add up to the micro-batch's loss tokens). Means over no
+    tokens are 0. ``combine_metrics`` turns them into the global batch's per-token means.
     """
     if loss_mask.shape != labels.shape:
         raise ValueError(f"loss_mask {list(loss_mask.shape)} and labels {list(labels.shape)} disagree")
@@ -165,15 +189,17 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
     selected = mask > 0
     # where, not a product: a masked position may hold an infinite ce (a pad label with masked rows).
     ce = torch.where(selected, ce, 0.0)
-    count = mask.sum()
-    denominator = count.clamp(min=1)
-    ce_mean = (ce * mask).sum() / denominator
-    loss = ce_mean
-    z_term = torch.zeros((), device=ce.device)
+    ce_sum = (ce * mask).sum()
+    loss_sum = ce_sum
+    z_sum = torch.zeros((), device=ce.device)
     if z_loss_weight:
-        z_term = z_loss_weight * (torch.where(selected, lse, 0.0).square() * mask).sum() / denominator
-        loss = loss + z_term
+        z_sum = z_loss_weight * (torch.where(selected, lse, 0.0).square() * mask).sum()
+        loss_sum = loss_sum + z_sum
     with torch.no_grad():
+        count = mask.sum()
+        # megatron accumulates the count in a torch.int tensor (schedules.forward_backward_*): int32 here too.
+        num_tokens = count.round().to(torch.int)
+        denominator = torch.where(count > 0, count, 1.0)
         if audio_offset is None:
             is_audio = torch.zeros_like(selected)
         else:
@@ -183,17 +209,17 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
         audio_weight = mask * is_audio
         text_weight = mask - audio_weight
         audio_tokens, text_tokens = audio_weight.sum(), text_weight.sum()
-        # Cloned: megatron's schedule divides the returned loss in place by the number of micro-batches,
-        # and a detached view would share that storage (and report the loss divided too).
+        # New tensors, none sharing storage with loss_sum: a schedule without per-token loss divides the
+        # returned loss in place, which must not reach the metrics.
         metrics = {
-            "lm loss": ce_mean.detach().clone(),
-            "z loss": z_term.detach().clone(),
+            "lm loss": ce_sum.detach() / denominator,
+            "z loss": z_sum.detach() / denominator,
             "audio loss": (ce * audio_weight).sum() / audio_tokens.clamp(min=1),
             "text loss": (ce * text_weight).sum() / text_tokens.clamp(min=1),
             "audio tokens": audio_tokens,
             "text tokens": text_tokens,
         }
-    return loss, metrics
+    return loss_sum, num_tokens, metrics
 
 
 def loss_for_settings(settings: LossSettings, logits, labels, loss_mask):
@@ -208,28 +234,29 @@ def loss_for_settings(settings: LossSettings, logits, labels, loss_mask):
 def combine_metrics(per_microbatch: Iterable[Dict[str, float]], group=None) -> Dict[str, float]:
     """One step's metrics from its micro-batches (and data-parallel ranks, over ``group`` if given).
 
-    ``lm loss`` and ``z loss`` are averaged over micro-batches and ranks, as megatron averages the loss
-    it differentiates (each micro-batch's mean counts equally); ``audio loss``/``text loss`` are
-    weighted by their token counts, which are summed. Every rank of ``group`` must call this.
+    Every value is a per-token mean over the whole global batch: ``lm loss`` and ``z loss`` are the sums
+    of their token terms over every micro-batch and rank divided by the loss tokens of all of them (a
+    micro-batch's loss tokens are its ``audio tokens`` + ``text tokens``), exactly the objective megatron
+    differentiates; ``audio loss``/``text loss`` the same over their own tokens; token counts are summed.
+    Micro-batches without loss tokens (eval padding) count for nothing. Every rank of ``group`` must call this.
     """
     rows = list(per_microbatch)
-    # On the group's device: NCCL reduces CUDA tensors only (cpu_compat makes this the CPU on CPU).
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     totals = torch.zeros(6, dtype=torch.float64)
     for row in rows:
-        totals += torch.tensor([row["lm loss"], row["z loss"], row["audio loss"] * row["audio tokens"],
-                                row["text loss"] * row["text tokens"], row["audio tokens"], row["text tokens"]],
-                               dtype=torch.float64)
-    counts = torch.tensor([float(len(rows))], dtype=torch.float64)
+        tokens = row["audio tokens"] + row["text tokens"]
+        totals += torch.tensor([row["lm loss"] * tokens, row["z loss"] * tokens,
+                                row["audio loss"] * row["audio tokens"], row["text loss"] * row["text tokens"],
+                                row["audio tokens"], row["text tokens"]], dtype=torch.float64)
     if group is not None and dist.get_world_size(group) > 1:
-        both = torch.cat([totals, counts]).to(device)
+        # On the group's device: NCCL reduces CUDA tensors only (cpu_compat makes this the CPU on CPU).
+        both = totals.to(device_info().current())
         dist.all_reduce(both, group=group)
-        totals, counts = both[:6].cpu(), both[6:].cpu()
-    n = max(counts.item(), 1.0)
+        totals = both.cpu()
     audio_tokens, text_tokens = totals[4].item(), totals[5].item()
+    tokens = max(audio_tokens + text_tokens, 1.0)
     return {
-        "lm loss": totals[0].item() / n,
-        "z loss": totals[1].item() / n,
+        "lm loss": totals[0].item() / tokens,
+        "z loss": totals[1].item() / tokens,
         "audio loss": totals[2].item() / max(audio_tokens, 1.0),
         "text loss": totals[3].item() / max(text_tokens, 1.0),
         "audio tokens": audio_tokens,

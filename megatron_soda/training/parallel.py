@@ -14,6 +14,7 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 
+from megatron_soda.device import device_info
 from megatron_soda.training import cpu_compat
 
 
@@ -56,21 +57,33 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
         raise ValueError("interleaved pipelining (--num-layers-per-virtual-pipeline-stage) with "
                          "--pipeline-model-parallel-size 2 gives wrong gradients on gloo (CPU); use 4 or more stages")
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
+        backend = device_info().distributed_backend
+        if device_info().cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         if "RANK" in os.environ:
             dist.init_process_group(backend)
         else:  # plain `python`, no launcher: a world of one over an in-memory store (no port to pick)
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=layout.tensor,
-        pipeline_model_parallel_size=layout.pipeline,
-        virtual_pipeline_model_parallel_size=layout.virtual_pipeline,
-    )
+    if not _initialized_as(layout):  # a second run in one process (a benchmark) keeps the same groups
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=layout.tensor,
+            pipeline_model_parallel_size=layout.pipeline,
+            virtual_pipeline_model_parallel_size=layout.virtual_pipeline,
+        )
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
+    if device_info().cuda:
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def _initialized_as(layout: ParallelLayout) -> bool:
+    from megatron.core import parallel_state
+
+    return (parallel_state.model_parallel_is_initialized()
+            and parallel_state.get_tensor_model_parallel_world_size() == layout.tensor
+            and parallel_state.get_pipeline_model_parallel_world_size() == layout.pipeline
+            and parallel_state.get_virtual_pipeline_model_parallel_world_size() == layout.virtual_pipeline)
 
 
 def destroy() -> None:

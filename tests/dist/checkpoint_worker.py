@@ -96,7 +96,8 @@ def main():
     from megatron_soda.models.gpt import transformer_config
     from megatron_soda.models.presets import get_preset
     from megatron_soda.training import checkpointing, parallel
-    from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer
+    from megatron_soda.training.config import OptimizerConfig
+    from megatron_soda.training.optimizer import build_megatron_optimizer
     from megatron_soda.training.schedules import LRSchedule, apply_lr
     from megatron_soda.training.step import forward_backward
 
@@ -107,7 +108,7 @@ def main():
     config.finalize_model_grads_func = finalize_model_grads
     chunks = parallel.build_model_chunks(shape, config, attention_backend="sdpa")
     model = [DistributedDataParallel(config, DistributedDataParallelConfig(), chunk) for chunk in chunks]
-    settings = OptimizerSettings(lr=3e-3, clip_grad=1.0)
+    settings = OptimizerConfig(lr=3e-3, clip_grad=1.0)
     optimizer = build_megatron_optimizer(model, settings)
     schedule = LRSchedule(total_steps=8, lr=settings.lr, warmup_iters=2, decay_iters=3)
     writer = parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0

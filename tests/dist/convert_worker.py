@@ -57,12 +57,13 @@ def build(shape, tp, pp):
 
     from megatron_soda.models.gpt import transformer_config
     from megatron_soda.training import parallel
-    from megatron_soda.training.optimizer import OptimizerSettings, build_megatron_optimizer
+    from megatron_soda.training.config import OptimizerConfig
+    from megatron_soda.training.optimizer import build_megatron_optimizer
 
     config = transformer_config(shape, tensor_parallel=tp, pipeline_parallel=pp, init_method_std=0.05)
     chunks = parallel.build_model_chunks(shape, config, attention_backend="sdpa")
     model = [DistributedDataParallel(config, DistributedDataParallelConfig(), chunk) for chunk in chunks]
-    return model, build_megatron_optimizer(model, OptimizerSettings(lr=1e-3))
+    return model, build_megatron_optimizer(model, OptimizerConfig(lr=1e-3))
 
 
 def logits_of(model, tokens):

@@ -4,7 +4,7 @@
         --tp 2 --parts loss,model,clip --out result.json
 
 ``loss``: ``lm_loss`` on this rank's vocabulary shard of fixed full logits (``sample_logits``), values
-and the gathered logits gradient, with and without padded-row masking, and megatron's own
+and the gathered gradient of the per-token mean (sum / tokens), with and without padded-row masking, and megatron's own
 ``vocab_parallel_cross_entropy`` on the same shard for comparison. ``model``: a tiny GPTModel's
 ``labels=None`` logits through ``lm_loss`` against megatron's ``labels=`` loss, and ``forward_backward``
 with ``LossSettings``. ``clip``: megatron DDP + ``build_megatron_optimizer(clip_grad=1.0)`` on a toy
@@ -67,11 +67,12 @@ def part_loss(tp, rank):
     out = {}
     for masked in (False, True):
         shard = _shard(logits, rank, tp).requires_grad_()
-        loss, metrics = lm_loss(shard.clone(), labels, mask, Z_WEIGHT, lay.audio_offset, lay.vocab_size,
-                                mask_padded_vocab=masked)
+        loss_sum, num_tokens, metrics = lm_loss(shard.clone(), labels, mask, Z_WEIGHT, lay.audio_offset, lay.vocab_size,
+                                                mask_padded_vocab=masked)
+        loss = loss_sum / num_tokens  # the per-token mean megatron makes of the sum
         loss.backward()
         out["masked" if masked else "unmasked"] = {
-            "loss": loss.item(), **{k: v.item() for k, v in metrics.items()},
+            "loss": loss.item(), "num_tokens": num_tokens.item(), **{k: v.item() for k, v in metrics.items()},
             "grad": _gather_last(shard.grad, tp).tolist()}
 
     # Our cross-entropy against megatron's function on the same shard: values and gradients.
@@ -108,7 +109,7 @@ def part_model(tp):
     with torch.no_grad():
         per_token = model(tokens, positions, None, labels=labels)  # megatron's own loss, [b, s]
         logits = model(tokens, positions, None, labels=None)
-        _, metrics = lm_loss(logits, labels, mask)
+        _, _, metrics = lm_loss(logits, labels, mask)
     expected = ((per_token * mask).sum() / mask.sum()).item()
     settings = LossSettings(z_loss_weight=Z_WEIGHT, layout=lay)
     data = [{"tokens": tokens, "labels": labels, "loss_mask": mask, "position_ids": positions}]
@@ -159,7 +160,8 @@ def part_clip(tp, rank):
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
     from megatron.core.transformer import TransformerConfig
 
-    from megatron_soda.training.optimizer import CautiousAdamW, OptimizerSettings, build_megatron_optimizer
+    from megatron_soda.training.config import OptimizerConfig
+    from megatron_soda.training.optimizer import CautiousAdamW, build_megatron_optimizer
 
     config = TransformerConfig(num_layers=1, hidden_size=IN, num_attention_heads=2, tensor_model_parallel_size=tp,
                                use_cpu_initialization=True, gradient_accumulation_fusion=False)
@@ -184,7 +186,7 @@ def part_clip(tp, rank):
         for name, param in model.named_parameters():
             param.copy_(shard_of(name, weights[name], rank, tp))
     ddp = DistributedDataParallel(config, DistributedDataParallelConfig(), model)
-    settings = OptimizerSettings(name="adamw", lr=0.05, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip_grad=CLIP)
+    settings = OptimizerConfig(name="adamw", lr=0.05, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-8, weight_decay=0.0, clip_grad=CLIP)
     opt = build_megatron_optimizer([ddp], settings)
 
     # The reference: the full model in plain torch, clipped by hand, stepped by the same AdamW.

@@ -1,0 +1,323 @@
+"""The training configuration: one dataclass per concern, composed by ``TrainConfig``.
+
+Every setting is spelled once, as a field with its documentation; ``megatron_soda.flags`` turns the
+fields into Megatron-LM's flag names (``--lr``, ``--tensor-model-parallel-size``, ...) and reads the
+same settings from ``--config run.yaml``. Precedence: command line > YAML > the SODA recipe of a
+SODA preset (``recipe_defaults``) > the defaults written here. Pure data: importing this module
+touches no device, data or process group, so ``--dry-run`` and ``--help`` are instant.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Optional
+
+from megatron_soda.flags import flag
+
+SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+               "ffn_hidden_size", "untie_embeddings_and_output_weights", "max_position_embeddings", "rotary_base",
+               "norm_epsilon")
+"""ModelConfig fields that describe a shape (given any of them, the model is a custom shape)."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model: a preset, or a shape from flags (Megatron-LM's names), optionally over a preset."""
+
+    preset: Optional[str] = field(default=None, metadata=flag("--model"))
+    """a preset (soda-135m, soda-600m, soda-1.7b, soda-4b, ablation-*, tiny); default: the --load checkpoint's
+    model, else the shape flags, else tiny. Shape flags given with a preset change that preset's shape."""
+    num_layers: Optional[int] = None
+    """Transformer layers of a custom shape."""
+    hidden_size: Optional[int] = None
+    """Residual width of a custom shape."""
+    num_attention_heads: Optional[int] = None
+    """Query heads of a custom shape."""
+    num_query_groups: Optional[int] = None
+    """Key/value heads (GQA groups) of a custom shape; default: --num-attention-heads."""
+    kv_channels: Optional[int] = None
+    """Head dimension of a custom shape; default: hidden size / heads."""
+    ffn_hidden_size: Optional[int] = None
+    """SwiGLU inner width of a custom shape; default: 4 x hidden size."""
+    untie_embeddings_and_output_weights: Optional[bool] = None
+    """Separate LM head (as Megatron-LM: a custom shape is tied unless this is given; a preset keeps its own)."""
+    max_position_embeddings: Optional[int] = None
+    """Longest sequence the model is built for; default: the preset's (4096), or --seq-length for a custom shape."""
+    rotary_base: Optional[float] = None
+    """RoPE theta; default 500000 (SODA)."""
+    norm_epsilon: Optional[float] = None
+    """RMSNorm epsilon; default 1e-5 (SODA)."""
+    init_method_std: float = 0.02
+    """Standard deviation of the normal weight initialization."""
+    attention_backend: str = "auto"
+    """core attention, one of:"""
+
+    @property
+    def custom(self) -> bool:
+        """True when any shape flag is given (the model is then no preset, whatever --model says)."""
+        return any(getattr(self, name) is not None for name in SHAPE_FLAGS)
+
+    def shape(self, vocab_size: int, seq_length: int):
+        """The ``ModelShape`` these settings describe, over ``vocab_size``; ValueError naming the flag."""
+        from megatron_soda.models.presets import LLAMA3_ROPE_SCALING, ModelShape, get_preset
+
+        if self.preset is not None:
+            try:
+                base = get_preset(self.preset, vocab_size=vocab_size)
+            except KeyError as error:
+                raise ValueError(f"--model: {error.args[0]}") from None
+            changes = {name: getattr(self, name) for name in SHAPE_FLAGS
+                       if name != "untie_embeddings_and_output_weights" and getattr(self, name) is not None}
+            if self.untie_embeddings_and_output_weights is not None:
+                changes["tie_embeddings"] = not self.untie_embeddings_and_output_weights
+            try:
+                return replace(base, **changes)
+            except ValueError as error:
+                raise ValueError(f"--model {self.preset} with shape flags: {error}") from None
+        missing = [f"--{name.replace('_', '-')}" for name in ("num_layers", "hidden_size", "num_attention_heads")
+                   if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a custom shape needs {', '.join(missing)} (or --model PRESET)")
+        heads = self.num_attention_heads
+        if self.kv_channels is None and self.hidden_size % heads:
+            raise ValueError(f"--hidden-size {self.hidden_size} is not a multiple of --num-attention-heads {heads}; "
+                             f"give --kv-channels")
+        try:
+            return ModelShape(
+                num_layers=self.num_layers, hidden_size=self.hidden_size, num_attention_heads=heads,
+                num_query_groups=self.num_query_groups or heads,
+                kv_channels=self.kv_channels or self.hidden_size // heads,
+                ffn_hidden_size=self.ffn_hidden_size or 4 * self.hidden_size, vocab_size=vocab_size,
+                tie_embeddings=not self.untie_embeddings_and_output_weights,
+                norm_epsilon=self.norm_epsilon if self.norm_epsilon is not None else 1e-5,
+                rotary_base=self.rotary_base if self.rotary_base is not None else 500_000.0,
+                rope_scaling=LLAMA3_ROPE_SCALING,
+                max_position_embeddings=self.max_position_embeddings or seq_length,
+            )
+        except ValueError as error:
+            raise ValueError(f"custom shape: {error}") from None
+
+
+@dataclass
+class DataConfig:
+    """What the model reads."""
+
+    data_path: List[str] = field(default_factory=list)
+    """prefixes, or weight/prefix pairs (``0.95 speech 0.05 text``); weights are probabilities."""
+    tokenizer: Optional[str] = None
+    """SODA tokenizer directory; sets the vocabulary (default: SODA's released 144,644 ids)."""
+    split: str = "969,30,1"
+    """train,valid,test shares of each dataset's documents (rows for --packed-data)."""
+    data_cache_path: Optional[str] = None
+    """where megatron-core keeps GPTDataset's sample indices (default: a cache/ folder beside each dataset)."""
+    packed_data: bool = False
+    """the datasets are packed rows (tools/pack_dataset.py), one row per sample, attention within documents."""
+    reset_attention_mask: bool = False
+    """GPTDataset rows (documents joined by EOD) attend within each document only."""
+    eod_mask_loss: bool = False
+    """no loss where the input token is EOD (GPTDataset rows; default: EOD is learned)."""
+    skip_data_validation: bool = False
+    """do not scan token ids against the vocabulary (each index is still checked); the scan runs on rank 0 once
+    per unchanged dataset, remembered under $MEGATRON_SODA_CACHE (default ~/.cache/megatron_soda)."""
+
+
+@dataclass
+class TrainingConfig:
+    """How long, in what batches, at what precision."""
+
+    seq_length: int = 4096
+    """tokens per sequence."""
+    micro_batch_size: int = 1
+    """sequences per forward/backward on one rank."""
+    global_batch_size: int = 8
+    """sequences per optimizer step over all data-parallel ranks (the rest is gradient accumulation)."""
+    train_iters: Optional[int] = None
+    """optimizer steps of the whole run (the LR schedule spans them)."""
+    train_tokens: Optional[int] = None
+    """alternative to --train-iters: iterations = ceil(tokens / (global batch x seq length))."""
+    z_loss_weight: float = 0.0
+    """weight of the z-loss, mean(logsumexp(logits)^2) per loss token."""
+    bf16: bool = False
+    """bf16 parameters and activations, fp32 master weights and gradient reduction (CUDA)."""
+    fp8_format: Optional[str] = field(default=None, metadata=flag(choices=("e4m3", "hybrid")))
+    """FP8 linear layers through Transformer Engine (needs TE)."""
+    fp8_recipe: str = field(default="delayed", metadata=flag(choices=("delayed", "tensorwise", "mxfp8", "blockwise")))
+    """Transformer Engine's FP8 scaling recipe."""
+    seed: int = 1234
+    """seed of initialization, data order and dropout."""
+    nan_policy: str = field(default="stop", metadata=flag(choices=("stop", "skip")))
+    """what a NaN/inf loss does: stop the run, or skip that update."""
+    exit_interval: Optional[int] = None
+    """stop after this many iterations (saving first when --save is set); the schedule still spans
+    --train-iters, so a later --load continues the same run."""
+
+    @property
+    def tokens_per_iteration(self) -> int:
+        return self.global_batch_size * self.seq_length
+
+    def num_iterations(self) -> int:
+        if self.train_iters is not None:
+            return self.train_iters
+        if self.train_tokens is not None:
+            return math.ceil(self.train_tokens / self.tokens_per_iteration)
+        raise ValueError("give --train-iters or --train-tokens")
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer (training/optimizer.py): Cautious AdamW or AdamW, decoupled decay, clipping."""
+
+    name: str = field(default="cautious", metadata=flag("--optimizer", choices=("adamw", "cautious")))
+    """adamw, or cautious (Cautious AdamW, as SODA trained)."""
+    lr: float = 3e-4
+    """peak learning rate (the schedule's plateau, AdamC's reference)."""
+    min_lr: float = 0.0
+    """learning rate at the end of the decay."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.95
+    """Adam beta2."""
+    adam_eps: float = 1e-8
+    """Adam epsilon (also the cautious rescale's)."""
+    weight_decay: float = 0.1
+    """decoupled weight decay on matrices (never norms, embeddings or biases)."""
+    adamc: bool = False
+    """AdamC: the decay follows the schedule, weight_decay x lr_t / lr_max."""
+    clip_grad: float = 1.0
+    """global gradient-norm clip (0 turns clipping off)."""
+
+    def __post_init__(self):
+        if self.name not in ("cautious", "adamw"):
+            raise ValueError(f"--optimizer {self.name!r}: choose adamw or cautious")
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule (training/schedules.py) over the run's iterations."""
+
+    lr_decay_style: str = field(default="wsd", metadata=flag(choices=("wsd", "cosine", "linear", "constant")))
+    """wsd (warmup, constant, linear decay), cosine, linear or constant."""
+    lr_warmup_iters: Optional[int] = None
+    """linear warmup steps (replaces --lr-warmup-fraction)."""
+    lr_warmup_fraction: Optional[float] = 0.1
+    """share of the run spent warming up."""
+    lr_decay_fraction: Optional[float] = 0.2
+    """wsd only: share of the run spent decaying to --min-lr."""
+
+
+@dataclass
+class ParallelConfig:
+    """How the world is split (data parallelism takes what tensor x pipeline leave)."""
+
+    tensor_model_parallel_size: int = 1
+    """ranks that split each layer's weights (must divide heads and query groups)."""
+    pipeline_model_parallel_size: int = 1
+    """pipeline stages (must divide the layers)."""
+    num_layers_per_virtual_pipeline_stage: Optional[int] = None
+    """layers per model chunk for the interleaved 1F1B schedule."""
+    use_distributed_optimizer: Optional[bool] = None
+    """shard optimizer state over data-parallel ranks (megatron's distributed optimizer; CUDA only);
+    default: on with CUDA."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Where checkpoints go and what a load restores."""
+
+    save: Optional[str] = None
+    """checkpoint directory to write (latest_checkpointed_iteration.txt + iter_NNNNNNN/)."""
+    load: Optional[str] = None
+    """checkpoint directory to start from (its latest complete checkpoint; any TP/PP)."""
+    save_interval: Optional[int] = None
+    """save every this many iterations (and at the end)."""
+    finetune: bool = False
+    """load weights only: iteration, consumed samples, optimizer and schedule start fresh, and the recipe comes
+    from the flags, not from the checkpoint."""
+    load_optim: bool = True
+    """restore the optimizer state from --load (--no-load-optim starts it fresh)."""
+    load_rng: bool = True
+    """restore the RNG states from --load (--no-load-rng keeps this run's seed)."""
+
+
+@dataclass
+class LoggingConfig:
+    """What the run reports, and where."""
+
+    log_interval: int = 1
+    """console line every this many iterations."""
+    tensorboard_dir: Optional[str] = None
+    """write tensorboard scalars here."""
+    metrics_file: Optional[str] = None
+    """JSON lines: the run's description first, then one record per iteration (one rank writes it)."""
+
+
+@dataclass
+class EvalConfig:
+    """Validation: one fixed set of sequences per data blend, comparable across runs and layouts."""
+
+    eval_interval: Optional[int] = None
+    """validation loss every this many iterations, and always at the last."""
+    eval_samples: int = 64
+    """sequences of the validation split evaluated each time (the same ones whatever the batch or layout)."""
+
+
+@dataclass
+class TrainConfig:
+    """A training run: pretraining, or fine-tuning from --load with --finetune."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    dry_run: bool = False
+    """parse and check every setting, print the model, layout, run size and memory per GPU, and exit."""
+    recipe: Optional[str] = field(default=None, metadata=flag(hidden=True))
+    """The recipe in force (set by ``resolve_config``): "soda (<preset>)" or None."""
+
+    def lr_schedule(self):
+        """The run's LR schedule, or a ValueError naming the flags that make it impossible."""
+        from megatron_soda.training.schedules import LRSchedule
+
+        iters = self.training.num_iterations()
+        s = self.schedule
+        if s.lr_warmup_iters is not None:
+            warmup, warmup_flag = {"warmup_iters": s.lr_warmup_iters}, f"--lr-warmup-iters {s.lr_warmup_iters}"
+        else:
+            warmup = {"warmup_fraction": s.lr_warmup_fraction or 0.0}
+            warmup_flag = f"--lr-warmup-fraction {s.lr_warmup_fraction}"
+        decay = {"decay_fraction": s.lr_decay_fraction or 0.0} if s.lr_decay_style == "wsd" else {}
+        try:
+            return LRSchedule(total_steps=iters, lr=self.optimizer.lr, min_lr=self.optimizer.min_lr,
+                              style=s.lr_decay_style, **warmup, **decay)
+        except ValueError as error:
+            raise ValueError(f"--lr-decay-style {s.lr_decay_style} over {iters} iterations with {warmup_flag}, "
+                             f"--lr-decay-fraction {s.lr_decay_fraction}, --lr {self.optimizer.lr}, "
+                             f"--min-lr {self.optimizer.min_lr}: {error}") from None
+
+
+def recipe_defaults(preset: Optional[str]) -> Dict[str, Any]:
+    """SODA's recipe for a SODA preset (models/presets.py ``soda_recipe``), by config path; {} otherwise."""
+    from megatron_soda.models.presets import soda_recipe
+
+    if preset is None:
+        return {}
+    try:
+        recipe = soda_recipe(preset)
+    except KeyError:
+        return {}
+    return {
+        "optimizer.lr": recipe.learning_rate, "optimizer.min_lr": recipe.min_learning_rate,
+        "training.global_batch_size": recipe.global_batch_size, "training.seq_length": recipe.seq_length,
+        "training.train_iters": recipe.train_steps, "schedule.lr_decay_style": "wsd",
+        "schedule.lr_warmup_fraction": recipe.warmup_fraction, "schedule.lr_decay_fraction": recipe.decay_fraction,
+        "optimizer.name": "cautious", "optimizer.adam_beta1": recipe.adam_beta1,
+        "optimizer.adam_beta2": recipe.adam_beta2, "optimizer.adam_eps": recipe.adam_eps,
+        "optimizer.weight_decay": recipe.weight_decay, "optimizer.adamc": recipe.adamc_weight_decay,
+        "optimizer.clip_grad": recipe.clip_grad, "training.z_loss_weight": recipe.z_loss_weight,
+    }
