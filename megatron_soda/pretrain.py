@@ -24,9 +24,9 @@ logger = logging.getLogger("megatron_soda.pretrain")
 
 def pretrain(config: TrainConfig) -> None:
     """Trains the run ``config`` describes (library entry: checks, builds, trains, closes)."""
-    from megatron_soda.training.trainer import Trainer
-
     plan = plan_run(config)
+    from megatron_soda.training.trainer import Trainer  # megatron-core: after every check
+
     logger.info("recipe: %s", config.recipe or "none: the flags and defaults alone")
     trainer = Trainer(plan)
     try:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from megatron_soda.training.logger import iteration_records
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,7 +19,7 @@ def test_demo_runs_end_to_end_and_exports_a_model_transformers_loads(tmp_path):
                             capture_output=True, text=True, timeout=380, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo finished" in result.stdout
-    losses = [json.loads(line)["lm loss"] for line in open(out / "train_metrics.jsonl")]
+    losses = [record["lm loss"] for record in iteration_records(out / "train_metrics.jsonl")]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert (out / "checkpoint" / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
     for name in ("config.json", "generation_config.json", "tokenizer.json"):

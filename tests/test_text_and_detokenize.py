@@ -125,7 +125,7 @@ def test_preprocess_audio_cli_runs_a_job_and_names_a_missing_codec(tmp_path, tok
     manifest.write_text(json.dumps(first) + "\n", encoding="utf-8")
     result = run_tool("preprocess_audio.py", "--input", manifest, "--output-dir", tmp_path / "out", "--tokenizer",
                       tokenizer_dir, "--no-progress")
-    assert result.returncode == 1 and "--codec-path" in result.stderr
+    assert result.returncode == 2 and "--codec-path" in result.stderr
     assert not (tmp_path / "out").exists()  # a run refused for its flags claims no directory
     result = run_tool("preprocess_audio.py", "--input", manifest, "--output-dir", tmp_path / "out", "--tokenizer",
                       tokenizer_dir, "--codec-random-init", "--codec-config", json.dumps(TINY_MIMI), "--workers", "0",

@@ -14,63 +14,36 @@ prints the tensor mapping (megatron name and shape -> Hugging Face name and shap
 appear under their name only once complete.
 """
 
-import argparse
+import os
 import sys
-from dataclasses import fields
 
-_DTYPES = "bf16 | fp32 | fp16"
+from megatron_soda.flags import FlagCommands
+
+EXPORT_HELP = "megatron dist checkpoint -> Hugging Face Qwen3ForCausalLM directory"
+EXPORT_TEXT = ("Write a Hugging Face Qwen3ForCausalLM directory (config.json, safetensors shards, "
+               "generation_config.json, tokenizer files) from a checkpoint saved by megatron_soda at any TP/PP.")
+IMPORT_HELP = "Hugging Face Qwen3 directory -> megatron dist checkpoint"
+IMPORT_TEXT = ("Write a model-only megatron dist checkpoint (no optimizer state; a training run loading it starts its "
+               "optimizer fresh) from a Hugging Face Qwen3 directory (config.json + safetensors, sharded or not).")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{export,import}")
+def build_parser() -> FlagCommands:
+    from megatron_soda.convert import ExportConfig, ImportConfig
 
-    export = commands.add_parser("export", help="megatron dist checkpoint -> Hugging Face Qwen3ForCausalLM directory",
-                                 description="Write a Hugging Face Qwen3ForCausalLM directory (config.json, "
-                                             "safetensors shards, generation_config.json, tokenizer files) from a "
-                                             "checkpoint saved by megatron_soda at any TP/PP.")
-    export.add_argument("--load", required=True,
-                        help="checkpoint directory (its latest checkpoint, or --iteration's) or one iter_NNNNNNN directory")
-    export.add_argument("--output", required=True, help="Hugging Face directory to create")
-    export.add_argument("--tokenizer", help="SODA tokenizer directory (tools/build_tokenizer.py): sets the vocabulary "
-                                            "and is copied into the output; without it the vocabulary is the one the "
-                                            "checkpoint records (imports do), else SODA's 144,644 ids, and no "
-                                            "tokenizer is written")
-    export.add_argument("--iteration", type=int, help="iteration to export (default: the latest)")
-    export.add_argument("--dtype", help=f"{_DTYPES} (default: the checkpoint's)")
-    export.add_argument("--max-shard-size", default="5GB", help="largest safetensors file, e.g. 5GB, 500MB (default 5GB)")
-
-    imp = commands.add_parser("import", help="Hugging Face Qwen3 directory -> megatron dist checkpoint",
-                              description="Write a model-only megatron dist checkpoint (no optimizer state; a training "
-                                          "run loading it starts its optimizer fresh) from a Hugging Face Qwen3 "
-                                          "directory (config.json + safetensors, sharded or not).")
-    imp.add_argument("--hf", required=True, help="Hugging Face Qwen3 directory")
-    imp.add_argument("--save", required=True, help="checkpoint directory to write (pretrain --load reads it)")
-    imp.add_argument("--dtype", help=f"{_DTYPES} (default: config.json's dtype, else the weights')")
-    imp.add_argument("--tensor-model-parallel-size", type=int, default=1,
-                     help="TP the checkpoint will be loaded at: checked against the model now (default 1)")
-    imp.add_argument("--pipeline-model-parallel-size", type=int, default=1,
-                     help="PP the checkpoint will be loaded at: checked against the model now (default 1)")
-
-    for sub, what in ((export, "output directory"), (imp, "directory that already holds checkpoints")):
-        sub.add_argument("--overwrite", action="store_true", help=f"replace an existing {what}")
-        sub.add_argument("--dry-run", action="store_true",
-                         help="check everything and print the tensor mapping with shapes; write nothing")
-        sub.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    return parser
+    return FlagCommands({"export": (ExportConfig, EXPORT_HELP, EXPORT_TEXT, ExportConfig.check),
+                         "import": (ImportConfig, IMPORT_HELP, IMPORT_TEXT, ImportConfig.check)},
+                        prog=os.path.basename(__file__), description=__doc__)
 
 
 def main(argv=None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    command = args.pop("command")
-    from megatron_soda.convert import ExportConfig, ImportConfig, export_checkpoint, import_checkpoint
+    command, config = build_parser().parse(argv)
+    from megatron_soda.convert import export_checkpoint, import_checkpoint
 
-    config_class, run = (ExportConfig, export_checkpoint) if command == "export" else (ImportConfig, import_checkpoint)
-    config = config_class(**{f.name: args[f.name] for f in fields(config_class) if f.name in args})
+    run = export_checkpoint if command == "export" else import_checkpoint
     try:
         plan = run(config)
     except (ValueError, FileNotFoundError) as error:
-        print(f"convert_checkpoint {command}: {error}", file=sys.stderr)
+        print(f"convert_checkpoint {command}: error: {error}", file=sys.stderr)
         return 2
     if config.dry_run:
         print("\n".join(plan.mapping_lines()))

@@ -16,13 +16,14 @@
    transformers' generate (the continuation is audio tokens; the model is tiny and barely trained).
 """
 
-import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_
 from megatron_soda.data.indexed_dataset import merge_datasets, validate_dataset
 from megatron_soda.data.packing import pack_dataset
 from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
+from megatron_soda.flags import FlagParser, check_at_least, check_file, check_output_dir
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo_corpus"
 
@@ -40,14 +42,32 @@ def step(title: str) -> None:
     print(f"\n== {title}")
 
 
+@dataclass
+class DemoConfig:
+    output_dir: str = "demo_out"
+    """where to write (replaced)."""
+    corpus: str = str(CORPUS)
+    """directory holding manifest.jsonl and text.jsonl."""
+    seq_length: int = 4096
+    """packed row / sample length."""
+    workers: int = 2
+    """audio decoding processes."""
+    train_iters: int = 30
+    """pretraining iterations of the tiny model."""
+
+    def check(self) -> None:
+        check_output_dir("--output-dir", self.output_dir)
+        for name in ("manifest.jsonl", "text.jsonl"):
+            check_file("--corpus", os.path.join(self.corpus, name))
+        check_at_least("--seq-length", self.seq_length, 2)
+        check_at_least("--workers", self.workers, 0)
+        check_at_least("--train-iters", self.train_iters, 1)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, default=Path("demo_out"), help="where to write (replaced)")
-    parser.add_argument("--corpus", type=Path, default=CORPUS, help="manifest.jsonl + text.jsonl directory")
-    parser.add_argument("--seq-length", type=int, default=4096, help="packed row / sample length (default 4096)")
-    parser.add_argument("--workers", type=int, default=2, help="audio decoding processes")
-    parser.add_argument("--train-iters", type=int, default=30, help="pretraining iterations of the tiny model (default 30)")
-    args = parser.parse_args(argv)
+    args = FlagParser(DemoConfig, prog=os.path.basename(__file__), description=__doc__,
+                      check=DemoConfig.check).parse(argv)
+    corpus = Path(args.corpus)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
     logging.getLogger("megatron.core").setLevel(logging.ERROR)  # its in-memory index notices
@@ -55,12 +75,12 @@ def main(argv=None) -> int:
     from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 
     start = time.time()
-    out = args.output_dir
+    out = Path(args.output_dir)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
 
     step("1. tokenizer")
-    texts = [json.loads(line)["text"] for name in ("text.jsonl", "manifest.jsonl") for line in open(args.corpus / name)]
+    texts = [json.loads(line)["text"] for name in ("text.jsonl", "manifest.jsonl") for line in open(corpus / name)]
     save_soda_tokenizer(build_soda_tokenizer(train_bpe(texts, vocab_size=1024)), out / "tokenizer")
     tokenizer = load_soda_tokenizer(out / "tokenizer")
     layout = tokenizer.layout
@@ -69,13 +89,13 @@ def main(argv=None) -> int:
 
     step("2. preprocess speech (Mimi, random weights) and text")
     speech = preprocess_audio(AudioPreprocessConfig(
-        inputs=[str(args.corpus / "manifest.jsonl")], output_dir=str(out / "speech_job"), tokenizer=str(out / "tokenizer"),
+        inputs=[str(corpus / "manifest.jsonl")], output_dir=str(out / "speech_job"), tokenizer=str(out / "tokenizer"),
         codec=CodecConfig(name="mimi", random_init=True), documents_per_shard=10, workers=args.workers,
     ))
     print(f"speech: {speech['utterances']} utterances, {speech['hours'] * 3600:.0f} s, {speech['documents']} documents "
           f"-> {speech['sequences']} sequences (both orders), {speech['tokens']} tokens; rejects {speech['rejects']}")
     text = preprocess_text(TextPreprocessConfig(
-        inputs=[str(args.corpus / "text.jsonl")], output_dir=str(out / "text_job"), tokenizer=str(out / "tokenizer"),
+        inputs=[str(corpus / "text.jsonl")], output_dir=str(out / "text_job"), tokenizer=str(out / "tokenizer"),
         progress=False,
     ))
     print(f"text:   {text['documents']} documents, {text['tokens']} tokens")
@@ -115,16 +135,17 @@ def main(argv=None) -> int:
 
     step("6. pretrain a tiny Qwen3 model on it (megatron-core, one CPU process)")
     from megatron_soda.pretrain import pretrain
-    from megatron_soda.training.arguments import PretrainConfig
+    from megatron_soda.training.logger import iteration_records
+    from megatron_soda.training.plan import parse_train_config
 
     metrics = out / "train_metrics.jsonl"
-    pretrain(PretrainConfig(
-        model="tiny", tokenizer=str(out / "tokenizer"), data_path=["0.95", str(out / "speech"), "0.05", str(out / "text")],
-        split="100,0,0", seq_length=512, micro_batch_size=2, global_batch_size=4, train_iters=args.train_iters, lr=3e-3,
-        lr_warmup_iters=2, z_loss_weight=1e-4, save=str(out / "checkpoint"), metrics_file=str(metrics),
-        log_interval=max(1, args.train_iters // 5),
-    ))
-    losses = [json.loads(line)["lm loss"] for line in open(metrics)]
+    pretrain(parse_train_config([
+        "--model", "tiny", "--tokenizer", out / "tokenizer", "--data-path", 0.95, out / "speech", 0.05, out / "text",
+        "--split", "100,0,0", "--seq-length", 512, "--micro-batch-size", 2, "--global-batch-size", 4,
+        "--train-iters", args.train_iters, "--lr", 3e-3, "--lr-warmup-iters", 2, "--z-loss-weight", 1e-4,
+        "--save", out / "checkpoint", "--metrics-file", metrics, "--log-interval", max(1, args.train_iters // 5),
+    ]))
+    losses = [record["lm loss"] for record in iteration_records(metrics)]
     print(f"loss {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} iterations; checkpoint in {out / 'checkpoint'}")
 
     step("7. export to Hugging Face and generate with transformers")

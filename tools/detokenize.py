@@ -10,66 +10,111 @@ Sources: sequences of a dataset (--dataset with --index), lines of a file in the
 transcripts are written.
 """
 
-import argparse
 import json
+import os
 import sys
+from dataclasses import dataclass, field
+from typing import List, Optional
 
-from megatron_soda.codec.cli import add_codec_arguments, codec_config_from_args
-from megatron_soda.codec.loading import load_codec
-from megatron_soda.data.detokenize import detokenize, write_detokenized
+from megatron_soda.codec.cli import CodecConfig, check_codec
+from megatron_soda.data.text_pipeline import check_tokenizer, load_tokenizer
+from megatron_soda.flags import FlagParser, check_at_least, check_file, check_output_dir, flag
 
 
-def read_sequences(args, tokenizer):
-    if args.dataset:
+@dataclass
+class DetokenizeConfig:
+    tokenizer: str
+    """SODA tokenizer directory (tools/build_tokenizer.py)."""
+    dataset: Optional[str] = None
+    """source: a dataset prefix (.bin/.idx); one of --dataset, --strings, --ids."""
+    strings: Optional[str] = None
+    """source: a file of sequences in the PUA string form, one per line."""
+    ids: Optional[str] = None
+    """source: a file of JSON lists of token ids, one per line."""
+    index: Optional[List[int]] = field(default=None, metadata=flag(nargs="*"))
+    """sequence indices of --dataset (default: the first 10)."""
+    output_dir: str = "detokenized"
+    """where .txt and .wav files go."""
+    audio: bool = True
+    """decode audio segments to wav with the codec (--no-audio: transcripts only, no codec)."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+
+    def check(self) -> None:
+        check_tokenizer("--tokenizer", self.tokenizer)
+        sources = [name for name in ("dataset", "strings", "ids") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            given = f" (got {', '.join('--' + name for name in sources)})" if sources else ""
+            raise ValueError(f"give exactly one source: --dataset, --strings or --ids{given}")
+        if self.dataset is not None:
+            if self.dataset.endswith((".bin", ".idx")):
+                raise ValueError(f"--dataset {self.dataset}: give the dataset prefix, without .bin or .idx")
+            for suffix in (".idx", ".bin"):
+                check_file("--dataset", self.dataset + suffix)
+        elif self.index is not None:
+            raise ValueError("--index selects sequences of --dataset; lines of --strings/--ids are all read")
+        for name in ("strings", "ids"):
+            if getattr(self, name) is not None:
+                check_file("--" + name, getattr(self, name))
+        for index in self.index or ():
+            check_at_least("--index", index, 0)
+        check_output_dir("--output-dir", self.output_dir)
+        if self.audio:
+            check_codec(self.codec)
+
+
+def read_sequences(config: DetokenizeConfig, tokenizer):
+    if config.dataset:
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        dataset = IndexedDataset(args.dataset)
-        for index in args.index or range(min(len(dataset), 10)):
+        dataset = IndexedDataset(config.dataset)
+        for index in config.index or range(min(len(dataset), 10)):
+            if index >= len(dataset):
+                raise ValueError(f"--index {index}: --dataset {config.dataset} has {len(dataset)} sequences")
             yield f"seq{index}", list(dataset[index])
-    elif args.strings:
-        with open(args.strings, encoding="utf-8", newline="\n") as f:
+    elif config.strings:
+        with open(config.strings, encoding="utf-8", newline="\n") as f:
             for number, line in enumerate(f):
                 if line.rstrip("\n"):
                     yield f"line{number}", tokenizer.string_to_ids(line.rstrip("\n"))
     else:
-        with open(args.ids, encoding="utf-8") as f:
+        with open(config.ids, encoding="utf-8") as f:
             for number, line in enumerate(f):
                 if line.strip():
-                    yield f"line{number}", json.loads(line)
+                    try:
+                        yield f"line{number}", json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"--ids {config.ids} line {number + 1}: not a JSON list of ids ({error})")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", required=True, help="SODA tokenizer directory")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", help="dataset prefix (.bin/.idx)")
-    source.add_argument("--strings", help="file of sequences in the PUA string form, one per line")
-    source.add_argument("--ids", help="file of JSON lists of token ids, one per line")
-    parser.add_argument("--index", type=int, nargs="*", help="sequence indices of --dataset (default: first 10)")
-    parser.add_argument("--output-dir", default="detokenized", help="where .txt and .wav files go")
-    parser.add_argument("--no-audio", action="store_true", help="transcripts only, no codec")
-    add_codec_arguments(parser)
-    args = parser.parse_args(argv)
+    parser = FlagParser(DetokenizeConfig, prog=os.path.basename(__file__), description=__doc__,
+                        check=DetokenizeConfig.check)
+    config = parser.parse(argv)
+    from megatron_soda.data.detokenize import detokenize, write_detokenized
 
-    from megatron_soda.tokenizer import load_soda_tokenizer
+    try:
+        tokenizer = load_tokenizer("--tokenizer", config.tokenizer)
+        codec = None
+        if config.audio:
+            from megatron_soda.codec.loading import load_codec
 
-    tokenizer = load_soda_tokenizer(args.tokenizer)
-    codec = None
-    if not args.no_audio:
-        try:
-            codec = load_codec(codec_config_from_args(args))
-        except ValueError as error:
-            parser.error(str(error))
+            codec = load_codec(config.codec)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
     failures = 0
-    for name, ids in read_sequences(args, tokenizer):
-        try:
-            result = detokenize(ids, tokenizer, codec)
-        except ValueError as error:
-            print(f"{name}: {error}", file=sys.stderr)
-            failures += 1
-            continue
-        paths = write_detokenized(result, args.output_dir, name)
-        print(f"{name}: {len(result.texts)} text and {len(result.clips)} audio segments -> {', '.join(paths)}")
+    try:
+        for name, ids in read_sequences(config, tokenizer):
+            try:
+                result = detokenize(ids, tokenizer, codec)
+            except ValueError as error:
+                print(f"{name}: {error}", file=sys.stderr)
+                failures += 1
+                continue
+            paths = write_detokenized(result, config.output_dir, name)
+            print(f"{name}: {len(result.texts)} text and {len(result.clips)} audio segments -> {', '.join(paths)}")
+    except (ValueError, OSError) as error:
+        print(f"detokenize: error: {error}", file=sys.stderr)
+        return 1
     return 1 if failures else 0
 
 

@@ -22,7 +22,6 @@ Needs the espeak-ng program (Debian/Ubuntu: apt-get install espeak-ng). The ship
 tests and `make demo` only read it.
 """
 
-import argparse
 import io
 import json
 import os
@@ -34,11 +33,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from megatron_soda.flags import FlagParser, check_at_least, check_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ESPEAK_RATE = 22050  # espeak-ng's output sample rate
@@ -514,35 +516,61 @@ output is not covered by its licence) and is not a recording of any person.
 """
 
 
+@dataclass
+class CorpusConfig:
+    output_dir: str = str(REPO / "data" / "demo_corpus")
+    """where to write."""
+    overwrite: bool = False
+    """replace an existing output directory."""
+    seed: int = 2026
+    """random seed."""
+    recordings: int = 25
+    """recordings / documents."""
+    long_recordings: int = 4
+    """how many recordings are one long audio file with segments."""
+    utterances: int = 100
+    """utterances in all, 2..6 per recording (4..6 per long one)."""
+    text_documents: int = 200
+    """documents in text.jsonl."""
+    sample_rate: int = 16000
+    """output sample rate in Hz."""
+    max_mb: float = 5.0
+    """fail if the output directory exceeds this many MB (10^6 bytes)."""
+    espeak: str = "espeak-ng"
+    """espeak-ng executable, looked up on PATH."""
+    jobs: int = os.cpu_count() or 1
+    """parallel espeak-ng processes (the CPU count by default)."""
+
+    def check(self) -> None:
+        check_at_least("--recordings", self.recordings, 1)
+        if not 0 <= self.long_recordings <= self.recordings:
+            raise ValueError(f"--long-recordings {self.long_recordings} must be between 0 and --recordings "
+                             f"{self.recordings}")
+        low, high = 4 * self.long_recordings + 2 * (self.recordings - self.long_recordings), 6 * self.recordings
+        if not low <= self.utterances <= high:
+            raise ValueError(f"--utterances {self.utterances}: {self.recordings} recordings ({self.long_recordings} "
+                             f"long) hold between {low} and {high}")
+        check_at_least("--text-documents", self.text_documents, 0)
+        check_at_least("--sample-rate", self.sample_rate, 8000)
+        if self.max_mb <= 0:
+            raise ValueError(f"--max-mb must be > 0, got {self.max_mb}")
+        check_at_least("--jobs", self.jobs, 1)
+        check_output_dir("--output-dir", self.output_dir)
+        out = Path(self.output_dir)
+        if out.is_dir() and any(out.iterdir()) and not self.overwrite:
+            raise ValueError(f"--output-dir {out} exists and is not empty; pass --overwrite to replace it")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", type=Path, default=REPO / "data" / "demo_corpus",
-                        help="where to write (default: data/demo_corpus in the repository)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    parser.add_argument("--seed", type=int, default=2026, help="random seed (default 2026)")
-    parser.add_argument("--recordings", type=int, default=25, help="recordings / documents (default 25)")
-    parser.add_argument("--long-recordings", type=int, default=4,
-                        help="how many recordings are one long audio file with segments (default 4)")
-    parser.add_argument("--utterances", type=int, default=100,
-                        help="utterances in all, 2..6 per recording (default 100)")
-    parser.add_argument("--text-documents", type=int, default=200, help="documents in text.jsonl (default 200)")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="output sample rate in Hz (default 16000)")
-    parser.add_argument("--max-mb", type=float, default=5.0,
-                        help="fail if the output directory exceeds this many MB (10^6 bytes; default 5)")
-    parser.add_argument("--espeak", default="espeak-ng", help="espeak-ng executable (default: espeak-ng on PATH)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel espeak-ng processes")
-    args = parser.parse_args(argv)
+    args = FlagParser(CorpusConfig, prog=os.path.basename(__file__), description=__doc__,
+                      check=CorpusConfig.check).parse(argv)
 
     exe = shutil.which(args.espeak)
     if exe is None:
         sys.exit(f"error: espeak-ng not found ({args.espeak!r} is not on PATH). Install it first, e.g. "
                  "`apt-get install espeak-ng` on Debian/Ubuntu. The shipped corpus in data/demo_corpus "
                  "does not need it; only regenerating it does.")
-    if not 0 <= args.long_recordings <= args.recordings:
-        parser.error("--long-recordings must be between 0 and --recordings")
-    out = args.output_dir
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        sys.exit(f"error: {out} exists and is not empty; pass --overwrite to replace it")
+    out = Path(args.output_dir)
 
     started = time.time()
     version = espeak_version(exe)

@@ -7,35 +7,20 @@ Each document becomes <|begin_of_text|>text<|end_of_text|>, as SODA renders its 
 (Nemotron-CC). Bad lines go to shards/rejects_*.jsonl with their reason; a rerun resumes.
 """
 
-import argparse
 import json
+import os
 import sys
 
 from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
+from megatron_soda.flags import FlagParser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, help=".jsonl and/or .parquet files")
-    parser.add_argument("--output-dir", required=True, help="job directory")
-    parser.add_argument("--tokenizer", required=True, help="SODA tokenizer directory")
-    parser.add_argument("--text-key", default="text", help="field (JSONL) or column (parquet) holding the text")
-    parser.add_argument("--documents-per-shard", type=int, default=100_000)
-    parser.add_argument("--overwrite", action="store_true", help="discard an existing job in --output-dir")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    config = TextPreprocessConfig(
-        inputs=args.input,
-        output_dir=args.output_dir,
-        tokenizer=args.tokenizer,
-        text_key=args.text_key,
-        documents_per_shard=args.documents_per_shard,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    config = FlagParser(TextPreprocessConfig, prog=os.path.basename(__file__), description=__doc__,
+                        check=TextPreprocessConfig.check).parse(argv)
     try:
         report = preprocess_text(config)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError) as error:
         print(f"preprocess_text: {error}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2))

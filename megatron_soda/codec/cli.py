@@ -1,39 +1,43 @@
-"""The ``--codec*`` command-line flags, shared by every tool that loads a codec."""
+"""The ``--codec*`` command-line flags, shared by every tool that loads a codec.
+
+The flags are ``CodecConfig``'s fields (``megatron_soda.flags`` makes them: nest a ``CodecConfig``
+field in a tool's config dataclass); ``check_codec`` refuses impossible combinations, naming the
+flags, before torch or any weights are loaded. Torch-free.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
-
 from megatron_soda.codec.config import CodecConfig
+from megatron_soda.flags import check_at_least
+
+__all__ = ["CodecConfig", "check_codec"]
+
+_CODEBOOK_FLAG = {"mimi": "--num-codebooks", "encodec": "--bandwidth"}
+_DEVICES = ("auto", "cpu", "cuda", "mps", "xpu")
+_EXAMPLE_PATH = {"mimi": "kyutai/mimi", "encodec": "facebook/encodec_24khz"}
 
 
-def add_codec_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("codec")
-    group.add_argument("--codec", choices=["mimi", "encodec"], default="mimi", help="codec family (default mimi, as SODA)")
-    group.add_argument("--codec-path", help="local directory or hub id of the codec weights (e.g. kyutai/mimi)")
-    group.add_argument("--codec-random-init", action="store_true",
-                       help="random codec weights (tests and offline demos only: the tokens mean nothing)")
-    group.add_argument("--codec-config", type=json.loads, default={},
-                       help='JSON fields changed in a random-init codec\'s config, e.g. \'{"num_hidden_layers": 2}\'')
-    group.add_argument("--codec-seed", type=int, default=0, help="seed of a random-init codec")
-    group.add_argument("--num-codebooks", type=int, default=None, help="Mimi codebooks kept (default 8, as SODA)")
-    group.add_argument("--bandwidth", type=float, default=None, help="EnCodec bandwidth in kbps (default 6.0)")
-    group.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
-    group.add_argument("--codec-batch-seconds", type=float, default=120.0,
-                       help="padded audio per encoder call (default 120; on a CPU ~5 runs about 2x faster, "
-                            "see bench/RESULTS.md)")
-
-
-def codec_config_from_args(args: argparse.Namespace) -> CodecConfig:
-    return CodecConfig(
-        name=args.codec,
-        path=args.codec_path,
-        random_init=args.codec_random_init,
-        config_overrides=args.codec_config,
-        seed=args.codec_seed,
-        num_codebooks=args.num_codebooks,
-        bandwidth=args.bandwidth,
-        device=args.device,
-        max_batch_seconds=args.codec_batch_seconds,
-    )
+def check_codec(config: CodecConfig) -> None:
+    """ValueError naming the flag for settings ``load_codec`` would refuse (or that cannot work); reads nothing."""
+    if config.name not in _CODEBOOK_FLAG:
+        raise ValueError(f"--codec {config.name}: choose one of {', '.join(_CODEBOOK_FLAG)}")
+    for name, other in (("num_codebooks", "--num-codebooks"), ("bandwidth", "--bandwidth")):
+        if getattr(config, name) is not None and other != _CODEBOOK_FLAG[config.name]:
+            raise ValueError(f"{other} does not apply to --codec {config.name}; it sets its codebooks with "
+                             f"{_CODEBOOK_FLAG[config.name]}")
+    if config.path and config.random_init:
+        raise ValueError("pass either --codec-path or --codec-random-init, not both")
+    if not config.path and not config.random_init:
+        raise ValueError(f"no weights for the {config.name} codec: pass --codec-path (a local directory or hub id, "
+                         f"e.g. {_EXAMPLE_PATH[config.name]}) or --codec-random-init (meaningless tokens, for tests)")
+    if config.config_overrides and not config.random_init:
+        raise ValueError("--codec-config applies to random-init codecs only (--codec-random-init); a pretrained "
+                         "codec keeps its config")
+    check_at_least("--num-codebooks", config.num_codebooks, 1)
+    if config.bandwidth is not None and config.bandwidth <= 0:
+        raise ValueError(f"--bandwidth must be > 0 kbps, got {config.bandwidth}")
+    if config.max_batch_seconds <= 0:
+        raise ValueError(f"--codec-batch-seconds must be > 0, got {config.max_batch_seconds}")
+    kind, _, index = config.device.partition(":")
+    if kind not in _DEVICES or (index and (kind == "auto" or not index.isdigit())):
+        raise ValueError(f"--device {config.device}: give auto, cpu, cuda or cuda:N")

@@ -1,35 +1,44 @@
 """Which codec to load and how: torch-free, so command-line parsing (and the processes that re-import
-a tool's main module, such as spawned decode workers) never load torch."""
+a tool's main module, such as spawned decode workers) never load torch.
+
+``CodecConfig`` is also the ``--codec*`` flags of every tool that loads a codec (``megatron_soda.flags``
+makes one flag per field; ``codec.cli.check_codec`` checks them before anything is loaded).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
+from megatron_soda.flags import flag, json_object
+
 
 @dataclass
 class CodecConfig:
-    """Which codec to load and how to run it (the ``--codec-*`` flags)."""
+    """Which codec to load and how to run it (the ``--codec*`` flags)."""
 
-    name: str = "mimi"
-    """``mimi`` (SODA's codec) or ``encodec`` (24 kHz)."""
-    path: Optional[str] = None
-    """Local directory or hub id handed to ``from_pretrained`` (e.g. ``kyutai/mimi``,
-    ``facebook/encodec_24khz``). Required unless ``random_init``."""
-    random_init: bool = False
-    """Random weights from the default config instead of ``path``: for tests only, the tokens are noise."""
-    seed: int = 0
-    """Seed of the random weights, so random-init tokens are reproducible."""
+    name: str = field(default="mimi", metadata=flag("--codec", choices=("mimi", "encodec")))
+    """codec family: mimi (SODA's, 12.5 Hz) or encodec (24 kHz)."""
+    path: Optional[str] = field(default=None, metadata=flag("--codec-path"))
+    """local directory or hub id of the codec weights, handed to from_pretrained (e.g. kyutai/mimi,
+    facebook/encodec_24khz); required unless --codec-random-init."""
+    random_init: bool = field(default=False, metadata=flag("--codec-random-init"))
+    """random codec weights instead of --codec-path (tests and offline demos only: the tokens mean nothing)."""
+    seed: int = field(default=0, metadata=flag("--codec-seed"))
+    """seed of a random-init codec's weights, so its tokens are reproducible."""
     num_codebooks: Optional[int] = None
     """Mimi only: codebooks kept per frame (default 8, as SODA; at most the model's 32)."""
     bandwidth: Optional[float] = None
-    """EnCodec only: kbps, which fixes the codebooks per frame (default 6.0 -> 8)."""
+    """EnCodec only: bandwidth in kbps, which fixes the codebooks per frame (default 6.0 -> 8)."""
     device: str = "auto"
-    """``auto`` (GPU when present), ``cpu``, ``cuda``, ``cuda:1`` ..."""
-    dtype: str = "auto"
+    """auto (cuda when present), cpu, cuda, cuda:N."""
+    dtype: str = field(default="auto", metadata=flag(hidden=True))
     """Network dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
     The quantizer always runs in float32."""
-    max_batch_seconds: float = 120.0
-    """Padded audio per encoder call; bounds memory, larger batches run faster."""
-    config_overrides: dict = field(default_factory=dict)
-    """Random init only: fields changed in the default model config (a smaller model for fast tests)."""
+    max_batch_seconds: float = field(default=120.0, metadata=flag("--codec-batch-seconds"))
+    """padded audio per encoder call; bounds memory, larger batches run faster (on a CPU ~5 runs about 2x
+    faster, see bench/RESULTS.md)."""
+    config_overrides: dict = field(default_factory=dict, metadata=flag("--codec-config", parse=json_object,
+                                                                        metavar="JSON"))
+    """random init only: JSON fields changed in the codec's default config (a smaller model for fast tests),
+    e.g. '{"num_hidden_layers": 2}'."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -30,6 +30,7 @@ from megatron_soda.models.shape_record import Record, shape_from_record
 from megatron_soda.convert.names import (ConversionError, TensorMap, checkpoint_shape, hf_shapes, ordered_items,
                                          tensor_maps, to_hf)
 from megatron_soda.models.presets import ModelShape
+from megatron_soda.flags import check_at_least, check_dir, check_output_dir, flag
 
 MODEL_FILES = ("config.json", "generation_config.json", INDEX_FILE)
 """Files of the export itself; a tokenizer directory's files of these names are not copied."""
@@ -37,28 +38,50 @@ MODEL_FILES = ("config.json", "generation_config.json", INDEX_FILE)
 
 @dataclass
 class ExportConfig:
-    """What ``tools/convert_checkpoint.py export`` asks for."""
+    """What ``tools/convert_checkpoint.py export`` asks for; its fields are the command's flags."""
 
     load: str
-    """A save directory (its latest checkpoint, or ``iteration``'s) or one ``iter_NNNNNNN`` directory."""
+    """checkpoint directory (its latest checkpoint, or --iteration's) or one iter_NNNNNNN directory."""
     output: str
-    """The Hugging Face directory to create."""
+    """Hugging Face directory to create."""
     tokenizer: Optional[str] = None
-    """SODA tokenizer directory (``tools/build_tokenizer.py``): sets the vocabulary and is copied to the output.
-    Without it the vocabulary is the one the checkpoint records, else SODA's 144,644 ids, and no tokenizer
-    files are written."""
+    """SODA tokenizer directory (tools/build_tokenizer.py): sets the vocabulary and is copied into the output;
+    without it the vocabulary is the one the checkpoint records (imports do), else SODA's 144,644 ids, and no
+    tokenizer is written."""
     iteration: Optional[int] = None
-    """Checkpoint iteration to export (default: the latest)."""
-    dtype: Optional[str] = None
-    """bf16 | fp32 | fp16 (default: the checkpoint's)."""
+    """checkpoint iteration to export (default: the latest)."""
+    dtype: Optional[str] = field(default=None, metadata=flag(choices=tuple(hf_config.DTYPES)))
+    """dtype of the exported weights (default: the checkpoint's)."""
     max_shard_size: str = "5GB"
-    """Largest safetensors file (transformers' default)."""
+    """largest safetensors file, e.g. 5GB, 500MB, 2GiB (transformers' default)."""
     overwrite: bool = False
-    """Replace an existing output directory."""
+    """replace an existing output directory."""
     dry_run: bool = False
-    """Check everything and return the plan without writing anything."""
+    """check everything and print the tensor mapping with shapes; write nothing."""
     progress: bool = True
-    """Show a progress bar over tensors."""
+    """show a progress bar over tensors."""
+
+    def check(self) -> None:
+        """Refuses flags that cannot work, naming the flag; reads no checkpoint (``plan_export`` does)."""
+        from megatron_soda.data.text_pipeline import check_tokenizer
+        from megatron_soda.training.checkpointing import LATEST_FILE, checkpoint_dir
+
+        check_dir("--load", self.load, hint=" (give the directory pretrain --save wrote)")
+        check_at_least("--iteration", self.iteration, 0)
+        load = Path(self.load)
+        if not (re.fullmatch(r"iter_\d{7}", load.name) and (load / "metadata.json").is_file()):
+            if self.iteration is not None and not checkpoint_dir(load, self.iteration).is_dir():
+                raise ConversionError(f"--load {load} holds no checkpoint of --iteration {self.iteration} "
+                                      f"({checkpoint_dir(load, self.iteration).name} not found)")
+            if self.iteration is None and not (load / LATEST_FILE).is_file():
+                raise ConversionError(f"--load {load} holds no checkpoint (no {LATEST_FILE}): give the directory "
+                                      f"pretrain --save wrote, or one iter_NNNNNNN directory in it")
+        check_output_dir("--output", self.output)
+        if Path(self.output).exists() and not self.overwrite:
+            raise ConversionError(f"--output {self.output} exists; pass --overwrite to replace it")
+        if self.tokenizer is not None:
+            check_tokenizer("--tokenizer", self.tokenizer)
+        parse_size(self.max_shard_size)
 
 
 @dataclass

@@ -12,7 +12,7 @@ fresh. ``extra["model"]`` records the matching preset's name, or the shape's fie
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -24,30 +24,38 @@ from megatron_soda.models.shape_record import Record, record_for
 from megatron_soda.convert.names import (LAYERS, LM_HEAD, ConversionError, TensorMap, hf_shapes,
                                          megatron_shape, ordered_items, to_megatron)
 from megatron_soda.models.presets import ModelShape
+from megatron_soda.flags import check_at_least, check_dir, check_output_dir, flag
 
 EMBEDDING = "model.embed_tokens.weight"
 
 
 @dataclass
 class ImportConfig:
-    """What ``tools/convert_checkpoint.py import`` asks for."""
+    """What ``tools/convert_checkpoint.py import`` asks for; its fields are the command's flags."""
 
     hf: str
     """Hugging Face Qwen3 directory (config.json and safetensors, one file or sharded with an index)."""
     save: str
-    """Checkpoint directory to write (``pretrain --load`` reads it)."""
-    dtype: Optional[str] = None
-    """bf16 | fp32 | fp16 (default: config.json's dtype, else the weights')."""
+    """checkpoint directory to write (pretrain --load reads it)."""
+    dtype: Optional[str] = field(default=None, metadata=flag(choices=tuple(hf_config.DTYPES)))
+    """dtype of the checkpoint (default: config.json's dtype, else the weights')."""
     tensor_model_parallel_size: int = 1
-    """TP the checkpoint is meant to load at: checked now (it loads at any TP the model allows)."""
+    """TP the checkpoint will be loaded at: checked against the model now (it loads at any TP the model allows)."""
     pipeline_model_parallel_size: int = 1
-    """PP the checkpoint is meant to load at: checked now."""
+    """PP the checkpoint will be loaded at: checked against the model now."""
     overwrite: bool = False
-    """Write into a directory that already holds checkpoints (``latest`` then points at this one)."""
+    """write into a directory that already holds checkpoints (its latest then points at this one)."""
     dry_run: bool = False
-    """Check everything and return the plan without writing anything."""
+    """check everything and print the tensor mapping with shapes; write nothing."""
     progress: bool = True
-    """Show a progress bar over tensors."""
+    """show a progress bar over tensors."""
+
+    def check(self) -> None:
+        """Refuses flags that cannot work, naming the flag; reads no weights (``plan_import`` does)."""
+        check_dir("--hf", self.hf, ("config.json",), " (a Hugging Face model directory: config.json and safetensors)")
+        check_output_dir("--save", self.save)
+        check_at_least("--tensor-model-parallel-size", self.tensor_model_parallel_size, 1)
+        check_at_least("--pipeline-model-parallel-size", self.pipeline_model_parallel_size, 1)
 
 
 @dataclass

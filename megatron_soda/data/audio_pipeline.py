@@ -30,7 +30,7 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
-from megatron_soda.codec.loading import CodecConfig, load_codec
+from megatron_soda.codec.config import CodecConfig
 from megatron_soda.data.audio_decode import DecodePool, DecodeTask
 from megatron_soda.data.formats import Utterance, document_orders, render, speech_document
 from megatron_soda.data.indexed_dataset import DatasetWriter
@@ -44,35 +44,69 @@ from megatron_soda.data.jobs import (
     write_atomic,
 )
 from megatron_soda.data.manifest import Reject, group_documents, read_inputs
+from megatron_soda.data.text_pipeline import check_tokenizer, load_tokenizer
+from megatron_soda.flags import check_at_least, check_exists, check_output_dir, flag
 
 logger = logging.getLogger(__name__)
 
 
+def _seconds_or_never(text: str) -> Optional[float]:
+    """--max-document-seconds: 0 means never split."""
+    return float(text) or None
+
+
 @dataclass
 class AudioPreprocessConfig:
-    """What ``tools/preprocess_audio.py`` runs."""
+    """What ``tools/preprocess_audio.py`` runs; its fields are the tool's flags."""
 
-    inputs: List[str]
+    inputs: List[str] = field(metadata=flag("--input", nargs="+"))
     """JSONL manifests and/or directories of audio files with same-named .txt transcripts."""
     output_dir: str
+    """job directory (job.json, shards, rejects, report); a rerun of the same command resumes it."""
     tokenizer: str
-    """Directory of a SODA tokenizer (``tools/build_tokenizer.py``)."""
+    """SODA tokenizer directory (tools/build_tokenizer.py)."""
     codec: CodecConfig = field(default_factory=CodecConfig)
     documents_per_shard: int = 1000
+    """documents per output shard (the unit of resume)."""
     workers: int = 2
-    """Processes that read and resample audio; 0 does it in this process."""
+    """processes that read and resample audio; 0 does it in this process."""
     text_first_probability: Optional[float] = None
-    """None renders every document in both orders (SODA); else one order per document."""
+    """render each document once, text-first with this probability (default: both orders, as SODA)."""
     seed: int = 0
+    """seed of the per-document order choice (--text-first-probability)."""
     min_seconds: float = 0.1
+    """reject shorter utterances."""
     max_seconds: float = 600.0
-    """Utterances outside [min_seconds, max_seconds] are rejected as absurd."""
-    max_document_seconds: Optional[float] = 60.0
-    """Longer documents are split into consecutive chunks (SODA's YODAS2 cap)."""
-    encode_batch_seconds: float = 600.0
+    """reject longer utterances (absurd durations)."""
+    max_document_seconds: Optional[float] = field(default=60.0, metadata=flag(parse=_seconds_or_never))
+    """split longer documents into consecutive chunks (SODA's YODAS2 cap); 0: never split."""
+    encode_batch_seconds: float = field(default=600.0, metadata=flag(hidden=True))
     """Audio handed to the codec per call (the codec batches further by length)."""
     overwrite: bool = False
+    """discard an existing job in --output-dir and start again."""
     progress: bool = True
+    """show a progress bar."""
+
+    def check(self) -> None:
+        """Refuses settings that cannot work, naming the flag; reads no audio and loads nothing.
+
+        The codec's flags are checked by ``codec.cli.check_codec`` (``load_codec`` refuses the same).
+        """
+        for path in self.inputs:
+            check_exists("--input", path, " (give JSONL manifests or directories of audio)")
+        check_output_dir("--output-dir", self.output_dir)
+        check_tokenizer("--tokenizer", self.tokenizer)
+        check_at_least("--documents-per-shard", self.documents_per_shard, 1)
+        check_at_least("--workers", self.workers, 0)
+        check_at_least("--min-seconds", self.min_seconds, 0)
+        if self.max_seconds <= self.min_seconds:
+            raise ValueError(f"--max-seconds {self.max_seconds} must be above --min-seconds {self.min_seconds}")
+        check_at_least("--max-document-seconds", self.max_document_seconds, 0)
+        if self.text_first_probability is not None and not 0 <= self.text_first_probability <= 1:
+            raise ValueError(f"--text-first-probability must lie in [0, 1], got {self.text_first_probability}")
+        from megatron_soda.codec.cli import check_codec
+
+        check_codec(self.codec)
 
 
 def _fingerprint(config: AudioPreprocessConfig, records, codec) -> dict:
@@ -195,13 +229,13 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
 
 def preprocess_audio(config: AudioPreprocessConfig) -> dict:
     """Runs (or resumes) a preprocessing job and returns its report."""
-    from megatron_soda.tokenizer import load_soda_tokenizer
+    from megatron_soda.codec.loading import load_codec  # torch: imported only when a job runs
 
     if config.documents_per_shard <= 0:
         raise ValueError(f"documents_per_shard must be positive, got {config.documents_per_shard}")
     # Settings are checked (tokenizer and codec loaded) before the output directory is touched, so a
     # mistyped flag never claims a directory for a job that cannot run.
-    tokenizer = load_soda_tokenizer(config.tokenizer)
+    tokenizer = load_tokenizer("--tokenizer", config.tokenizer)
     codec = load_codec(config.codec)
     layout = tokenizer.layout
     if (codec.num_codebooks, codec.codebook_size) != (layout.num_codebooks, layout.codebook_size):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import Iterator, List, Tuple, Union
 
@@ -20,21 +20,53 @@ from megatron_soda.data.formats import render, text_document
 from megatron_soda.data.indexed_dataset import DatasetWriter
 from megatron_soda.data.jobs import ShardedJob, content_digest, file_fingerprint, summarize, write_atomic
 from megatron_soda.data.manifest import Reject, is_encodable, read_jsonl
+from megatron_soda.flags import check_at_least, check_dir, check_file, check_output_dir, flag
+
+
+def check_tokenizer(flag_name: str, path: str) -> None:
+    """A SODA tokenizer directory given by ``flag_name`` exists and holds a tokenizer.json (ValueError if not)."""
+    check_dir(flag_name, path, ("tokenizer.json",), " (make one with tools/build_tokenizer.py)")
+
+
+def load_tokenizer(flag_name: str, path: str):
+    """``load_soda_tokenizer(path)``; its failures (the tokenizers library's own name neither the flag nor
+    the file) as one ValueError naming both."""
+    from megatron_soda.tokenizer import load_soda_tokenizer
+
+    try:
+        return load_soda_tokenizer(path)
+    except Exception as error:
+        raise ValueError(f"{flag_name} {path}: not a SODA tokenizer ({error})") from None
 
 
 @dataclass
 class TextPreprocessConfig:
-    """What ``tools/preprocess_text.py`` runs."""
+    """What ``tools/preprocess_text.py`` runs; its fields are the tool's flags."""
 
-    inputs: List[str]
-    """JSONL (``.jsonl``/``.json``) and parquet (``.parquet``) files, read in this order."""
+    inputs: List[str] = field(metadata=flag("--input"))
+    """JSONL (.jsonl/.json) and parquet (.parquet) files, read in this order."""
     output_dir: str
+    """job directory (shards, rejects, report); a rerun of the same command resumes it."""
     tokenizer: str
-    """Directory of a SODA tokenizer."""
+    """SODA tokenizer directory (tools/build_tokenizer.py)."""
     text_key: str = "text"
+    """field (JSONL) or column (parquet) holding the text."""
     documents_per_shard: int = 100_000
+    """documents per output shard (the unit of resume)."""
     overwrite: bool = False
+    """discard an existing job in --output-dir and start again."""
     progress: bool = True
+    """show a progress bar."""
+
+    def check(self) -> None:
+        """Refuses settings that cannot work, naming the flag; reads no document and loads nothing."""
+        for path in self.inputs:
+            check_file("--input", path, " (give .jsonl or .parquet files)")
+        check_output_dir("--output-dir", self.output_dir)
+        check_tokenizer("--tokenizer", self.tokenizer)
+        if not self.text_key:
+            raise ValueError("--text-key may not be empty")
+        check_at_least("--documents-per-shard", self.documents_per_shard, 1)
 
 
 def _jsonl_texts(path: str, key: str) -> Iterator[Tuple[str, Union[str, Reject]]]:
@@ -75,8 +107,6 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
     """Runs (or resumes) a text job and returns its report."""
     from tqdm import tqdm
 
-    from megatron_soda.tokenizer import load_soda_tokenizer
-
     if config.documents_per_shard <= 0:
         raise ValueError(f"documents_per_shard must be positive, got {config.documents_per_shard}")
     fingerprint = {
@@ -84,7 +114,7 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
         "tokenizer_sha256": content_digest(config.tokenizer),
         "job": {k: v for k, v in asdict(config).items() if k in ("text_key", "documents_per_shard")},
     }
-    tokenizer = load_soda_tokenizer(config.tokenizer)  # before the output directory is claimed
+    tokenizer = load_tokenizer("--tokenizer", config.tokenizer)  # before the output directory is claimed
     job = ShardedJob(config.output_dir, fingerprint, config.overwrite)
     layout = tokenizer.layout
     records = read_texts(config.inputs, config.text_key)

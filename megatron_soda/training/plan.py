@@ -271,6 +271,11 @@ def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: 
     layout = ParallelLayout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                             shape.num_layers // p.pipeline_model_parallel_size // vp if vp else None)
     layout.check(world_size, shape.num_layers, shape.num_attention_heads, shape.num_query_groups)
+    prefixes, weights = parse_data_path(config.data.data_path) if config.data.data_path else ([], None)
+    if check_data and not config.dry_run:
+        if not prefixes:
+            raise ValueError("--data-path is required")
+        _check_data(prefixes, vocab.vocab_size, scan_tokens=not config.data.skip_data_validation)
     import torch  # the backend checks import megatron-core (seconds): after the cheap checks
 
     from megatron_soda.models.gpt import check_fp8, resolve_attention_backend
@@ -280,11 +285,6 @@ def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: 
     check_fp8(t.fp8_format, t.fp8_recipe, config.model.attention_backend)
     train_iters = config.training.num_iterations()
     schedule = config.lr_schedule()
-    prefixes, weights = parse_data_path(config.data.data_path) if config.data.data_path else ([], None)
-    if check_data and not config.dry_run:
-        if not prefixes:
-            raise ValueError("--data-path is required")
-        _check_data(prefixes, vocab.vocab_size, scan_tokens=not config.data.skip_data_validation)
     if resume is not None and config.checkpoint.finetune:
         resume = {**resume, "finetune": True}
     return RunPlan(config, vocab, shape, layout, world_size, train_iters, schedule, prefixes, weights, resume)
