@@ -11,11 +11,12 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?= $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 PYTEST_ARGS ?=
 
-.PHONY: help install test demo bench clean
+.PHONY: help install lint format test demo bench clean
 
 help:
 	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize, train, export (CPU, ~1 min)"
-	@echo "make test     run the test suite (creates $(VENV) and builds the extension first)"
+	@echo "make test     check formatting and lint (ruff), then run the test suite (creates $(VENV) first)"
+	@echo "make format   format the tree and apply safe lint fixes (ruff)"
 	@echo "make bench    run bench/bench_builder.py and record results in bench/RESULTS.md"
 	@echo "make install  only create $(VENV) and install megatron-soda into it (editable)"
 	@echo "make clean    remove build products and demo output (keeps $(VENV))"
@@ -31,7 +32,15 @@ $(VENV)/.installed: $(PY) setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h
 
 install: $(VENV)/.installed
 
-test: install
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
 from megatron_soda.data.jobs import fsync_path
 
 VOCAB_SIZE = 144644
@@ -673,8 +674,11 @@ def _report(
     L.append("")
     for mix in mixes:
         parts = [
-            f"{w} " + ", ".join(f"{x:.2f}" for x in times[mix.name][w])
-            + " (cpu " + ", ".join(f"{x:.2f}" for x in cpu[mix.name][w]) + ")"
+            f"{w} "
+            + ", ".join(f"{x:.2f}" for x in times[mix.name][w])
+            + " (cpu "
+            + ", ".join(f"{x:.2f}" for x in cpu[mix.name][w])
+            + ")"
             for w in names
         ]
         L.append(f"- {mix.name}: " + "; ".join(parts))
@@ -709,7 +713,9 @@ def _report(
     L.append("")
 
     if profile:
-        L.append("Our writer's phases, one run per mix (seconds; `checks_only` = a refused `add_documents` whose first id is out of range, i.e. the length checks + the full min/max range pass, nothing written; `numpy_minmax` = `tokens.min(), tokens.max()` for scale; `raw_write`/`raw_fsync` = `tofile`+flush vs `os.fsync` of the raw writer):")
+        L.append(
+            "Our writer's phases, one run per mix (seconds; `checks_only` = a refused `add_documents` whose first id is out of range, i.e. the length checks + the full min/max range pass, nothing written; `numpy_minmax` = `tokens.min(), tokens.max()` for scale; `raw_write`/`raw_fsync` = `tofile`+flush vs `os.fsync` of the raw writer):"
+        )
         L.append("")
         keys = list(next(iter(profile.values())))
         L.append("| mix | " + " | ".join(keys) + " |")

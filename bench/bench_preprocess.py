@@ -95,9 +95,19 @@ def measure(fn, repeats: int, warmup: bool = True, max_other: float = 0.1) -> di
 
 def row(stage, setting, device, threads, cores, audio_s, m: dict) -> dict:
     rate = audio_s / statistics.median(m["walls"])
-    return dict(m, stage=stage, setting=setting, device=device, threads=threads, cores=cores, audio_s=audio_s,
-                rate=rate, per_core=rate / cores if cores else None, best=audio_s / min(m["walls"]),
-                per_cpu_s=audio_s / statistics.median(m["cpus"]))
+    return dict(
+        m,
+        stage=stage,
+        setting=setting,
+        device=device,
+        threads=threads,
+        cores=cores,
+        audio_s=audio_s,
+        rate=rate,
+        per_core=rate / cores if cores else None,
+        best=audio_s / min(m["walls"]),
+        per_cpu_s=audio_s / statistics.median(m["cpus"]),
+    )
 
 
 def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
@@ -111,15 +121,33 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
         torch.set_num_threads(threads)
         codec.max_batch_seconds = batch_s
         m = measure(lambda: codec.encode(clips), args.repeats)
-        rows.append(row("codec encode", f"max_batch_seconds={batch_s:g}", dev, threads,
-                        threads if dev == "cpu" else None, audio_s, m))
+        rows.append(
+            row(
+                "codec encode",
+                f"max_batch_seconds={batch_s:g}",
+                dev,
+                threads,
+                threads if dev == "cpu" else None,
+                audio_s,
+                m,
+            )
+        )
         print(f"  encode, {batch_s:g} s batches, {threads} thread(s): {rows[-1]['rate']:.1f}x realtime", flush=True)
     torch.set_num_threads(n_threads)
     codec.max_batch_seconds = CodecConfig.max_batch_seconds
     codes = codec.encode(clips)
     m = measure(lambda: codec.decode(codes), args.repeats)
-    rows.append(row("codec decode (codes -> audio)", f"max_batch_seconds={codec.max_batch_seconds:g}", dev,
-                    n_threads, n_threads if dev == "cpu" else None, audio_s, m))
+    rows.append(
+        row(
+            "codec decode (codes -> audio)",
+            f"max_batch_seconds={codec.max_batch_seconds:g}",
+            dev,
+            n_threads,
+            n_threads if dev == "cpu" else None,
+            audio_s,
+            m,
+        )
+    )
     print(f"  codec decode: {rows[-1]['rate']:.1f}x realtime", flush=True)
     return rows
 
@@ -127,8 +155,15 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
 def bench_worker_decode(tasks: list, rate: int, args) -> dict:
     audio_s = args.decode_passes * sum(len(decode(t).wave) for t in tasks) / rate
     m = measure(lambda: [decode(t) for _ in range(args.decode_passes) for t in tasks], args.repeats)
-    r = row("decode + resample (worker)", f"FLAC 16 kHz -> 24 kHz, {len(tasks)} clips x {args.decode_passes}",
-            "cpu", 1, 1, audio_s, m)
+    r = row(
+        "decode + resample (worker)",
+        f"FLAC 16 kHz -> 24 kHz, {len(tasks)} clips x {args.decode_passes}",
+        "cpu",
+        1,
+        1,
+        audio_s,
+        m,
+    )
     print(f"  decode + resample: {r['rate']:.0f}x realtime", flush=True)
     return r
 
@@ -143,6 +178,7 @@ class Clock(dict):
                 return fn(*a, **k)
             finally:
                 self[name] = self.get(name, 0.0) + time.perf_counter() - t
+
         return timed
 
     def wrap_iter(self, it, name):
@@ -155,8 +191,12 @@ class Clock(dict):
 @contextlib.contextmanager
 def instrumented(clock: Clock, workers: int):
     """Times codec load, tokenizer load, encode and the wait for decoded audio inside ``preprocess_audio``."""
-    saved = (audio_pipeline.load_codec, audio_pipeline.ProcessPoolExecutor, audio_pipeline.decode,
-             soda_tokenizer.load_soda_tokenizer)
+    saved = (
+        audio_pipeline.load_codec,
+        audio_pipeline.ProcessPoolExecutor,
+        audio_pipeline.decode,
+        soda_tokenizer.load_soda_tokenizer,
+    )
 
     def load(config):
         codec = clock.wrap(saved[0], "codec load")(config)
@@ -174,8 +214,12 @@ def instrumented(clock: Clock, workers: int):
     try:
         yield
     finally:
-        (audio_pipeline.load_codec, audio_pipeline.ProcessPoolExecutor, audio_pipeline.decode,
-         soda_tokenizer.load_soda_tokenizer) = saved
+        (
+            audio_pipeline.load_codec,
+            audio_pipeline.ProcessPoolExecutor,
+            audio_pipeline.decode,
+            soda_tokenizer.load_soda_tokenizer,
+        ) = saved
 
 
 def bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threads, cores) -> list[dict]:
@@ -183,8 +227,14 @@ def bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threa
 
     def run(workers, batch_s):
         clock, codec = Clock(), dict(vars(codec_config), max_batch_seconds=batch_s)
-        config = AudioPreprocessConfig(inputs=[manifest], output_dir=os.path.join(tempfile.mkdtemp(dir=tmp), "job"),
-                                       tokenizer=tokenizer, codec=CodecConfig(**codec), workers=workers, progress=False)
+        config = AudioPreprocessConfig(
+            inputs=[manifest],
+            output_dir=os.path.join(tempfile.mkdtemp(dir=tmp), "job"),
+            tokenizer=tokenizer,
+            codec=CodecConfig(**codec),
+            workers=workers,
+            progress=False,
+        )
         with instrumented(clock, workers):
             return preprocess_audio(config)["seconds"], clock
 
@@ -192,19 +242,32 @@ def bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threa
         for w, b in args.pipeline:
             m = measure(lambda: run(w, b), 1, warmup=False)
             runs[w, b].append(m)
-            print(f"  pipeline, {w} workers, {b:g} s batches, run {rep}: {m['walls'][0]:.1f} s ({m['redone']} redone); "
-                  + ", ".join(f"{k} {v:.1f} s" for k, v in m["results"][0][1].items()), flush=True)
+            print(
+                f"  pipeline, {w} workers, {b:g} s batches, run {rep}: {m['walls'][0]:.1f} s ({m['redone']} redone); "
+                + ", ".join(f"{k} {v:.1f} s" for k, v in m["results"][0][1].items()),
+                flush=True,
+            )
     rows = []
     for (w, b), ms in runs.items():
         m = {k: [x for run_m in ms for x in run_m[k]] for k in ("walls", "cpus", "others", "results")}
         m["redone"] = sum(run_m["redone"] for run_m in ms)
         audio_s, clocks = m["results"][0][0], [clock for _, clock in m["results"]]
-        r = row("whole pipeline (`preprocess_audio`)", f"workers={w}, max_batch_seconds={b:g}", device,
-                f"{n_threads} + {w} workers", cores if device == "cpu" else None, audio_s, m)
-        r["parts"] = {k: statistics.median(c.get(k, 0.0) for c in clocks)
-                      for k in ("codec load", "tokenizer load", "encode", "decode (wait)")}
+        r = row(
+            "whole pipeline (`preprocess_audio`)",
+            f"workers={w}, max_batch_seconds={b:g}",
+            device,
+            f"{n_threads} + {w} workers",
+            cores if device == "cpu" else None,
+            audio_s,
+            m,
+        )
+        r["parts"] = {
+            k: statistics.median(c.get(k, 0.0) for c in clocks)
+            for k in ("codec load", "tokenizer load", "encode", "decode (wait)")
+        }
         r["parts"]["rest (manifest, tokenize, render, write)"] = statistics.median(
-            wall - sum(c.values()) for wall, c in zip(m["walls"], clocks))
+            wall - sum(c.values()) for wall, c in zip(m["walls"], clocks)
+        )
         loads = r["parts"]["codec load"] + r["parts"]["tokenizer load"]
         r["rate_steady"] = audio_s / (statistics.median(m["walls"]) - loads)
         rows.append(r)
@@ -216,31 +279,52 @@ def fmt(x) -> str:
 
 
 def report(rows: list, pipe_rows: list, meta: dict) -> str:
-    lines = [f"### bench_preprocess run of {meta['date']}", "", f"Command: `{meta['command']}`", "",
-             f"Machine: {meta['machine']}", "", f"Codec: {meta['codec']}", "",
-             "| stage | setting | device | threads | cores used | audio per run (s) | median wall s (min–max) "
-             "| **audio-h / h** (x realtime) | **per core** | best run (x realtime) | per core-hour of CPU time "
-             "| others' load (cores): median, max; runs redone |", "|---|---|---|---|" + "---:|" * 8]
+    lines = [
+        f"### bench_preprocess run of {meta['date']}",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['machine']}",
+        "",
+        f"Codec: {meta['codec']}",
+        "",
+        "| stage | setting | device | threads | cores used | audio per run (s) | median wall s (min–max) "
+        "| **audio-h / h** (x realtime) | **per core** | best run (x realtime) | per core-hour of CPU time "
+        "| others' load (cores): median, max; runs redone |",
+        "|---|---|---|---|" + "---:|" * 8,
+    ]
     for r in rows + pipe_rows:
         w, o = r["walls"], r["others"]
-        lines.append(f"| {r['stage']} | {r['setting']} | {r['device']} | {r['threads']} | {r['cores'] or '—'} | "
-                     f"{r['audio_s']:.1f} | {statistics.median(w):.2f} ({min(w):.2f}–{max(w):.2f}) | "
-                     f"**{fmt(r['rate'])}** | **{fmt(r['per_core'])}** | {fmt(r['best'])} | {fmt(r['per_cpu_s'])} | "
-                     f"{statistics.median(o):.2f}, {max(o):.2f}; {r['redone']} |")
+        lines.append(
+            f"| {r['stage']} | {r['setting']} | {r['device']} | {r['threads']} | {r['cores'] or '—'} | "
+            f"{r['audio_s']:.1f} | {statistics.median(w):.2f} ({min(w):.2f}–{max(w):.2f}) | "
+            f"**{fmt(r['rate'])}** | **{fmt(r['per_core'])}** | {fmt(r['best'])} | {fmt(r['per_cpu_s'])} | "
+            f"{statistics.median(o):.2f}, {max(o):.2f}; {r['redone']} |"
+        )
     if pipe_rows:
         names = list(pipe_rows[0]["parts"])
-        lines += ["", "Where the pipeline's wall time goes (medians, seconds and share of the wall time):", "",
-                  "| setting | wall | " + " | ".join(names) + " | x realtime without the two loads |",
-                  "|---|---:|" + "---:|" * (len(names) + 1)]
+        lines += [
+            "",
+            "Where the pipeline's wall time goes (medians, seconds and share of the wall time):",
+            "",
+            "| setting | wall | " + " | ".join(names) + " | x realtime without the two loads |",
+            "|---|---:|" + "---:|" * (len(names) + 1),
+        ]
         for r in pipe_rows:
             wall = statistics.median(r["walls"])
             cells = [f"{v:.1f} ({v / wall:.0%})" for v in r["parts"].values()]
             lines.append(f"| {r['setting']} | {wall:.1f} | " + " | ".join(cells) + f" | {fmt(r['rate_steady'])} |")
         best = max(pipe_rows, key=lambda r: r["rate"])
-        unit = (f"core-hours ({1000 / best['rate']:,.0f} h on these {best['cores']} cores)" if best["per_core"]
-                else "hours on this GPU and its CPU cores")
-        lines += ["", f"Extrapolation: at the fastest pipeline setting here ({best['setting']}), 1000 h of audio "
-                  f"takes {1000 / (best['per_core'] or best['rate']):,.0f} {unit}."]
+        unit = (
+            f"core-hours ({1000 / best['rate']:,.0f} h on these {best['cores']} cores)"
+            if best["per_core"]
+            else "hours on this GPU and its CPU cores"
+        )
+        lines += [
+            "",
+            f"Extrapolation: at the fastest pipeline setting here ({best['setting']}), 1000 h of audio "
+            f"takes {1000 / (best['per_core'] or best['rate']):,.0f} {unit}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +334,7 @@ def write_results(path: str, section: str) -> None:
     block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
     begin, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
     if begin >= 0 and end > begin:
-        rest = text[end + len(SECTION_END):].lstrip("\n")
+        rest = text[end + len(SECTION_END) :].lstrip("\n")
         text = text[:begin] + block + ("\n" + rest if rest else "")
     else:
         text = text.rstrip("\n") + "\n\n" + ("" if HEADING in text else HEADING + "\n\n") + block
@@ -260,23 +344,29 @@ def write_results(path: str, section: str) -> None:
 
 
 def machine(device: str) -> str:
-    import soundfile, soxr, transformers
+    import soundfile
+    import soxr
+    import transformers
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    mem = next((int(l.split()[1]) / 2**20 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem = next((int(ln.split()[1]) / 2**20 for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
     gpu = f"GPU: {torch.cuda.get_device_name()}" if device == "cuda" else "**No GPU: CPU only**"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    return (f"{os.cpu_count()} CPUs ({cpu}), {len(os.sched_getaffinity(0))} usable, {mem:.1f} GiB RAM, kernel "
-            f"{platform.release()}. {gpu}. torch threads {torch.get_num_threads()} (interop "
-            f"{torch.get_num_interop_threads()}). Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}, numpy {np.__version__}, soxr {soxr.__version__}, "
-            f"soundfile {soundfile.__version__}; megatron-soda commit {commit.strip() or '?'}.")
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {len(os.sched_getaffinity(0))} usable, {mem:.1f} GiB RAM, kernel "
+        f"{platform.release()}. {gpu}. torch threads {torch.get_num_threads()} (interop "
+        f"{torch.get_num_interop_threads()}). Python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}, numpy {np.__version__}, soxr {soxr.__version__}, "
+        f"soundfile {soundfile.__version__}; megatron-soda commit {commit.strip() or '?'}."
+    )
 
 
 def parse_args(argv=None):
     floats = lambda s: [float(x) for x in s.split(",") if x]
     settings = lambda s: [(int(x.split(":")[0]), float(x.split(":")[1])) for x in s.split(",") if x]
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--codec-path", help="real Mimi weights (local dir or hub id); default: random weights")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
     p.add_argument("--repeats", type=int, default=3)
@@ -284,8 +374,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-seconds", type=floats, default=[5, 10, 30, 120], help="max_batch_seconds to encode with")
     p.add_argument("--single-thread-batch-seconds", type=floats, default=[5, 120], help="... also with 1 thread")
     p.add_argument("--decode-passes", type=int, default=5, help="corpus passes per decode + resample run")
-    p.add_argument("--pipeline", type=settings, default=[(1, 120), (2, 120), (2, 5)],
-                   help="preprocess_audio settings, WORKERS:MAX_BATCH_SECONDS,... (120: the codec's default)")
+    p.add_argument(
+        "--pipeline",
+        type=settings,
+        default=[(1, 120), (2, 120), (2, 5)],
+        help="preprocess_audio settings, WORKERS:MAX_BATCH_SECONDS,... (120: the codec's default)",
+    )
     p.add_argument("--utterances", type=int, default=None, help="use only the first N utterances of the corpus")
     p.add_argument("--max-wait", type=float, default=MAX_WAIT_S, help="seconds per measurement to wait out other load")
     p.add_argument("--quick", action="store_true", help="smoke run: 12 utterances, small sizes, 1 repetition")
@@ -315,19 +409,34 @@ def main(argv=None) -> int:
         manifest, tokenizer = os.path.join(tmp, "manifest.jsonl"), os.path.join(tmp, "tokenizer")
         with open(manifest, "w") as f:  # the records in use, with absolute audio paths
             for r in records:
-                f.write(json.dumps({k: v for k, v in vars(r).items() if k not in ("source", "extra") and v is not None}) + "\n")
-        subprocess.run([sys.executable, os.path.join(REPO, "tools", "build_tokenizer.py"), "--train-bpe",
-                        os.path.join(CORPUS, "text.jsonl"), os.path.join(CORPUS, "manifest.jsonl"),
-                        "--output", tokenizer], check=True, stdout=subprocess.DEVNULL)
+                f.write(
+                    json.dumps({k: v for k, v in vars(r).items() if k not in ("source", "extra") and v is not None})
+                    + "\n"
+                )
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(REPO, "tools", "build_tokenizer.py"),
+                "--train-bpe",
+                os.path.join(CORPUS, "text.jsonl"),
+                os.path.join(CORPUS, "manifest.jsonl"),
+                "--output",
+                tokenizer,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         rows = bench_codec(codec, waves, args, n_threads) + [bench_worker_decode(tasks, codec.sample_rate, args)]
         del codec
         pipe_rows = bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threads, cores)
     weights = args.codec_path or "random weights (seed 0; weights do not change the compute)"
-    meta = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                command=shlex.join(["python", "bench/bench_preprocess.py", *(sys.argv[1:] if argv is None else argv)]),
-                machine=machine(device),
-                codec=f"Mimi, default `MimiConfig` (24 kHz, 12.5 frames/s, 8 of 32 codebooks kept), {weights}; "
-                      f"{'float32' if device == 'cpu' else 'bfloat16'} network, float32 quantizer.")
+    meta = dict(
+        date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        command=shlex.join(["python", "bench/bench_preprocess.py", *(sys.argv[1:] if argv is None else argv)]),
+        machine=machine(device),
+        codec=f"Mimi, default `MimiConfig` (24 kHz, 12.5 frames/s, 8 of 32 codebooks kept), {weights}; "
+        f"{'float32' if device == 'cpu' else 'bfloat16'} network, float32 quantizer.",
+    )
     section = report(rows, pipe_rows, meta) + f"\nTotal benchmark time {time.time() - start:.0f} s.\n"
     print("\n" + section)
     if args.results:

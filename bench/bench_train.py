@@ -54,7 +54,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, REPO)
 
-from megatron_soda.device import device_info
+from megatron_soda.device import device_info  # noqa: E402
 from megatron_soda.models.presets import PRESETS  # noqa: E402
 from megatron_soda.tokenizer.layout import SODA_LAYOUT  # noqa: E402
 
@@ -132,8 +132,11 @@ def describe_device(config: BenchConfig) -> dict:
     from megatron_soda.training.flops import peak_bf16_flops
 
     if not device_info().cuda:
-        return {"name": f"CPU: {_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-                "cuda": False, "peak_flops": None}
+        return {
+            "name": f"CPU: {_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+            "cuda": False,
+            "peak_flops": None,
+        }
     name = torch.cuda.get_device_name()
     peak = config.peak_tflops * 1e12 if config.peak_tflops else peak_bf16_flops(name)
     return {"name": name, "cuda": True, "peak_flops": peak}
@@ -166,8 +169,9 @@ def versions() -> Dict[str, str]:
 
 def git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain"], capture_output=True, text=True).stdout
         return commit + (" (working tree has uncommitted changes)" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
@@ -219,15 +223,18 @@ def make_batches(config: BenchConfig, device: torch.device) -> List[List[Dict[st
     for _ in range(config.warmup + config.steps):
         micro = []
         for _ in range(config.accumulation):
-            rows = low + torch.multinomial(weights, config.micro_batch_size * (config.seq_length + 1), replacement=True,
-                                           generator=generator).view(config.micro_batch_size, -1)
+            rows = low + torch.multinomial(
+                weights, config.micro_batch_size * (config.seq_length + 1), replacement=True, generator=generator
+            ).view(config.micro_batch_size, -1)
             rows = rows.to(device)
-            micro.append({
-                "tokens": rows[:, :-1].contiguous(),
-                "labels": rows[:, 1:].contiguous(),
-                "loss_mask": torch.ones(config.micro_batch_size, config.seq_length, device=device),
-                "position_ids": torch.arange(config.seq_length, device=device).expand(config.micro_batch_size, -1),
-            })
+            micro.append(
+                {
+                    "tokens": rows[:, :-1].contiguous(),
+                    "labels": rows[:, 1:].contiguous(),
+                    "loss_mask": torch.ones(config.micro_batch_size, config.seq_length, device=device),
+                    "position_ids": torch.arange(config.seq_length, device=device).expand(config.micro_batch_size, -1),
+                }
+            )
         batches.append(micro)
     return batches
 
@@ -237,7 +244,7 @@ def timed_steps(config: BenchConfig, step: Callable[[list], object], batches) ->
     losses = [step(batch) for batch in batches[: config.warmup]]
     synchronize()
     start = time.perf_counter()
-    losses += [step(batch) for batch in batches[config.warmup:]]
+    losses += [step(batch) for batch in batches[config.warmup :]]
     synchronize()
     seconds = time.perf_counter() - start
     return RunResult(seconds, [float(loss) for loss in losses], peak_memory())
@@ -263,20 +270,47 @@ def train_config(config: BenchConfig, backend: str = "sdpa"):
     """The ``pretrain`` configuration of our runs (a SODA preset brings SODA's optimizer settings)."""
     from megatron_soda.training.plan import parse_train_config
 
-    return parse_train_config([str(flag) for flag in (
-        "--model", config.model, "--attention-backend", backend, "--seq-length", config.seq_length,
-        "--micro-batch-size", config.micro_batch_size, "--global-batch-size", config.global_batch_size,
-        "--train-iters", config.warmup + config.steps, "--optimizer", config.optimizer, "--lr", config.lr,
-        "--lr-decay-style", "constant", "--lr-warmup-fraction", 0, "--z-loss-weight", Z_LOSS_WEIGHT,
-        "--seed", config.seed, "--bf16" if config.bf16 else "--no-bf16")])
+    return parse_train_config(
+        [
+            str(flag)
+            for flag in (
+                "--model",
+                config.model,
+                "--attention-backend",
+                backend,
+                "--seq-length",
+                config.seq_length,
+                "--micro-batch-size",
+                config.micro_batch_size,
+                "--global-batch-size",
+                config.global_batch_size,
+                "--train-iters",
+                config.warmup + config.steps,
+                "--optimizer",
+                config.optimizer,
+                "--lr",
+                config.lr,
+                "--lr-decay-style",
+                "constant",
+                "--lr-warmup-fraction",
+                0,
+                "--z-loss-weight",
+                Z_LOSS_WEIGHT,
+                "--seed",
+                config.seed,
+                "--bf16" if config.bf16 else "--no-bf16",
+            )
+        ]
+    )
 
 
 def _check_parameter_count(count: int, shape, who: str) -> None:
     """Both models must be the same size: the preset's count with the padded vocabulary."""
     expected = dataclasses.replace(shape, vocab_size=shape.padded_vocab_size()).num_parameters()
     if count != expected:
-        raise RuntimeError(f"{who}: {count:,} parameters, expected {expected:,} for the preset with its padded "
-                           "vocabulary")
+        raise RuntimeError(
+            f"{who}: {count:,} parameters, expected {expected:,} for the preset with its padded vocabulary"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,11 +328,20 @@ def hf_config(shape):
     from transformers import Qwen3Config
 
     kwargs = dict(
-        vocab_size=shape.padded_vocab_size(), hidden_size=shape.hidden_size, intermediate_size=shape.ffn_hidden_size,
-        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_query_groups, head_dim=shape.kv_channels, hidden_act="silu",
-        max_position_embeddings=shape.max_position_embeddings, rms_norm_eps=shape.norm_epsilon,
-        tie_word_embeddings=shape.tie_embeddings, attention_bias=shape.bias, attention_dropout=0.0, use_cache=False,
+        vocab_size=shape.padded_vocab_size(),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.ffn_hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_query_groups,
+        head_dim=shape.kv_channels,
+        hidden_act="silu",
+        max_position_embeddings=shape.max_position_embeddings,
+        rms_norm_eps=shape.norm_epsilon,
+        tie_word_embeddings=shape.tie_embeddings,
+        attention_bias=shape.bias,
+        attention_dropout=0.0,
+        use_cache=False,
     )
     if "rope_parameters" in inspect.signature(Qwen3Config.__init__).parameters:
         kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": shape.rotary_base}
@@ -323,10 +366,17 @@ def run_hf(config: BenchConfig, precision: str, batches) -> RunResult:
     model.train()
     params = list(model.parameters())
     _check_parameter_count(sum(p.numel() for p in params), shape, "transformers")
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": hyper.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(hyper.adam_beta1, hyper.adam_beta2),
-                                  eps=hyper.adam_eps, **({"fused": True} if cuda else {}))
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hyper.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=config.lr,
+        betas=(hyper.adam_beta1, hyper.adam_beta2),
+        eps=hyper.adam_eps,
+        **({"fused": True} if cuda else {}),
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "autocast")
 
     def step(micro_batches):
@@ -360,7 +410,7 @@ class Runner:
 def run_all(config: BenchConfig, runners: List[Runner], log) -> None:
     """Every runner once per repetition, the order rotated; a runner that fails is reported and dropped."""
     for rep in range(config.repeats):
-        order = runners[rep % len(runners):] + runners[: rep % len(runners)]
+        order = runners[rep % len(runners) :] + runners[: rep % len(runners)]
         for runner in order:
             if runner.error is not None:
                 continue
@@ -379,8 +429,10 @@ def run_all(config: BenchConfig, runners: List[Runner], log) -> None:
             runner.results.append(result)
             rate = config.steps * config.tokens_per_step / result.seconds
             memory = f", peak {result.peak_memory_bytes / 2**30:.1f} GiB" if result.peak_memory_bytes else ""
-            log(f"rep {rep + 1} {runner.name:14s} {result.seconds:8.3f}s  {rate:10.4g} tokens/s  "
-                f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}{memory}")
+            log(
+                f"rep {rep + 1} {runner.name:14s} {result.seconds:8.3f}s  {rate:10.4g} tokens/s  "
+                f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}{memory}"
+            )
 
 
 def summarize(config: BenchConfig, runners: List[Runner], device: dict) -> dict:
@@ -400,10 +452,14 @@ def summarize(config: BenchConfig, runners: List[Runner], device: dict) -> dict:
             losses = [r.losses for r in runner.results]
             memory = [r.peak_memory_bytes for r in runner.results if r.peak_memory_bytes is not None]
             entry.update(
-                tokens_per_s=rates, median_tokens_per_s=rate, tflops=rate * model_flops / 1e12,
-                six_n_tflops=rate * six_n / 1e12, mfu=rate * model_flops / peak if peak else None,
+                tokens_per_s=rates,
+                median_tokens_per_s=rate,
+                tflops=rate * model_flops / 1e12,
+                six_n_tflops=rate * six_n / 1e12,
+                mfu=rate * model_flops / peak if peak else None,
                 six_n_mfu=rate * six_n / peak if peak else None,
-                peak_memory_gib=max(memory) / 2**30 if memory else None, losses=losses,
+                peak_memory_gib=max(memory) / 2**30 if memory else None,
+                losses=losses,
                 first_loss=statistics.median(run[0] for run in losses),
                 final_loss=statistics.median(run[-1] for run in losses),
                 loss_finite=all(math.isfinite(x) for run in losses for x in run),
@@ -411,36 +467,52 @@ def summarize(config: BenchConfig, runners: List[Runner], device: dict) -> dict:
             )
         runs[runner.name] = entry
     ratios = {
-        ours: {base: runs[ours]["median_tokens_per_s"] / runs[base]["median_tokens_per_s"]
-               for base in runs if runs[base]["kind"] == "baseline" and "median_tokens_per_s" in runs[base]}
-        for ours in runs if runs[ours]["kind"] == "ours" and "median_tokens_per_s" in runs[ours]
+        ours: {
+            base: runs[ours]["median_tokens_per_s"] / runs[base]["median_tokens_per_s"]
+            for base in runs
+            if runs[base]["kind"] == "baseline" and "median_tokens_per_s" in runs[base]
+        }
+        for ours in runs
+        if runs[ours]["kind"] == "ours" and "median_tokens_per_s" in runs[ours]
     }
     return {"runs": runs, "ratios": ratios, "flops_per_token": model_flops, "six_n_flops_per_token": six_n}
 
 
 def targets(config: BenchConfig, device: dict, summary: dict) -> List[str]:
     """The issue's targets, judged only on the run they are stated for."""
-    applies = (config.model == TARGET["model"] and config.seq_length == TARGET["seq_length"] and config.bf16
-               and TARGET["device"].lower() in device["name"].lower())
+    applies = (
+        config.model == TARGET["model"]
+        and config.seq_length == TARGET["seq_length"]
+        and config.bf16
+        and TARGET["device"].lower() in device["name"].lower()
+    )
     ours = {n: r for n, r in summary["runs"].items() if r["kind"] == "ours" and "median_tokens_per_s" in r}
     lines = []
     if not applies:
-        lines.append(f"- not judged: the targets are stated for {TARGET['model']} at sequence length "
-                     f"{TARGET['seq_length']}, bf16, on one {TARGET['device']}; this run is {config.model} at "
-                     f"{config.seq_length}, {'bf16' if config.bf16 else 'fp32'}, on {device['name']}")
+        lines.append(
+            f"- not judged: the targets are stated for {TARGET['model']} at sequence length "
+            f"{TARGET['seq_length']}, bf16, on one {TARGET['device']}; this run is {config.model} at "
+            f"{config.seq_length}, {'bf16' if config.bf16 else 'fp32'}, on {device['name']}"
+        )
     elif ours:
         best = max(ours, key=lambda n: ours[n]["median_tokens_per_s"])
         mfu = ours[best]["mfu"]
-        lines.append(f"- MFU >= {TARGET['mfu']:.0%} (bf16, {TARGET['model']}, {TARGET['seq_length']}): best backend "
-                     f"{best} at {mfu:.1%} — {'met' if mfu >= TARGET['mfu'] else 'NOT met'}")
+        lines.append(
+            f"- MFU >= {TARGET['mfu']:.0%} (bf16, {TARGET['model']}, {TARGET['seq_length']}): best backend "
+            f"{best} at {mfu:.1%} — {'met' if mfu >= TARGET['mfu'] else 'NOT met'}"
+        )
         for base, ratio in summary["ratios"][best].items():
-            lines.append(f"- >= {TARGET['vs_baseline']}x transformers ({base}): {best} at {ratio:.2f}x — "
-                         f"{'met' if ratio >= TARGET['vs_baseline'] else 'NOT met'}")
+            lines.append(
+                f"- >= {TARGET['vs_baseline']}x transformers ({base}): {best} at {ratio:.2f}x — "
+                f"{'met' if ratio >= TARGET['vs_baseline'] else 'NOT met'}"
+            )
         if not summary["ratios"][best]:
             lines.append(f"- >= {TARGET['vs_baseline']}x transformers: no baseline finished in this run — not judged")
     sane = all(r.get("loss_finite") and r.get("loss_falls") for r in summary["runs"].values() if "losses" in r)
-    lines.append(f"- sanity (every run's loss finite and lower after its last step than after its first): "
-                 f"{'yes' if sane else 'NO'}")
+    lines.append(
+        f"- sanity (every run's loss finite and lower after its last step than after its first): "
+        f"{'yes' if sane else 'NO'}"
+    )
     return lines
 
 
@@ -462,29 +534,52 @@ def _row(cells: List[str]) -> str:
 
 def table(config: BenchConfig, summary: dict) -> List[str]:
     baselines = [n for n, r in summary["runs"].items() if r["kind"] == "baseline" and "median_tokens_per_s" in r]
-    head = ["run", "median tokens/s", "min – max tokens/s", "TFLOP/s", "6N TFLOP/s", "MFU", "6N MFU",
-            "peak memory GiB", "loss first → final"] + [f"vs {b}" for b in baselines]
+    head = [
+        "run",
+        "median tokens/s",
+        "min – max tokens/s",
+        "TFLOP/s",
+        "6N TFLOP/s",
+        "MFU",
+        "6N MFU",
+        "peak memory GiB",
+        "loss first → final",
+    ] + [f"vs {b}" for b in baselines]
     lines = [_row(head), "|---|" + "---:|" * (len(head) - 1)]
     for name, r in summary["runs"].items():
         if "median_tokens_per_s" not in r:
             lines.append(_row([name, f"failed: {r['error']}"] + [""] * (len(head) - 2)))
             continue
         rates = r["tokens_per_s"]
-        lines.append(_row([
-            name, _rate(r["median_tokens_per_s"]), f"{_rate(min(rates))} – {_rate(max(rates))}",
-            f"{r['tflops']:.3g}", f"{r['six_n_tflops']:.3g}", _fmt(r["mfu"], ".1%"), _fmt(r["six_n_mfu"], ".1%"),
-            _fmt(r["peak_memory_gib"], ".1f"), f"{r['first_loss']:.3f} → {r['final_loss']:.3f}",
-        ] + [f"{summary['ratios'][name][b]:.2f}x" if r["kind"] == "ours" else "" for b in baselines]))
+        lines.append(
+            _row(
+                [
+                    name,
+                    _rate(r["median_tokens_per_s"]),
+                    f"{_rate(min(rates))} – {_rate(max(rates))}",
+                    f"{r['tflops']:.3g}",
+                    f"{r['six_n_tflops']:.3g}",
+                    _fmt(r["mfu"], ".1%"),
+                    _fmt(r["six_n_mfu"], ".1%"),
+                    _fmt(r["peak_memory_gib"], ".1f"),
+                    f"{r['first_loss']:.3f} → {r['final_loss']:.3f}",
+                ]
+                + [f"{summary['ratios'][name][b]:.2f}x" if r["kind"] == "ours" else "" for b in baselines]
+            )
+        )
     return lines
 
 
-def report(config: BenchConfig, command: str, started: str, device: dict, vers: dict, summary: dict,
-           load: tuple) -> str:
+def report(
+    config: BenchConfig, command: str, started: str, device: dict, vers: dict, summary: dict, load: tuple
+) -> str:
     shape = PRESETS[config.model]
     L = [f"### bench_train run of {started}: {config.model} on {device['name']}", "", f"Command: `{command}`", ""]
-    L.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + f"; megatron-soda commit {git_commit()}. "
-             f"Host load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, {os.cpu_count()} CPUs "
-             "(other processes on the host slow the runs alike; compare ratios of medians).")
+    L.append(
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + f"; megatron-soda commit {git_commit()}. "
+        f"Host load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, {os.cpu_count()} CPUs "
+        "(other processes on the host slow the runs alike; compare ratios of medians)."
+    )
     L.append("")
     precision = "bf16 params, fp32 master weights and gradients" if config.bf16 else "fp32"
     L.append(
@@ -496,7 +591,8 @@ def report(config: BenchConfig, command: str, started: str, device: dict, vers: 
         f"{config.tokens_per_step:,} tokens per step); {config.warmup} untimed + {config.steps} timed steps per run, "
         f"{config.repeats} interleaved repetitions (order rotated), medians. Ours: {precision}, "
         f"{'Cautious AdamW' if config.optimizer == 'cautious' else 'AdamW'} (megatron optimizer wrappers), "
-        f"z-loss, clip {train_config(config).optimizer.clip_grad}. Baseline: transformers Qwen3ForCausalLM, SDPA, plain RoPE "
+        f"z-loss, clip {train_config(config).optimizer.clip_grad}. Baseline: transformers Qwen3ForCausalLM, SDPA, "
+        "plain RoPE "
         "(Llama-3 scaling does not change the cost), torch AdamW"
         f"{' (fused)' if device['cuda'] else ''}, same clip; `hf-autocast` = fp32 params under bf16 autocast, "
         "`hf-bf16` = pure bf16 params and state. Token ids from the audio block, Zipf frequencies "
@@ -507,20 +603,30 @@ def report(config: BenchConfig, command: str, started: str, device: dict, vers: 
     L.append(
         f"TFLOP/s = tokens/s x {summary['flops_per_token'] / 1e9:.3f} GFLOP/token (`flops.training_flops_per_token`: "
         f"attention core and LM head included); 6N = {summary['six_n_flops_per_token'] / 1e9:.3g} GFLOP/token. "
-        + (f"MFU against {device['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16." if device["peak_flops"]
-           else "MFU: n/a (no GPU peak for this device).")
+        + (
+            f"MFU against {device['peak_flops'] / 1e12:.0f} TFLOP/s dense bf16."
+            if device["peak_flops"]
+            else "MFU: n/a (no GPU peak for this device)."
+        )
     )
     L.append("")
     if not device["cuda"]:
-        L.append(f"**Ran on the CPU ({os.cpu_count()} cores), not on a GPU**: these figures show that the benchmark "
-                 "works end to end and compare the two stacks' overheads at a toy size; they say nothing about GPU "
-                 "throughput. MFU and the targets need a session with a GPU: run the command in the intro there.")
+        L.append(
+            f"**Ran on the CPU ({os.cpu_count()} cores), not on a GPU**: these figures show that the benchmark "
+            "works end to end and compare the two stacks' overheads at a toy size; they say nothing about GPU "
+            "throughput. MFU and the targets need a session with a GPU: run the command in the intro there."
+        )
         L.append("")
     L += table(config, summary)
     L.append("")
-    L.append("Per-repetition tokens/s: " + "; ".join(
-        f"{name} " + ", ".join(_rate(x) for x in r["tokens_per_s"]) for name, r in summary["runs"].items()
-        if "tokens_per_s" in r))
+    L.append(
+        "Per-repetition tokens/s: "
+        + "; ".join(
+            f"{name} " + ", ".join(_rate(x) for x in r["tokens_per_s"])
+            for name, r in summary["runs"].items()
+            if "tokens_per_s" in r
+        )
+    )
     L.append("")
     L.append("Targets:")
     L.append("")
@@ -565,20 +671,35 @@ def default_backends() -> List[str]:
 
 
 def parse_args(argv=None) -> BenchConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--model", default="soda-600m", choices=list(PRESETS))
     p.add_argument("--seq-length", type=int, default=4096)
-    p.add_argument("--micro-batch-size", type=int, default=2,
-                   help="rows per forward pass (4 may fit in 78 GiB at 4096; see the peak memory column)")
+    p.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=2,
+        help="rows per forward pass (4 may fit in 78 GiB at 4096; see the peak memory column)",
+    )
     p.add_argument("--global-batch-size", type=int, default=16, help="rows per optimizer step (accumulation)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="ours in bf16 with fp32 master weights (default: on with CUDA; CPU trains fp32)")
-    p.add_argument("--attention-backends", default=None,
-                   help="comma-separated --attention-backend values (default: all this build can run, minus auto)")
-    p.add_argument("--baseline", default=None,
-                   help=f"comma-separated transformers runs among {', '.join(BASELINES)}, or 'none' "
-                        "(default: autocast with bf16, fp32 without)")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="ours in bf16 with fp32 master weights (default: on with CUDA; CPU trains fp32)",
+    )
+    p.add_argument(
+        "--attention-backends",
+        default=None,
+        help="comma-separated --attention-backend values (default: all this build can run, minus auto)",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help=f"comma-separated transformers runs among {', '.join(BASELINES)}, or 'none' "
+        "(default: autocast with bf16, fp32 without)",
+    )
     p.add_argument("--optimizer", default="cautious", choices=["cautious", "adamw"])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per run")
@@ -594,8 +715,10 @@ def parse_args(argv=None) -> BenchConfig:
     if bf16 and not cuda:
         p.error("--bf16 needs CUDA: megatron-core's bf16 optimizer wrapper checks for CUDA tensors")
     if args.global_batch_size % args.micro_batch_size:
-        p.error(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size "
-                f"{args.micro_batch_size}")
+        p.error(
+            f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size "
+            f"{args.micro_batch_size}"
+        )
     if min(args.seq_length, args.micro_batch_size, args.steps, args.repeats) < 1 or args.warmup < 0:
         p.error("--seq-length, --micro-batch-size, --steps and --repeats must be >= 1, --warmup >= 0")
     if args.seq_length > PRESETS[args.model].max_position_embeddings:
@@ -609,10 +732,22 @@ def parse_args(argv=None) -> BenchConfig:
         if name not in BASELINES or (name != "fp32" and not cuda):
             p.error(f"--baseline {name!r}: choose among {', '.join(BASELINES)} (autocast and bf16 need CUDA)")
     return BenchConfig(
-        model=args.model, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
-        global_batch_size=args.global_batch_size, bf16=bf16, attention_backends=backends, baselines=baselines,
-        optimizer=args.optimizer, lr=args.lr, warmup=args.warmup, steps=args.steps, repeats=args.repeats,
-        seed=args.seed, peak_tflops=args.peak_tflops, results=args.results, json_path=args.json_path,
+        model=args.model,
+        seq_length=args.seq_length,
+        micro_batch_size=args.micro_batch_size,
+        global_batch_size=args.global_batch_size,
+        bf16=bf16,
+        attention_backends=backends,
+        baselines=baselines,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        warmup=args.warmup,
+        steps=args.steps,
+        repeats=args.repeats,
+        seed=args.seed,
+        peak_tflops=args.peak_tflops,
+        results=args.results,
+        json_path=args.json_path,
     )
 
 
@@ -638,8 +773,9 @@ def main(argv=None) -> int:
         log(f"{config.model} on {device['name']}; " + ", ".join(f"{k} {v}" for k, v in vers.items()))
         data_device = torch.device("cuda", torch.cuda.current_device()) if device["cuda"] else torch.device("cpu")
         batches = make_batches(config, data_device)
-        runners = [Runner(f"ours-{b}", "ours", lambda b=b: run_ours(config, b, batches))
-                   for b in config.attention_backends]
+        runners = [
+            Runner(f"ours-{b}", "ours", lambda b=b: run_ours(config, b, batches)) for b in config.attention_backends
+        ]
         runners += [Runner(f"hf-{p}", "baseline", lambda p=p: run_hf(config, p, batches)) for p in config.baselines]
         load_start = os.getloadavg()[0]
         run_all(config, runners, log)
@@ -655,9 +791,20 @@ def main(argv=None) -> int:
         log(f"section appended to {config.results}")
     if config.json_path:
         with open(config.json_path, "w", encoding="utf-8") as f:
-            json.dump({"command": command, "started": started, "config": dataclasses.asdict(config), "device": device,
-                       "versions": vers, "load_average": load, **summary,
-                       "targets": targets(config, device, summary)}, f, indent=1)
+            json.dump(
+                {
+                    "command": command,
+                    "started": started,
+                    "config": dataclasses.asdict(config),
+                    "device": device,
+                    "versions": vers,
+                    "load_average": load,
+                    **summary,
+                    "targets": targets(config, device, summary),
+                },
+                f,
+                indent=1,
+            )
     failed = [n for n, r in summary["runs"].items() if "losses" in r and not (r["loss_finite"] and r["loss_falls"])]
     if failed:
         log(f"sanity check failed (loss not finite or not falling): {', '.join(failed)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+
 import torch
 
 
@@ -43,4 +44,3 @@ def device_info() -> DeviceInfo:
     if torch.cuda.is_available():
         return DeviceInfo("cuda", torch.cuda.get_device_name(), torch.cuda.device_count())
     return DeviceInfo("cpu", "cpu", 0)
-

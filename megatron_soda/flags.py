@@ -42,16 +42,32 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 _MISSING = object()
 
 
-def flag(name: Optional[str] = None, *, choices: Optional[Sequence[Any]] = None, positional: bool = False,
-         nargs: Optional[str] = None, metavar: Optional[str] = None, parse: Optional[Callable[[str], Any]] = None,
-         hidden: bool = False) -> Dict[str, Any]:
+def flag(
+    name: Optional[str] = None,
+    *,
+    choices: Optional[Sequence[Any]] = None,
+    positional: bool = False,
+    nargs: Optional[str] = None,
+    metavar: Optional[str] = None,
+    parse: Optional[Callable[[str], Any]] = None,
+    hidden: bool = False,
+) -> Dict[str, Any]:
     """Field metadata saying how its flag differs from the default rule (see the module docstring).
 
     ``positional``: an argument without dashes (``name`` is then its metavar). ``parse``: turns the
     flag's text into the value (e.g. ``json.loads``). ``hidden``: not a flag at all (set by code).
     """
-    return {"flag": {"name": name, "choices": choices, "positional": positional, "nargs": nargs,
-                     "metavar": metavar, "parse": parse, "hidden": hidden}}
+    return {
+        "flag": {
+            "name": name,
+            "choices": choices,
+            "positional": positional,
+            "nargs": nargs,
+            "metavar": metavar,
+            "parse": parse,
+            "hidden": hidden,
+        }
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +117,13 @@ def field_docs(cls) -> Dict[str, str]:
     body = ast.parse(source).body[0].body
     docs = {}
     for node, following in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs
 
@@ -204,20 +225,33 @@ class FlagParser:
     ``parser``: an argparse parser to fill instead of a new one (a ``FlagCommands`` subcommand's).
     """
 
-    def __init__(self, cls, *, prog: Optional[str] = None, description: Optional[str] = None,
-                 config_file: bool = False, epilog: Optional[str] = None,
-                 help_extra: Union[None, Dict[str, str], Callable[[], Dict[str, str]]] = None,
-                 check: Optional[Callable[[Any], None]] = None,
-                 parser: Optional[argparse.ArgumentParser] = None):
+    def __init__(
+        self,
+        cls,
+        *,
+        prog: Optional[str] = None,
+        description: Optional[str] = None,
+        config_file: bool = False,
+        epilog: Optional[str] = None,
+        help_extra: Union[None, Dict[str, str], Callable[[], Dict[str, str]]] = None,
+        check: Optional[Callable[[Any], None]] = None,
+        parser: Optional[argparse.ArgumentParser] = None,
+    ):
         self.cls = cls
         self.leaves = leaves(cls)
         self.config_file = config_file
         self.check = check
-        self.parser = parser or _ArgumentParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
-                                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.parser = parser or _ArgumentParser(
+            prog=prog,
+            description=description,
+            epilog=epilog,
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if config_file:
-            self.parser.add_argument("--config", metavar="YAML",
-                                     help="YAML file of settings, nested by section or flat by name (flags win)")
+            self.parser.add_argument(
+                "--config", metavar="YAML", help="YAML file of settings, nested by section or flat by name (flags win)"
+            )
         seen: Dict[str, _Leaf] = {}
         groups: Dict[Tuple[str, ...], Any] = {}
         actions: List[Tuple[argparse.Action, _Leaf, str]] = []
@@ -233,11 +267,13 @@ class FlagParser:
             action = self._add(groups[section], leaf, doc + ((" " + extra[leaf.dest]) if leaf.dest in extra else ""))
             actions.append((action, leaf, doc))
         if callable(help_extra):
+
             def fill() -> None:
                 extra = help_extra()
                 for action, leaf, doc in actions:
                     if leaf.dest in extra:
                         action.help = _help_text(leaf, doc + " " + extra[leaf.dest])
+
             if isinstance(self.parser, _ArgumentParser):
                 self.parser.lazy_help = fill
             else:
@@ -249,9 +285,13 @@ class FlagParser:
         required = leaf.default is _MISSING
         help_text = _help_text(leaf, doc)
         if leaf.spec["positional"]:
-            return group.add_argument(leaf.dest, metavar=leaf.spec["metavar"] or leaf.flag.lstrip("-"),
-                                      nargs=leaf.spec["nargs"] or ("+" if _is_list(leaf.kind) else None),
-                                      type=_caster(leaf), help=help_text)
+            return group.add_argument(
+                leaf.dest,
+                metavar=leaf.spec["metavar"] or leaf.flag.lstrip("-"),
+                nargs=leaf.spec["nargs"] or ("+" if _is_list(leaf.kind) else None),
+                type=_caster(leaf),
+                help=help_text,
+            )
         kwargs: Dict[str, Any] = {"dest": leaf.dest, "default": argparse.SUPPRESS, "help": help_text}
         if required and not self.config_file:  # with a --config file, ``build`` says what is missing
             kwargs["required"] = True
@@ -260,8 +300,9 @@ class FlagParser:
         else:
             kwargs["type"] = _caster(leaf)
             kwargs["choices"] = _choices(leaf)
-            kwargs["metavar"] = leaf.spec["metavar"] or (None if kwargs["choices"] is not None else
-                                                         leaf.flag.lstrip("-").upper().replace("-", "_"))
+            kwargs["metavar"] = leaf.spec["metavar"] or (
+                None if kwargs["choices"] is not None else leaf.flag.lstrip("-").upper().replace("-", "_")
+            )
             if leaf.spec["nargs"] or _is_list(leaf.kind):
                 kwargs["nargs"] = leaf.spec["nargs"] or "+"
         return group.add_argument(leaf.flag, **kwargs)
@@ -302,9 +343,12 @@ class FlagParser:
             for key, value in node.items():
                 key = str(key)
                 dotted = ".".join(prefix + (key.replace("-", "_"),))
-                leaf = by_dest.get(dotted) or (None if prefix else self.by_flag.get(key if key.startswith("--") else
-                                                                                  "--" + key.replace("_", "-"))
-                                               or self.by_name.get(key.replace("-", "_")))
+                leaf = by_dest.get(dotted) or (
+                    None
+                    if prefix
+                    else self.by_flag.get(key if key.startswith("--") else "--" + key.replace("_", "-"))
+                    or self.by_name.get(key.replace("-", "_"))
+                )
                 if leaf is None and isinstance(value, dict):
                     walk(value, prefix + (key.replace("-", "_"),))
                     continue
@@ -390,15 +434,31 @@ class FlagCommands:
     may be None); ``parse`` returns ``(name, config)``, the config checked as ``FlagParser.parse`` does.
     """
 
-    def __init__(self, commands: Dict[str, Tuple[Any, str, Optional[str], Optional[Callable[[Any], None]]]], *,
-                 prog: Optional[str] = None, description: Optional[str] = None, epilog: Optional[str] = None):
-        self.parser = _ArgumentParser(prog=prog, description=description, epilog=epilog, allow_abbrev=False,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    def __init__(
+        self,
+        commands: Dict[str, Tuple[Any, str, Optional[str], Optional[Callable[[Any], None]]]],
+        *,
+        prog: Optional[str] = None,
+        description: Optional[str] = None,
+        epilog: Optional[str] = None,
+    ):
+        self.parser = _ArgumentParser(
+            prog=prog,
+            description=description,
+            epilog=epilog,
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub = self.parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(commands) + "}")
         self.commands: Dict[str, FlagParser] = {}
         for name, (cls, help_text, text, check) in commands.items():
-            parser = sub.add_parser(name, help=help_text, description=text or help_text, allow_abbrev=False,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+            parser = sub.add_parser(
+                name,
+                help=help_text,
+                description=text or help_text,
+                allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             self.commands[name] = FlagParser(cls, parser=parser, check=check)
 
     def parse(self, argv: Optional[Sequence[str]] = None) -> Tuple[str, Any]:
@@ -409,6 +469,7 @@ class FlagCommands:
 
 
 # ---- checks for ``check=``: each raises ValueError naming the flag and what to do --------------------
+
 
 def check_at_least(flag_name: str, value: Optional[float], minimum: float) -> None:
     """A count or size no smaller than ``minimum`` (None passes: an unset optional setting)."""
@@ -463,8 +524,10 @@ def check_output_file(flag_name: str, path: str, prefix_of: Sequence[str] = ()) 
     """A file to write, or with ``prefix_of`` (``(".bin", ".idx")``) the prefix of the files ``path + suffix``:
     a name, not a directory, in a directory that exists or can be made."""
     if not path or path.endswith(("/", os.sep)) or (not prefix_of and os.path.isdir(path)):
-        raise ValueError(f"{flag_name} {path!r} is a directory; give a file name"
-                         + (" (a prefix such as out/speech)" if prefix_of else ""))
+        raise ValueError(
+            f"{flag_name} {path!r} is a directory; give a file name"
+            + (" (a prefix such as out/speech)" if prefix_of else "")
+        )
     if prefix_of and path.endswith(tuple(prefix_of)):
         raise ValueError(f"{flag_name} {path}: give the prefix, without {' or '.join(prefix_of)}")
     _check_creatable(flag_name, path, os.path.dirname(os.path.abspath(path)))

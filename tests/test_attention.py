@@ -5,7 +5,6 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 from megatron.core.packed_seq_params import PackedSeqParams
 
 from megatron_soda import optional
@@ -26,22 +25,26 @@ def _qkv(tokens, batch=None, seed=0):
     """[s, b, heads, d] query and [s, b, groups, d] key/value (or [t, heads, d] when batch is None)."""
     generator = torch.Generator().manual_seed(seed)
     lead = (tokens,) if batch is None else (tokens, batch)
-    return (torch.randn(*lead, HEADS, HEAD_DIM, generator=generator),
-            torch.randn(*lead, GROUPS, HEAD_DIM, generator=generator),
-            torch.randn(*lead, GROUPS, HEAD_DIM, generator=generator))
+    return (
+        torch.randn(*lead, HEADS, HEAD_DIM, generator=generator),
+        torch.randn(*lead, GROUPS, HEAD_DIM, generator=generator),
+        torch.randn(*lead, GROUPS, HEAD_DIM, generator=generator),
+    )
 
 
 def _packed(cu):
     cu = torch.tensor(cu, dtype=torch.int32)
     longest = int((cu[1:] - cu[:-1]).max())
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest)
+    return PackedSeqParams(
+        qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=longest, max_seqlen_kv=longest
+    )
 
 
 def _reference(q, k, v, keep):
     """Plain softmax attention with keys/values repeated per group: the definition, no kernel."""
     q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))
     k, v = (t.repeat_interleave(HEADS // GROUPS, dim=1) for t in (k, v))
-    scores = (q @ k.transpose(-1, -2)) / HEAD_DIM ** 0.5
+    scores = (q @ k.transpose(-1, -2)) / HEAD_DIM**0.5
     out = scores.masked_fill(~keep, float("-inf")).softmax(-1) @ v
     return out.permute(2, 0, 1, 3).flatten(2)
 
@@ -74,9 +77,9 @@ def test_packed_rows_attend_within_documents_only(cls):
     # Changing a later document leaves every earlier one untouched.
     q2, k2, v2 = (t.clone() for t in (q, k, v))
     for t in (q2, k2, v2):
-        t[CU[3]:] += 1.0
+        t[CU[3] :] += 1.0
     out2 = _module(cls)(q2, k2, v2, None, packed_seq_params=_packed(CU))
-    assert torch.equal(out2[:CU[3]], out[:CU[3]])
+    assert torch.equal(out2[: CU[3]], out[: CU[3]])
 
 
 def test_dense_mask_replaces_causality():
@@ -85,7 +88,9 @@ def test_dense_mask_replaces_causality():
     keep |= torch.eye(16, dtype=torch.bool)  # every query sees something
     for cls in (SDPAttention, FlexAttention):
         out = _module(cls)(q, k, v, ~keep)
-        expected = torch.cat([_reference(q[:, b:b + 1], k[:, b:b + 1], v[:, b:b + 1], keep[b, 0]) for b in range(2)], 1)
+        expected = torch.cat(
+            [_reference(q[:, b : b + 1], k[:, b : b + 1], v[:, b : b + 1], keep[b, 0]) for b in range(2)], 1
+        )
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -93,7 +98,7 @@ def test_sdpa_trains_through_packed_rows():
     q, k, v = (t.requires_grad_() for t in _qkv(CU[-1]))
     _module(SDPAttention)(q, k, v, None, packed_seq_params=_packed(CU)).square().sum().backward()
     # The first document's keys only get gradient from that document's queries.
-    assert k.grad is not None and torch.isfinite(k.grad).all() and k.grad[:CU[1]].abs().sum() > 0
+    assert k.grad is not None and torch.isfinite(k.grad).all() and k.grad[: CU[1]].abs().sum() > 0
 
 
 def test_flex_refuses_training_on_cpu_naming_the_flag():
@@ -109,14 +114,19 @@ def fake_flash_attn(monkeypatch):
     It checks what flash-attn checks (layouts [b, s, h, d] / [t, h, d], int32 cu_seqlens, causal),
     so the wiring of ``FlashAttention`` is tested where the real kernels cannot run.
     """
+
     def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
         assert causal and dropout_p == 0.0 and q.dim() == 4 and q.shape[2] == HEADS and k.shape[2] == GROUPS
         s = q.shape[1]
-        return _reference(*(t.transpose(0, 1) for t in (q, k, v)), torch.ones(s, s, dtype=torch.bool).tril()) \
-            .unflatten(-1, (HEADS, HEAD_DIM)).transpose(0, 1)
+        return (
+            _reference(*(t.transpose(0, 1) for t in (q, k, v)), torch.ones(s, s, dtype=torch.bool).tril())
+            .unflatten(-1, (HEADS, HEAD_DIM))
+            .transpose(0, 1)
+        )
 
-    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                               softmax_scale=None, causal=False):
+    def flash_attn_varlen_func(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None, causal=False
+    ):
         assert causal and cu_seqlens_q.dtype == torch.int32 and q.dim() == 3
         assert max_seqlen_q == int(cu_seqlens_q.diff().max())
         keep = _block_diagonal(cu_seqlens_q.tolist(), q.shape[0])
@@ -135,8 +145,12 @@ def test_flash_backend_calls_flash_attn_with_its_layouts(fake_flash_attn):
     torch.testing.assert_close(flash(q, k, v, None), sdpa(q, k, v, None), atol=1e-5, rtol=1e-5)
     q, k, v = _qkv(CU[-1])
     packed = _packed(CU)
-    torch.testing.assert_close(flash(q, k, v, None, packed_seq_params=packed), sdpa(q, k, v, None, packed_seq_params=packed),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        flash(q, k, v, None, packed_seq_params=packed),
+        sdpa(q, k, v, None, packed_seq_params=packed),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     with pytest.raises(ValueError, match="not a dense attention mask"):
         flash(*_qkv(4, batch=1), torch.zeros(1, 1, 4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="--attention-backend flash needs --bf16"):
@@ -198,8 +212,9 @@ def test_packed_rows_through_the_model_equal_each_document_alone(megatron_world,
     """Documents packed into two rows give the logits each gives on its own (RoPE restarts, no leaks)."""
     shape = get_preset("tiny", num_layers=2)
     torch.manual_seed(0)
-    model = gpt.build_gpt_model(shape, gpt.transformer_config(shape, attention_backend=backend),
-                                attention_backend=backend).eval()
+    model = gpt.build_gpt_model(
+        shape, gpt.transformer_config(shape, attention_backend=backend), attention_backend=backend
+    ).eval()
     generator = torch.Generator().manual_seed(1)
     rows = [[7, 12, 5], [20, 3]]  # document lengths per row of 24 (the rest is padding)
     seq = 24
@@ -210,9 +225,13 @@ def test_packed_rows_through_the_model_equal_each_document_alone(megatron_world,
         pad = seq - sum(lengths)
         tokens.append(torch.cat(row + [torch.full((pad,), shape.vocab_size)]))
         ids.append(torch.repeat_interleave(torch.arange(len(lengths) + 1), torch.tensor(lengths + [pad])))
-    batch = {"tokens": torch.stack(tokens), "labels": torch.zeros(2, seq, dtype=torch.long),
-             "loss_mask": torch.ones(2, seq), "position_ids": torch.zeros(2, seq, dtype=torch.long),
-             "document_ids": torch.stack(ids)}
+    batch = {
+        "tokens": torch.stack(tokens),
+        "labels": torch.zeros(2, seq, dtype=torch.long),
+        "loss_mask": torch.ones(2, seq),
+        "position_ids": torch.zeros(2, seq, dtype=torch.long),
+        "document_ids": torch.stack(ids),
+    }
     packed = packed_micro_batch(batch)
     assert packed["packed_seq_params"].cu_seqlens_q.tolist() == [0, 7, 19, 24, 24 + 20, 24 + 23, 48]
     with torch.no_grad():
@@ -220,7 +239,7 @@ def test_packed_rows_through_the_model_equal_each_document_alone(megatron_world,
         starts = [0, 7, 19, 24, 44]
         for start, document in zip(starts, documents):
             alone = model(document[None], torch.arange(len(document))[None], None)[0]
-            torch.testing.assert_close(logits[start:start + len(document)], alone, atol=2e-5, rtol=1e-5)
+            torch.testing.assert_close(logits[start : start + len(document)], alone, atol=2e-5, rtol=1e-5)
 
 
 def test_a_backend_must_implement_both_row_kinds():

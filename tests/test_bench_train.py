@@ -17,10 +17,33 @@ def test_bench_train_measures_ours_and_the_transformers_baseline_on_cpu(tmp_path
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_train.py"), "--model", "tiny", "--seq-length", "64",
-         "--micro-batch-size", "2", "--global-batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1",
-         "--attention-backends", "sdpa", "--json", str(out)],
-        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=170,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_train.py"),
+            "--model",
+            "tiny",
+            "--seq-length",
+            "64",
+            "--micro-batch-size",
+            "2",
+            "--global-batch-size",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--attention-backends",
+            "sdpa",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=170,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())

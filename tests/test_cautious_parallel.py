@@ -22,15 +22,35 @@ ROUNDING = 1e-5  # relative; fp32 reductions in another order (TP matmul splits,
 def root(tmp_path_factory):
     """The start every run loads and the reference's (one rank) trained weights and results."""
     root = tmp_path_factory.mktemp("cautious")
-    launch("cautious_worker.py", 1, "--init", root / "init", "--save-init", "--final", root / "final",
-           "--run", "1:scoped", "--out", root / "reference.json")
+    launch(
+        "cautious_worker.py",
+        1,
+        "--init",
+        root / "init",
+        "--save-init",
+        "--final",
+        root / "final",
+        "--run",
+        "1:scoped",
+        "--out",
+        root / "reference.json",
+    )
     return root
 
 
 def _run(root, name, world, *runs):
     out = root / f"{name}.json"
-    launch("cautious_worker.py", world, "--init", root / "init", "--compare", root / "final", "--out", out,
-           *[arg for run in runs for arg in ("--run", run)])
+    launch(
+        "cautious_worker.py",
+        world,
+        "--init",
+        root / "init",
+        "--compare",
+        root / "final",
+        "--out",
+        out,
+        *[arg for run in runs for arg in ("--run", run)],
+    )
     return json.loads(out.read_text())
 
 
@@ -39,8 +59,11 @@ def runs(root):
     """Two ranks: TP=2 (with and without the scope; megatron's bf16 wrapper), then DP=2 (DDP; distributed
     optimizer with and without the scope)."""
     two = _run(root, "two-ranks", 2, "2:scoped,local,float16-wrapper", "1:scoped,distopt,distopt-local")
-    return {"reference": json.loads((root / "reference.json").read_text())["tp1"]["scoped"],
-            "tp2": two["tp2"], "dp2": two["tp1"]}
+    return {
+        "reference": json.loads((root / "reference.json").read_text())["tp1"]["scoped"],
+        "tp2": two["tp2"],
+        "dp2": two["tp1"],
+    }
 
 
 def _losses(result):

@@ -13,8 +13,13 @@ import pytest
 import torch
 
 from megatron_soda.training import checkpointing
-from megatron_soda.training.checkpointing import (LATEST_FILE, latest_iteration, load_checkpoint,
-                                                  read_checkpoint_info, save_checkpoint)
+from megatron_soda.training.checkpointing import (
+    LATEST_FILE,
+    latest_iteration,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 from tests.dist import launch
 
 UPDATES, SAVED_AT = 6, 3
@@ -30,8 +35,9 @@ def trained(tmp_path_factory):
     """An uninterrupted TP=2 run of 6 updates that saved before the first and after the third update:
     its checkpoint directory and losses."""
     root = tmp_path_factory.mktemp("checkpointing")
-    result = run_worker(2, root / "straight.json", "--tp", 2, "--dir", root / "run", "--until", UPDATES,
-                        "--save-at", 0, SAVED_AT)
+    result = run_worker(
+        2, root / "straight.json", "--tp", 2, "--dir", root / "run", "--until", UPDATES, "--save-at", 0, SAVED_AT
+    )
     assert sorted(result["losses"]) == [str(s) for s in range(1, UPDATES + 1)]
     assert len({loss for losses in result["losses"].values() for loss in losses}) == 2 * UPDATES  # training moves
     (root / "rng.json").write_text(json.dumps(result["rng"][str(SAVED_AT)]))
@@ -60,15 +66,17 @@ def test_resumed_run_gives_the_uninterrupted_losses_bitwise(trained, tmp_path):
 @pytest.mark.timeout(240)
 def test_checkpoint_saved_before_the_first_update_resumes_like_a_fresh_start(trained, tmp_path):
     run_dir, straight = trained
-    resumed = run_worker(2, tmp_path / "from0.json", "--tp", 2, "--dir", run_dir, "--resume", "--iteration", 0,
-                         "--until", 2)
+    resumed = run_worker(
+        2, tmp_path / "from0.json", "--tp", 2, "--dir", run_dir, "--resume", "--iteration", 0, "--until", 2
+    )
     assert resumed["start"] == 0 and resumed["losses"] == {s: straight[s] for s in ("1", "2")}
 
 
 @pytest.mark.parametrize("layout", [(1, 1), (1, 2)], ids=["tp1", "pp2"])
 @pytest.mark.timeout(240)
 def test_checkpoint_saved_at_tp2_loads_at_another_layout_with_the_same_loss_and_its_optimizer_state(
-        trained, tmp_path, layout):
+    trained, tmp_path, layout
+):
     run_dir, straight = trained
     tp, pp = layout
     args = ["--tp", tp, "--pp", pp, "--dir", run_dir, "--resume", "--until", SAVED_AT + 2]
@@ -95,7 +103,8 @@ def test_checkpoint_info_is_readable_without_a_model_or_process_group(trained):
 
 @pytest.mark.timeout(300)
 def test_save_killed_after_its_shards_are_written_leaves_the_previous_checkpoint_latest_and_loadable(
-        trained, tmp_path, monkeypatch):
+    trained, tmp_path, monkeypatch
+):
     run_dir, straight = trained
     shutil.copytree(run_dir, tmp_path / "run")
     run_dir = tmp_path / "run"
@@ -116,10 +125,13 @@ def test_save_killed_after_its_shards_are_written_leaves_the_previous_checkpoint
     assert read_checkpoint_info(run_dir, SAVED_AT)["iteration"] == SAVED_AT  # older checkpoints stay
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--ffn", 256], r"does not fit this model: Global shape mismatch .* decoder\.layers\.mlp\.linear_fc1\.weight"),
-    (["--tied"], r"tensors of the checkpoint are not in the model: .*output_layer\.weight"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--ffn", 256], r"does not fit this model: Global shape mismatch .* decoder\.layers\.mlp\.linear_fc1\.weight"),
+        (["--tied"], r"tensors of the checkpoint are not in the model: .*output_layer\.weight"),
+    ],
+)
 @pytest.mark.timeout(240)
 def test_checkpoint_of_another_model_shape_is_refused_naming_the_tensor(trained, tmp_path, change, message):
     run_dir, _ = trained
@@ -176,11 +188,14 @@ def test_saving_an_existing_iteration_again_replaces_it_whole(tmp_path):
     assert [p.name for p in old.iterdir()] == ["new.distcp"] and latest_iteration(tmp_path) == 4
 
 
-@pytest.mark.parametrize("extra, where", [
-    ({"args": object()}, r"extra\['args'\] is a object"),
-    ({"shape": {1: 2}}, r"extra\['shape'\] has a non-string key 1"),
-    ({"ok": [1, 2.0, "x", None, torch.zeros(2)], "bad": [{1.5j}]}, r"extra\['bad'\]\[0\] is a set"),
-])
+@pytest.mark.parametrize(
+    "extra, where",
+    [
+        ({"args": object()}, r"extra\['args'\] is a object"),
+        ({"shape": {1: 2}}, r"extra\['shape'\] has a non-string key 1"),
+        ({"ok": [1, 2.0, "x", None, torch.zeros(2)], "bad": [{1.5j}]}, r"extra\['bad'\]\[0\] is a set"),
+    ],
+)
 def test_save_refuses_state_that_a_checkpoint_cannot_read_back(tmp_path, extra, where):
     with pytest.raises(TypeError, match=where):
         save_checkpoint(tmp_path, 1, [], None, scheduler_state={}, consumed_samples=0, extra=extra)

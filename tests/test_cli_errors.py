@@ -88,38 +88,78 @@ def case(id_, command, args, expected, *words, code=2, env=None):
 
 
 AUDIO = "--input {manifest} --output-dir {out}/speech --tokenizer {tokenizer}"
-case("audio-missing-manifest", PA, "--input {root}/nope.jsonl --output-dir {out} --tokenizer {tokenizer}",
-     "--input", "{root}/nope.jsonl")
-case("audio-output-dir-is-a-file", PA, "--input {manifest} --output-dir {file} --tokenizer {tokenizer}",
-     "--output-dir", "{file}", "is a file")
-case("audio-tokenizer-missing", PA, "--input {manifest} --output-dir {out} --tokenizer {root}/tok",
-     "--tokenizer", "{root}/tok", "tools/build_tokenizer.py")
-case("audio-tokenizer-without-json", PA, "--input {manifest} --output-dir {out} --tokenizer {empty}",
-     "--tokenizer", "{empty}", "tokenizer.json")
+case(
+    "audio-missing-manifest",
+    PA,
+    "--input {root}/nope.jsonl --output-dir {out} --tokenizer {tokenizer}",
+    "--input",
+    "{root}/nope.jsonl",
+)
+case(
+    "audio-output-dir-is-a-file",
+    PA,
+    "--input {manifest} --output-dir {file} --tokenizer {tokenizer}",
+    "--output-dir",
+    "{file}",
+    "is a file",
+)
+case(
+    "audio-tokenizer-missing",
+    PA,
+    "--input {manifest} --output-dir {out} --tokenizer {root}/tok",
+    "--tokenizer",
+    "{root}/tok",
+    "tools/build_tokenizer.py",
+)
+case(
+    "audio-tokenizer-without-json",
+    PA,
+    "--input {manifest} --output-dir {out} --tokenizer {empty}",
+    "--tokenizer",
+    "{empty}",
+    "tokenizer.json",
+)
 case("audio-documents-per-shard-0", PA, AUDIO + " --documents-per-shard 0", "--documents-per-shard")
 case("audio-workers-negative", PA, AUDIO + " --workers -1", "--workers", ">= 0")
 case("audio-workers-not-a-number", PA, AUDIO + " --workers two", "--workers", "'two'")
-case("audio-min-above-max-seconds", PA, AUDIO + " --min-seconds 5 --max-seconds 1",
-     "--max-seconds", "--min-seconds")
-case("audio-probability-above-1", PA, AUDIO + " --text-first-probability 1.5",
-     "--text-first-probability")
-case("audio-negative-document-seconds", PA, AUDIO + " --max-document-seconds -1",
-     "--max-document-seconds")
+case("audio-min-above-max-seconds", PA, AUDIO + " --min-seconds 5 --max-seconds 1", "--max-seconds", "--min-seconds")
+case("audio-probability-above-1", PA, AUDIO + " --text-first-probability 1.5", "--text-first-probability")
+case("audio-negative-document-seconds", PA, AUDIO + " --max-document-seconds -1", "--max-document-seconds")
 case("audio-codec-config-not-json", PA, AUDIO.split() + ["--codec-config", "{{bad"], "--codec-config")
 case("audio-unknown-codec", PA, AUDIO + " --codec wav", "--codec", "'wav'")
 case("audio-abbreviated-flag", PA, AUDIO + " --documents 5", "--documents")
-case("audio-tokenizer-flag-missing", PA, "--input {manifest} --output-dir {out}",
-     "--tokenizer", "required")
+case("audio-tokenizer-flag-missing", PA, "--input {manifest} --output-dir {out}", "--tokenizer", "required")
 
 TEXT = "--input {texts} --output-dir {out}/text --tokenizer {tokenizer}"
-case("text-missing-input", PT, "--input {root}/nope.jsonl --output-dir {out} --tokenizer {tokenizer}",
-     "--input", "{root}/nope.jsonl")
-case("text-input-is-a-directory", PT, "--input {empty} --output-dir {out} --tokenizer {tokenizer}",
-     "--input", "{empty}", "is a directory")
-case("text-output-dir-is-a-file", PT, "--input {texts} --output-dir {file} --tokenizer {tokenizer}",
-     "--output-dir", "{file}")
-case("text-tokenizer-missing", PT, "--input {texts} --output-dir {out} --tokenizer {root}/tok",
-     "--tokenizer", "{root}/tok")
+case(
+    "text-missing-input",
+    PT,
+    "--input {root}/nope.jsonl --output-dir {out} --tokenizer {tokenizer}",
+    "--input",
+    "{root}/nope.jsonl",
+)
+case(
+    "text-input-is-a-directory",
+    PT,
+    "--input {empty} --output-dir {out} --tokenizer {tokenizer}",
+    "--input",
+    "{empty}",
+    "is a directory",
+)
+case(
+    "text-output-dir-is-a-file",
+    PT,
+    "--input {texts} --output-dir {file} --tokenizer {tokenizer}",
+    "--output-dir",
+    "{file}",
+)
+case(
+    "text-tokenizer-missing",
+    PT,
+    "--input {texts} --output-dir {out} --tokenizer {root}/tok",
+    "--tokenizer",
+    "{root}/tok",
+)
 case("text-documents-per-shard-0", PT, TEXT + " --documents-per-shard 0", "--documents-per-shard")
 case("text-empty-text-key", PT, TEXT.split() + ["--text-key", ""], "--text-key")
 case("text-input-flag-missing", PT, "--output-dir {out} --tokenizer {tokenizer}", "--input", "required")
@@ -147,23 +187,42 @@ case("validate-bin-given", VALIDATE, "{dataset}.bin", "{dataset}.bin", "prefix")
 case("validate-damaged-exits-1", VALIDATE, "{damaged}", "DAMAGED", "{damaged}.bin", code=1)
 
 DETOK = "--tokenizer {tokenizer} --no-audio"
-case("detok-tokenizer-missing", DETOKENIZE, "--tokenizer {root}/tok --strings {texts} --no-audio",
-     "--tokenizer", "{root}/tok")
+case(
+    "detok-tokenizer-missing",
+    DETOKENIZE,
+    "--tokenizer {root}/tok --strings {texts} --no-audio",
+    "--tokenizer",
+    "{root}/tok",
+)
 case("detok-no-source", DETOKENIZE, DETOK, "--dataset", "--strings", "--ids")
 case("detok-two-sources", DETOKENIZE, DETOK + " --strings {texts} --ids {texts}", "--strings", "--ids")
 case("detok-dataset-missing", DETOKENIZE, DETOK + " --dataset {root}/nope", "--dataset", "{root}/nope")
 case("detok-strings-missing", DETOKENIZE, DETOK + " --strings {root}/nope.txt", "--strings", "{root}/nope.txt")
 case("detok-index-without-dataset", DETOKENIZE, DETOK + " --strings {texts} --index 1", "--index")
 case("detok-negative-index", DETOKENIZE, DETOK + " --dataset {dataset} --index -1", "--index")
-case("detok-output-dir-is-a-file", DETOKENIZE, DETOK + " --strings {texts} --output-dir {file}",
-     "--output-dir", "{file}")
-case("detok-codec-without-weights", DETOKENIZE, "--tokenizer {tokenizer} --strings {texts} --output-dir {out}",
-     "--codec-path", "--codec-random-init")
-case("detok-bandwidth-for-mimi", DETOKENIZE,
-     "--tokenizer {tokenizer} --strings {texts} --output-dir {out} --codec-random-init --bandwidth 6", "--bandwidth")
-case("detok-bad-device", DETOKENIZE,
-     "--tokenizer {tokenizer} --strings {texts} --output-dir {out} --codec-random-init --device gpu7",
-     "--device", "gpu7")
+case(
+    "detok-output-dir-is-a-file", DETOKENIZE, DETOK + " --strings {texts} --output-dir {file}", "--output-dir", "{file}"
+)
+case(
+    "detok-codec-without-weights",
+    DETOKENIZE,
+    "--tokenizer {tokenizer} --strings {texts} --output-dir {out}",
+    "--codec-path",
+    "--codec-random-init",
+)
+case(
+    "detok-bandwidth-for-mimi",
+    DETOKENIZE,
+    "--tokenizer {tokenizer} --strings {texts} --output-dir {out} --codec-random-init --bandwidth 6",
+    "--bandwidth",
+)
+case(
+    "detok-bad-device",
+    DETOKENIZE,
+    "--tokenizer {tokenizer} --strings {texts} --output-dir {out} --codec-random-init --device gpu7",
+    "--device",
+    "gpu7",
+)
 
 BUILD = "--output {out}/tok"
 case("build-no-base", BUILD_TOKENIZER, BUILD, "--base", "--train-bpe")
@@ -171,21 +230,34 @@ case("build-both-bases", BUILD_TOKENIZER, BUILD + " --base {file} --train-bpe {t
 case("build-base-missing", BUILD_TOKENIZER, BUILD + " --base {root}/llama.json", "--base", "{root}/llama.json")
 case("build-base-directory-without-json", BUILD_TOKENIZER, BUILD + " --base {empty}", "--base", "tokenizer.json")
 case("build-base-not-a-tokenizer", BUILD_TOKENIZER, BUILD + " --base {file}", "--base", "{file}")
-case("build-train-file-missing", BUILD_TOKENIZER, BUILD + " --train-bpe {root}/nope.txt", "--train-bpe",
-     "{root}/nope.txt")
-case("build-bpe-vocab-too-small", BUILD_TOKENIZER, BUILD + " --train-bpe {texts} --bpe-vocab-size 10",
-     "--bpe-vocab-size")
+case(
+    "build-train-file-missing",
+    BUILD_TOKENIZER,
+    BUILD + " --train-bpe {root}/nope.txt",
+    "--train-bpe",
+    "{root}/nope.txt",
+)
+case(
+    "build-bpe-vocab-too-small", BUILD_TOKENIZER, BUILD + " --train-bpe {texts} --bpe-vocab-size 10", "--bpe-vocab-size"
+)
 case("build-codebooks-0", BUILD_TOKENIZER, BUILD + " --train-bpe {texts} --num-codebooks 0", "--num-codebooks")
 case("build-output-is-a-file", BUILD_TOKENIZER, "--train-bpe {texts} --output {file}", "--output", "{file}")
 
 EXPORT = "export --load {checkpoint} --output {out}/hf"
 case("convert-no-command", CONVERT, "", "export", "import")
 case("export-load-missing", CONVERT, "export --load {root}/nockpt --output {out}/hf", "--load", "{root}/nockpt")
-case("export-load-without-checkpoints", CONVERT, "export --load {empty} --output {out}/hf", "--load", "{empty}",
-     "no checkpoint")
+case(
+    "export-load-without-checkpoints",
+    CONVERT,
+    "export --load {empty} --output {out}/hf",
+    "--load",
+    "{empty}",
+    "no checkpoint",
+)
 case("export-load-is-a-file", CONVERT, "export --load {file} --output {out}/hf", "--load", "{file}")
-case("export-output-is-a-file", CONVERT, "export --load {checkpoint} --output {file}",
-     "--output", "{file}", "is a file")
+case(
+    "export-output-is-a-file", CONVERT, "export --load {checkpoint} --output {file}", "--output", "{file}", "is a file"
+)
 case("export-output-exists", CONVERT, "export --load {checkpoint} --output {empty}", "--output", "--overwrite")
 case("export-dtype-nonsense", CONVERT, EXPORT + " --dtype fp12", "--dtype", "'fp12'")
 case("export-iteration-absent", CONVERT, EXPORT + " --iteration 7", "--iteration 7")
@@ -201,23 +273,44 @@ case("import-abbreviated-flag", CONVERT, IMPORT + " --tensor-model 2", "--tensor
 TRAIN = "--train-iters 2 --lr-decay-style constant"
 case("pretrain-unknown-model", PRETRAIN, "--model soda-9b --dry-run", "--model", "soda-9b")
 case("pretrain-tokenizer-missing", PRETRAIN, "--tokenizer {root}/tok --dry-run", "--tokenizer", "{root}/tok")
-case("pretrain-save-is-a-file", PRETRAIN, "--model tiny --data-path {dataset} --save {file} " + TRAIN,
-     "--save", "{file}")
+case(
+    "pretrain-save-is-a-file", PRETRAIN, "--model tiny --data-path {dataset} --save {file} " + TRAIN, "--save", "{file}"
+)
 case("pretrain-load-is-a-file", PRETRAIN, "--load {file} --dry-run", "--load", "{file}")
 case("pretrain-load-without-checkpoints", PRETRAIN, "--load {empty} --dry-run", "--load", "{empty}")
-case("pretrain-data-path-missing", PRETRAIN, "--model tiny --data-path {root}/nodata " + TRAIN,
-     "--data-path", "{root}/nodata")
-case("pretrain-global-batch-not-divisible", PRETRAIN, "--global-batch-size 7 --micro-batch-size 2 --dry-run",
-     "--global-batch-size", "--micro-batch-size")
-case("pretrain-tp-does-not-divide-heads", PRETRAIN,
-     "--num-layers 2 --hidden-size 48 --num-attention-heads 3 --tensor-model-parallel-size 2 --train-iters 2 --dry-run",
-     "--tensor-model-parallel-size", "heads", env={"WORLD_SIZE": "2"})
+case(
+    "pretrain-data-path-missing",
+    PRETRAIN,
+    "--model tiny --data-path {root}/nodata " + TRAIN,
+    "--data-path",
+    "{root}/nodata",
+)
+case(
+    "pretrain-global-batch-not-divisible",
+    PRETRAIN,
+    "--global-batch-size 7 --micro-batch-size 2 --dry-run",
+    "--global-batch-size",
+    "--micro-batch-size",
+)
+case(
+    "pretrain-tp-does-not-divide-heads",
+    PRETRAIN,
+    "--num-layers 2 --hidden-size 48 --num-attention-heads 3 --tensor-model-parallel-size 2 --train-iters 2 --dry-run",
+    "--tensor-model-parallel-size",
+    "heads",
+    env={"WORLD_SIZE": "2"},
+)
 case("pretrain-abbreviated-flag", PRETRAIN, "--num-layers-per 3", "--num-layers-per")
 case("pretrain-finetune-without-load", PRETRAIN, "--finetune --dry-run", "--finetune", "--load")
 case("pretrain-config-missing", PRETRAIN, "--config {root}/run2.yaml", "--config", "{root}/run2.yaml")
 case("pretrain-config-unknown-key", PRETRAIN, "--config {yaml}", "--config", "{yaml}", "lrr")
-case("pretrain-seq-length-beyond-positions", PRETRAIN, "--model tiny --seq-length 100000 --train-iters 2 --dry-run",
-     "--seq-length", "100000")
+case(
+    "pretrain-seq-length-beyond-positions",
+    PRETRAIN,
+    "--model tiny --seq-length 100000 --train-iters 2 --dry-run",
+    "--seq-length",
+    "100000",
+)
 case("pretrain-micro-batch-0", PRETRAIN, "--micro-batch-size 0 --dry-run", "--micro-batch-size")
 case("pretrain-lr-not-a-number", PRETRAIN, "--lr fast", "--lr", "'fast'")
 
@@ -228,8 +321,9 @@ assert len(set(IDS)) == len(IDS), "case ids must be unique"
 def _run(paths: Paths, command, args, env):
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     environment.update(env, PYTHONPATH=str(ROOT))
-    return subprocess.run([*command, *map(paths.format, args)], cwd=ROOT, env=environment, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [*command, *map(paths.format, args)], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +335,7 @@ def results(request, tmp_path_factory):
     cases = dict(zip(IDS, CASES))
     futures = {}
     with ThreadPoolExecutor(WORKERS) as pool:
+
         def start(case_id):
             if case_id not in futures:
                 _, command, args, _, _, env = cases[case_id]
@@ -272,27 +367,48 @@ def test_bad_invocation_is_refused_up_front_naming_the_flag(results, case_id):
 
 def test_help_shows_every_flag_with_help_and_defaults():
     """--help of every tool: each flag has help text, and settings that have a default show it."""
-    tools = ["preprocess_audio", "preprocess_text", "pack_dataset", "merge_datasets", "validate_dataset", "detokenize",
-             "build_tokenizer", "make_demo_corpus", "demo"]
+    tools = [
+        "preprocess_audio",
+        "preprocess_text",
+        "pack_dataset",
+        "merge_datasets",
+        "validate_dataset",
+        "detokenize",
+        "build_tokenizer",
+        "make_demo_corpus",
+        "demo",
+    ]
     commands = [tool(name) + ["--help"] for name in tools]
     commands += [CONVERT + ["export", "--help"], CONVERT + ["import", "--help"]]
     with ThreadPoolExecutor(WORKERS) as pool:
-        runs = list(pool.map(lambda c: subprocess.run(c, cwd=ROOT, capture_output=True, text=True, timeout=120),
-                             commands))
+        runs = list(
+            pool.map(lambda c: subprocess.run(c, cwd=ROOT, capture_output=True, text=True, timeout=120), commands)
+        )
     for command, run in zip(commands, runs):
         assert run.returncode == 0, run.stderr
         text = " ".join(run.stdout.split())
         assert "(undocumented)" not in text, command
         assert "(default:" in text and "-h, --help" in text, command
     audio = " ".join(runs[0].stdout.split())
-    for flag in ("--codec-path", "--codec-random-init", "--codec-config", "--codec-seed", "--num-codebooks",
-                 "--bandwidth", "--device", "--codec-batch-seconds", "--no-progress", "--overwrite"):
+    for flag in (
+        "--codec-path",
+        "--codec-random-init",
+        "--codec-config",
+        "--codec-seed",
+        "--num-codebooks",
+        "--bandwidth",
+        "--device",
+        "--codec-batch-seconds",
+        "--no-progress",
+        "--overwrite",
+    ):
         assert flag in audio, flag
     assert "--documents-per-shard DOCUMENTS_PER_SHARD documents per output shard" in audio
     assert "(default: 1000)" in audio
 
 
 # ---- the flags.py mechanisms the tools rely on, in-process ----------------------------------------------
+
 
 @dataclass
 class _Job:
@@ -308,16 +424,19 @@ class _Job:
 def test_required_flags_and_checks_are_one_line_usage_errors(capsys):
     parser = FlagParser(_Job, prog="job", check=_Job.check)
     assert parser.parse(["--output", "x", "--count", "3"]) == _Job("x", 3)
-    for argv, message in ((["--count", "2"], "job: error: the following arguments are required: --output"),
-                          (["--output", "x", "--count", "0"], "job: error: --count must be >= 1, got 0")):
+    for argv, message in (
+        (["--count", "2"], "job: error: the following arguments are required: --output"),
+        (["--output", "x", "--count", "0"], "job: error: --count must be >= 1, got 0"),
+    ):
         with pytest.raises(SystemExit) as done:
             parser.parse(argv)
         assert done.value.code == 2 and capsys.readouterr().err == message + "\n"
 
 
 def test_subcommands_parse_into_their_own_dataclass(capsys):
-    commands = FlagCommands({"run": (_Job, "run a job", None, _Job.check), "other": (_Job, "the same", None, None)},
-                            prog="tool")
+    commands = FlagCommands(
+        {"run": (_Job, "run a job", None, _Job.check), "other": (_Job, "the same", None, None)}, prog="tool"
+    )
     assert commands.parse(["other", "--output", "y", "--count", "0"]) == ("other", _Job("y", 0))
     with pytest.raises(SystemExit) as done:
         commands.parse(["run", "--output", "y", "--count", "0"])

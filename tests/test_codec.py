@@ -15,8 +15,15 @@ from megatron_soda.codec.base import plan_batches, resolve_dtype
 from megatron_soda.tokenizer import SODA_LAYOUT, VocabLayout
 
 SMALL_MIMI = dict(
-    hidden_size=64, num_filters=8, num_hidden_layers=1, intermediate_size=128, num_attention_heads=2,
-    num_key_value_heads=2, codebook_dim=16, vector_quantization_hidden_dimension=16, upsample_groups=64,
+    hidden_size=64,
+    num_filters=8,
+    num_hidden_layers=1,
+    intermediate_size=128,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    codebook_dim=16,
+    vector_quantization_hidden_dimension=16,
+    upsample_groups=64,
 )
 SMALL_ENCODEC = dict(num_filters=4, hidden_size=16, num_lstm_layers=1)
 SMALL = {"mimi": SMALL_MIMI, "encodec": SMALL_ENCODEC}

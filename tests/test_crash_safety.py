@@ -104,6 +104,7 @@ def temporaries(directory):
 
 # ------------------------------------------------------------------ a fresh prefix
 
+
 @pytest.mark.parametrize("point", BEFORE_COMMIT)
 def test_kill_before_the_commit_point_leaves_no_complete_looking_prefix(tmp_path, point):
     prefix = tmp_path / "ds"
@@ -130,8 +131,13 @@ def test_old_index_removed_is_not_reached_when_nothing_is_overwritten(tmp_path):
 
 def test_kill_while_adding_documents_leaves_no_index(tmp_path):
     prefix = tmp_path / "ds"
-    proc = subprocess.Popen([sys.executable, "-c", CHILD_ENDLESS, str(prefix)], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD_ENDLESS, str(prefix)],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.strip() == "first batch written", proc.stderr.read()
@@ -156,6 +162,7 @@ def test_leftovers_of_a_killed_writer_do_not_block_a_rerun(tmp_path):
 
 # ------------------------------------------------------------------ overwriting a complete prefix
 
+
 @pytest.fixture
 def old_dataset(tmp_path):
     prefix = tmp_path / "ds"
@@ -164,10 +171,16 @@ def old_dataset(tmp_path):
     return prefix
 
 
-@pytest.mark.parametrize("point, left", [
-    ("bin_synced", "A"), ("idx_synced", "A"), ("old_index_removed", None), ("bin_renamed", None),
-    ("idx_renamed", "B"),
-])
+@pytest.mark.parametrize(
+    "point, left",
+    [
+        ("bin_synced", "A"),
+        ("idx_synced", "A"),
+        ("old_index_removed", None),
+        ("bin_renamed", None),
+        ("idx_renamed", "B"),
+    ],
+)
 def test_kill_during_overwrite_leaves_the_old_dataset_or_the_new_one_or_nothing(old_dataset, point, left):
     rc, err = write_in_child(old_dataset, B, overwrite=True, crash_at=point)
     assert rc == -signal.SIGKILL, err
@@ -226,7 +239,8 @@ def test_second_writer_in_the_same_process_cannot_corrupt_a_committed_dataset(tm
             write_dataset(prefix, *make_data(*A), VOCAB)  # commits first, through the same temporary name
     sequences, _ = read_back(prefix)
     assert all(np.array_equal(got, w) for got, w in zip(sequences, expected(A)[0])), (
-        "the refused writer flushed its tokens into the committed dataset's .bin (shared .tmp-<pid> inode)")
+        "the refused writer flushed its tokens into the committed dataset's .bin (shared .tmp-<pid> inode)"
+    )
 
 
 def test_retry_while_a_failed_writer_is_still_alive_succeeds(tmp_path):
@@ -252,6 +266,7 @@ def test_complete_prefix_is_replaced_with_overwrite(old_dataset):
 
 
 # ------------------------------------------------------------------ temporaries
+
 
 def test_successful_write_leaves_no_temporaries(tmp_path):
     write_dataset(tmp_path / "ds", *make_data(*A), VOCAB)

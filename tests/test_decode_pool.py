@@ -83,7 +83,11 @@ def test_preprocessing_goes_on_past_a_file_that_kills_its_decoder(tmp_path, toke
     crashed = sum(1 for line in manifest.read_text().splitlines() if json.loads(line)["audio"] == victim)
     assert report["rejects"] == {"decoder_crashed": crashed}
     assert report["utterances"] == utterances - crashed
-    rejects = [json.loads(line) for p in sorted((tmp_path / "out" / "shards").glob("rejects_*.jsonl"))
-               for line in p.read_text().splitlines()]
-    assert {r["reason"] for r in rejects} == {"decoder_crashed"} and all(victim in r["source"] or victim in r["message"]
-                                                                        for r in rejects)
+    rejects = [
+        json.loads(line)
+        for p in sorted((tmp_path / "out" / "shards").glob("rejects_*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    assert {r["reason"] for r in rejects} == {"decoder_crashed"} and all(
+        victim in r["source"] or victim in r["message"] for r in rejects
+    )

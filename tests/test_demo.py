@@ -1,6 +1,5 @@
 """`make demo` (tools/demo.py), the README's first command, runs end to end and leaves what it says."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(400)
 def test_demo_runs_end_to_end_and_exports_a_model_transformers_loads(tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--output-dir", str(out), "--train-iters", "6"],
-                            capture_output=True, text=True, timeout=380, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "demo.py"), "--output-dir", str(out), "--train-iters", "6"],
+        capture_output=True,
+        text=True,
+        timeout=380,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo finished" in result.stdout
     losses = [record["lm loss"] for record in iteration_records(out / "train_metrics.jsonl")]

@@ -118,8 +118,12 @@ def test_generator_cli_without_espeak(tmp_path):
     """--help works anywhere; a missing espeak-ng is a clear error, not a traceback."""
     help_run = subprocess.run([sys.executable, str(TOOL), "--help"], capture_output=True, text=True, timeout=60)
     assert help_run.returncode == 0 and "--output-dir" in help_run.stdout
-    run = subprocess.run([sys.executable, str(TOOL), "--output-dir", str(tmp_path / "out"),
-                          "--espeak", "no-such-espeak-ng-binary"], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, str(TOOL), "--output-dir", str(tmp_path / "out"), "--espeak", "no-such-espeak-ng-binary"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode != 0
     assert "espeak-ng not found" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()

@@ -67,12 +67,15 @@ def test_yaml_nested_or_flat_and_flags_win(tmp_path):
     assert flat.inner.lr == 0.125 and flat.inner.name == "adamw" and flat.use_thing is False
 
 
-@pytest.mark.parametrize("text, message", [
-    ("lrr: 1\n", "unknown setting 'lrr'"),
-    ("inner:\n  lr: fast\n", "'fast' is not valid"),
-    ("optimizer: sgd\n", "choose from adamw, cautious"),
-    ("- a\n- b\n", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lrr: 1\n", "unknown setting 'lrr'"),
+        ("inner:\n  lr: fast\n", "'fast' is not valid"),
+        ("optimizer: sgd\n", "choose from adamw, cautious"),
+        ("- a\n- b\n", "expected a mapping"),
+    ],
+)
 def test_bad_yaml_exits_2_naming_the_file_and_setting(tmp_path, capsys, text, message):
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(SystemExit) as exit_info:
@@ -92,10 +95,25 @@ def test_two_fields_claiming_one_flag_is_a_programming_error():
 
 
 def test_training_config_reads_megatron_flag_names():
-    config = parse_train_config([
-        "--data-path", "x", "--tensor-model-parallel-size", "2", "--lr", "1e-3", "--no-load-optim", "--finetune",
-        "--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4", "--untie-embeddings-and-output-weights",
-    ])
+    config = parse_train_config(
+        [
+            "--data-path",
+            "x",
+            "--tensor-model-parallel-size",
+            "2",
+            "--lr",
+            "1e-3",
+            "--no-load-optim",
+            "--finetune",
+            "--num-layers",
+            "4",
+            "--hidden-size",
+            "64",
+            "--num-attention-heads",
+            "4",
+            "--untie-embeddings-and-output-weights",
+        ]
+    )
     assert config.parallel.tensor_model_parallel_size == 2 and config.optimizer.lr == 1e-3
     assert config.checkpoint.load_optim is False and config.checkpoint.finetune is True
     shape = config.model.shape(vocab_size=1000, seq_length=128)

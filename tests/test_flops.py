@@ -18,8 +18,9 @@ from megatron_soda.training.flops import (
 TINY = PRESETS["tiny"]  # L=2, h=64, 4 heads, 2 kv groups, head dim 16, FFN 128, V=144,644, untied
 
 
-def levanter_lm_flops_per_token(hidden_dim, intermediate_dim, num_layers, num_kv_heads, num_heads, seq_len,
-                                vocab_size, glu):
+def levanter_lm_flops_per_token(
+    hidden_dim, intermediate_dim, num_layers, num_kv_heads, num_heads, seq_len, vocab_size, glu
+):
     """Levanter's ``lm_flops_per_token`` (marin lib/levanter utils/flop_utils.py), transcribed as the reference:
     it assumes head_dim = hidden / heads."""
     head_dim = hidden_dim / num_heads
@@ -75,16 +76,25 @@ def test_causal_attention_is_counted_as_the_full_map():
 @pytest.mark.parametrize("width", [128, 512, 1024, 2048])
 def test_isoflop_shapes_match_levanter_lm_flops_per_token(width):
     shape = isoflop_shape(width)
-    expected = levanter_lm_flops_per_token(width, 4 * width, shape.num_layers, width // 128, width // 128, 4096,
-                                           144_644, glu=True)
+    expected = levanter_lm_flops_per_token(
+        width, 4 * width, shape.num_layers, width // 128, width // 128, 4096, 144_644, glu=True
+    )
     assert forward_flops_per_token(shape, 4096) == expected
 
 
 def test_ablation_shapes_match_levanter_where_head_dim_is_hidden_over_heads():
     for name in ("ablation-30m", "ablation-300m"):
         s = PRESETS[name]
-        expected = levanter_lm_flops_per_token(s.hidden_size, s.ffn_hidden_size, s.num_layers, s.num_query_groups,
-                                               s.num_attention_heads, 4096, s.vocab_size, glu=True)
+        expected = levanter_lm_flops_per_token(
+            s.hidden_size,
+            s.ffn_hidden_size,
+            s.num_layers,
+            s.num_query_groups,
+            s.num_attention_heads,
+            4096,
+            s.vocab_size,
+            glu=True,
+        )
         assert forward_flops_per_token(s, 4096) == expected
 
 

@@ -27,7 +27,9 @@ BOS, EOS, TS, TE, AS, AE = L.bos_id, L.eos_id, L.text_start_id, L.text_end_id, L
 def _utterances(seed=0, n=3, frames=(1, 6)):
     rng = np.random.default_rng(seed)
     return [
-        Utterance(rng.integers(0, 1000, size=rng.integers(1, 5)), rng.integers(0, 2048, size=(8, rng.integers(*frames))))
+        Utterance(
+            rng.integers(0, 1000, size=rng.integers(1, 5)), rng.integers(0, 2048, size=(8, rng.integers(*frames)))
+        )
         for _ in range(n)
     ]
 
@@ -35,10 +37,20 @@ def _utterances(seed=0, n=3, frames=(1, 6)):
 def test_text_first_is_sodas_exact_order():
     u1, u2 = _utterances(n=2)
     ids = render(speech_document([u1, u2], Order.TEXT_FIRST, L), L).ids
-    expected = np.concatenate([
-        [BOS, TS], u1.text_ids, [TE, AS], L.codes_to_ids(u1.codes), [AE],
-        [TS], u2.text_ids, [TE, AS], L.codes_to_ids(u2.codes), [AE, EOS],
-    ])
+    expected = np.concatenate(
+        [
+            [BOS, TS],
+            u1.text_ids,
+            [TE, AS],
+            L.codes_to_ids(u1.codes),
+            [AE],
+            [TS],
+            u2.text_ids,
+            [TE, AS],
+            L.codes_to_ids(u2.codes),
+            [AE, EOS],
+        ]
+    )
     np.testing.assert_array_equal(ids, expected)
 
 
@@ -100,8 +112,16 @@ def test_small_codec_vocabulary_round_trips():
         ([BOS, 5, L.audio_offset + 3, EOS], "unmarked text at position 1"),
         ([BOS, TS, 5, BOS, TE, EOS], "not a text token"),
     ],
-    ids=["partial-frame", "codebook-order", "unclosed-text", "wrong-closer", "stray-closer", "audio-in-text",
-         "audio-outside-segment", "bos-inside"],
+    ids=[
+        "partial-frame",
+        "codebook-order",
+        "unclosed-text",
+        "wrong-closer",
+        "stray-closer",
+        "audio-in-text",
+        "audio-outside-segment",
+        "bos-inside",
+    ],
 )
 def test_malformed_sequence_is_refused_naming_the_problem(ids, message):
     with pytest.raises(ValueError, match=message):

@@ -11,7 +11,10 @@ def test_soda_released_vocabulary_ids():
     layout = SODA_LAYOUT
     assert (layout.bos_id, layout.eos_id) == (128_000, 128_001)
     assert (layout.text_start_id, layout.text_end_id, layout.audio_start_id, layout.audio_end_id) == (
-        128_256, 128_257, 128_258, 128_259,
+        128_256,
+        128_257,
+        128_258,
+        128_259,
     )
     assert layout.audio_id(0, 0) == 128_260
     assert layout.audio_id(7, 2047) == 144_643

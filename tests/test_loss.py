@@ -23,7 +23,7 @@ def reference(logits, labels, mask, z_weight, masked_rows=False):
     """Plain torch: masked-mean cross-entropy + z_weight * masked-mean logsumexp^2 (and their masked sum),
     and per-modality CE."""
     if masked_rows:
-        logits = logits[..., :LAYOUT.vocab_size]  # -inf padding rows == the unpadded softmax
+        logits = logits[..., : LAYOUT.vocab_size]  # -inf padding rows == the unpadded softmax
     safe_labels = torch.where(mask > 0, labels, 0)  # the pad label (masked) is outside the unpadded range
     ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), safe_labels.reshape(-1), reduction="none")
     lse = torch.logsumexp(logits, dim=-1).reshape(-1)
@@ -46,8 +46,9 @@ def tp1(masked_rows):
     """``lm_loss``'s per-token mean (its sum over its token count), metrics and the mean's logits gradient."""
     logits, labels, mask = sample_logits()
     x = logits.clone().requires_grad_()
-    loss_sum, num_tokens, metrics = lm_loss(x.clone(), labels, mask, Z_WEIGHT, LAYOUT.audio_offset, LAYOUT.vocab_size,
-                                            mask_padded_vocab=masked_rows)
+    loss_sum, num_tokens, metrics = lm_loss(
+        x.clone(), labels, mask, Z_WEIGHT, LAYOUT.audio_offset, LAYOUT.vocab_size, mask_padded_vocab=masked_rows
+    )
     assert num_tokens.dtype == torch.int32 and num_tokens.item() == mask.sum().item()
     loss = loss_sum / num_tokens
     loss.backward()
@@ -62,15 +63,16 @@ def test_tp1_loss_z_loss_and_gradient_match_plain_torch(masked_rows):
     expected = reference(x, labels, mask, Z_WEIGHT, masked_rows)
     expected["loss"].backward()
     assert loss.item() == pytest.approx(expected["loss"].item(), rel=1e-6)
-    loss_sum, _, _ = lm_loss(logits.clone(), labels, mask, Z_WEIGHT, LAYOUT.audio_offset, LAYOUT.vocab_size,
-                             mask_padded_vocab=masked_rows)
+    loss_sum, _, _ = lm_loss(
+        logits.clone(), labels, mask, Z_WEIGHT, LAYOUT.audio_offset, LAYOUT.vocab_size, mask_padded_vocab=masked_rows
+    )
     assert loss_sum.item() == pytest.approx(expected["loss sum"].item(), rel=1e-6)  # a sum: megatron divides
     for key, value in metrics.items():
         assert not value.requires_grad
         assert value.item() == pytest.approx(expected[key].item(), rel=1e-6), key
     assert metrics["z loss"].item() > 0.1  # the z-loss term is really there
     assert torch.allclose(grad, x.grad, rtol=0, atol=1e-7)
-    padded_grad = grad[..., LAYOUT.vocab_size:]
+    padded_grad = grad[..., LAYOUT.vocab_size :]
     assert (padded_grad.abs().max() == 0) if masked_rows else (padded_grad.abs().max() > 0)
 
 
@@ -117,8 +119,14 @@ def test_combine_metrics_gives_per_token_means_over_all_micro_batches():
         {"lm loss": 2.0, "z loss": 0.1, "audio loss": 3.0, "text loss": 1.0, "audio tokens": 1.0, "text tokens": 3.0},
         {"lm loss": 4.0, "z loss": 0.3, "audio loss": 5.0, "text loss": 0.0, "audio tokens": 3.0, "text tokens": 0.0},
     ]
-    expected = {"lm loss": (2 * 4 + 4 * 3) / 7, "z loss": (0.1 * 4 + 0.3 * 3) / 7, "audio loss": (3 + 15) / 4,
-                "text loss": 1.0, "audio tokens": 4.0, "text tokens": 3.0}
+    expected = {
+        "lm loss": (2 * 4 + 4 * 3) / 7,
+        "z loss": (0.1 * 4 + 0.3 * 3) / 7,
+        "audio loss": (3 + 15) / 4,
+        "text loss": 1.0,
+        "audio tokens": 4.0,
+        "text tokens": 3.0,
+    }
     assert combine_metrics(rows) == pytest.approx(expected)
     # A micro-batch without loss tokens (eval padding) counts for nothing; none at all gives zeros, no NaN.
     empty = dict.fromkeys(("lm loss", "z loss", "audio loss", "text loss", "audio tokens", "text tokens"), 0.0)
@@ -130,8 +138,15 @@ def test_combine_metrics_gives_per_token_means_over_all_micro_batches():
 def test_micro_batch_without_loss_tokens_gives_zero_sum_count_and_gradient(masked_rows):
     logits, labels, mask = sample_logits()
     x = logits.clone().requires_grad_()
-    loss_sum, num_tokens, metrics = lm_loss(x.clone(), labels, torch.zeros_like(mask), Z_WEIGHT, LAYOUT.audio_offset,
-                                            LAYOUT.vocab_size, mask_padded_vocab=masked_rows)
+    loss_sum, num_tokens, metrics = lm_loss(
+        x.clone(),
+        labels,
+        torch.zeros_like(mask),
+        Z_WEIGHT,
+        LAYOUT.audio_offset,
+        LAYOUT.vocab_size,
+        mask_padded_vocab=masked_rows,
+    )
     loss_sum.backward()
     assert loss_sum.item() == 0.0 and num_tokens.item() == 0
     assert all(value.item() == 0.0 for value in metrics.values()), metrics
@@ -143,7 +158,7 @@ def test_loss_sums_add_up_over_any_split_of_the_rows():
     logits, labels, mask = sample_logits(batch=4, seed=3)
     mask[0, :4] = 0.0  # one row with half its tokens masked
     whole_sum, whole_count, _ = lm_loss(logits.clone(), labels, mask, Z_WEIGHT)
-    parts = [lm_loss(logits[i:i + 1].clone(), labels[i:i + 1], mask[i:i + 1], Z_WEIGHT) for i in range(4)]
+    parts = [lm_loss(logits[i : i + 1].clone(), labels[i : i + 1], mask[i : i + 1], Z_WEIGHT) for i in range(4)]
     assert sum(p[1].item() for p in parts) == whole_count.item() == mask.sum().item()
     assert sum(p[0].item() for p in parts) == pytest.approx(whole_sum.item(), rel=1e-6)
     combined = combine_metrics([{k: v.item() for k, v in p[2].items()} for p in parts])
@@ -153,7 +168,11 @@ def test_loss_sums_add_up_over_any_split_of_the_rows():
 
 
 def test_cpu_clip_scales_in_place_only_above_the_limit_like_megatron():
-    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(1))]
+    params = [
+        torch.nn.Parameter(torch.zeros(3)),
+        torch.nn.Parameter(torch.zeros(2, 2)),
+        torch.nn.Parameter(torch.zeros(1)),
+    ]
     params[0].grad = torch.tensor([3.0, 0.0, 4.0])
     params[1].grad = torch.full((2, 2), 1.0)
     # params[2] has no gradient: skipped, as megatron skips it
@@ -168,6 +187,7 @@ def test_cpu_clip_scales_in_place_only_above_the_limit_like_megatron():
 
 
 # ---- across processes ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tp2(tmp_path_factory):
@@ -202,7 +222,10 @@ def test_tp2_gpt_logits_without_labels_give_megatrons_own_loss_through_forward_b
     (step,) = model["step"]
     assert step["lm loss"] == pytest.approx(model["megatron_lm_loss"], abs=1e-6)
     assert step["z loss"] > 0
-    assert (step["audio tokens"], step["text tokens"]) == (model["expected_audio_tokens"], model["expected_text_tokens"])
+    assert (step["audio tokens"], step["text tokens"]) == (
+        model["expected_audio_tokens"],
+        model["expected_text_tokens"],
+    )
 
 
 def check_clip(clip):

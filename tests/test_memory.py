@@ -26,9 +26,9 @@ def test_soda_600m_matches_a_hand_calculation():
     # 28 layers (440,466,432) + final norm (1,024) + embedding and untied head (2 x 145,408 x 1,024).
     n = L * layer + h + 2 * V * h
     assert n == 738_263_040
-    weights = 2 * n             # bf16
-    grads = 4 * n               # fp32 grad buffer (grad_reduce_in_fp32)
-    optimizer = 12 * n // 8     # fp32 main params + exp_avg + exp_avg_sq, sharded over DP=8
+    weights = 2 * n  # bf16
+    grads = 4 * n  # fp32 grad buffer (grad_reduce_in_fp32)
+    optimizer = 12 * n // 8  # fp32 main params + exp_avg + exp_avg_sq, sharded over DP=8
     # Activations per layer and token (elements): 4h + 4q + 3k + 5f = 4,096 + 8,192 + 3,072 + 15,360
     # = 30,720; x 2 bytes x b*s = 4 x 4,096 tokens: 1,006,632,960 bytes per layer (0.94 GiB), x 28 layers.
     tokens = 4 * 4096
@@ -37,10 +37,16 @@ def test_soda_600m_matches_a_hand_calculation():
     # Logits: bf16 [4, 4096, 145,408] plus the fp32 softmax kept for backward: 6 bytes each
     # (14.3e9 bytes); the final norm's and LM head's inputs add 2 x tokens x h x 2 bytes.
     logits = tokens * V * (2 + 4) + 2 * tokens * h * 2
-    est = estimate_memory(SODA_600M, tensor_parallel=1, pipeline_parallel=1, data_parallel=8,
-                          distributed_optimizer=True, **SODA_RUN)
-    for got, want in [(est.weights, weights), (est.gradients, grads), (est.optimizer_state, optimizer),
-                      (est.activations, activations), (est.logits, logits)]:
+    est = estimate_memory(
+        SODA_600M, tensor_parallel=1, pipeline_parallel=1, data_parallel=8, distributed_optimizer=True, **SODA_RUN
+    )
+    for got, want in [
+        (est.weights, weights),
+        (est.gradients, grads),
+        (est.optimizer_state, optimizer),
+        (est.activations, activations),
+        (est.logits, logits),
+    ]:
         assert got == pytest.approx(want, rel=0.15)
     assert est.total == pytest.approx(weights + grads + optimizer + activations + logits, rel=0.15)
     assert 40 * 2**30 < est.total < 50 * 2**30  # ~44.8 GiB: fits an 80 GB H100 at micro-batch 4
@@ -103,8 +109,9 @@ def test_pipeline_parallel_halves_the_layers_on_a_stage():
     pp4 = estimate_memory(SODA_4B, pipeline_parallel=4, micro_batch_size=1, seq_length=4096)
     assert (pp4.stage, pp4.micro_batches_in_flight, pp4.logits) == ("first", 4, 0)
     assert pp4.activations == estimate_memory(SODA_4B, micro_batch_size=1, seq_length=4096).activations
-    fewer = estimate_memory(SODA_4B, pipeline_parallel=4, micro_batch_size=1, seq_length=4096,
-                            num_micro_batches_in_flight=2)
+    fewer = estimate_memory(
+        SODA_4B, pipeline_parallel=4, micro_batch_size=1, seq_length=4096, num_micro_batches_in_flight=2
+    )
     assert fewer.micro_batches_in_flight == 2 and fewer.activations == pp4.activations // 2
 
 
@@ -120,12 +127,16 @@ def test_refuses_layouts_that_cannot_run():
 
 
 def test_renders_a_table_and_json():
-    est = estimate_memory(SODA_4B, tensor_parallel=2, data_parallel=4, distributed_optimizer=True,
-                          micro_batch_size=1, seq_length=4096)
+    est = estimate_memory(
+        SODA_4B, tensor_parallel=2, data_parallel=4, distributed_optimizer=True, micro_batch_size=1, seq_length=4096
+    )
     assert isinstance(est, MemoryEstimate)
     data = json.loads(json.dumps(est.as_dict()))
-    assert data["total"] == est.total == sum(data[k] for k in
-                                             ("weights", "gradients", "optimizer_state", "activations", "logits"))
+    assert (
+        data["total"]
+        == est.total
+        == sum(data[k] for k in ("weights", "gradients", "optimizer_state", "activations", "logits"))
+    )
     text = est.format()
     assert "total" in text and "GiB" in text and f"{est.total / 2**30:.2f}" in text
     with pytest.raises(Exception):
@@ -177,8 +188,10 @@ def test_saved_activations_of_a_real_layer(tiny_model):
         return t
 
     layer = model.decoder.layers[1]
-    hooks = [layer.register_forward_pre_hook(lambda *_: recording.__setitem__(0, True)),
-             layer.register_forward_hook(lambda *_: recording.__setitem__(0, False))]
+    hooks = [
+        layer.register_forward_pre_hook(lambda *_: recording.__setitem__(0, True)),
+        layer.register_forward_hook(lambda *_: recording.__setitem__(0, False)),
+    ]
     try:
         tokens = torch.randint(0, shape.vocab_size, (b, s))
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -44,8 +44,12 @@ def test_loading_without_optimizer_state_refreshes_the_optimizers_copies_of_the_
 
     apply_lr(optimizer, 0.0)
     data = torch.randint(0, shape.vocab_size, (2, 17), generator=torch.Generator().manual_seed(0))
-    batch = {"tokens": data[:, :-1], "labels": data[:, 1:], "loss_mask": torch.ones(2, 16),
-             "position_ids": torch.arange(16).expand(2, -1)}
+    batch = {
+        "tokens": data[:, :-1],
+        "labels": data[:, 1:],
+        "loss_mask": torch.ones(2, 16),
+        "position_ids": torch.arange(16).expand(2, -1),
+    }
     forward_backward(model, [batch], seq_length=16, micro_batch_size=2)
     optimizer.step()  # lr 0: the weights stay the loaded ones
     after = model[0].module.state_dict()

@@ -59,8 +59,9 @@ def test_cautious_adamc_step_matches_hand_computed_reference():
     lr, max_lr, wd = 0.1, 0.2, 0.1
     p0 = [1.0, -2.0, 0.5, 3.0]
     p = torch.tensor(p0, requires_grad=True)
-    opt = CautiousAdamW([p], lr=lr, max_lr=max_lr, betas=(0.5, 0.5), eps=0.0, weight_decay=wd,
-                        cautious=True, adamc=True)
+    opt = CautiousAdamW(
+        [p], lr=lr, max_lr=max_lr, betas=(0.5, 0.5), eps=0.0, weight_decay=wd, cautious=True, adamc=True
+    )
     shrink = 1 - lr * wd * lr / max_lr  # 0.995
     # Step 1: m_hat = g, v_hat = g^2, so u = sign(g): every sign agrees, nothing is masked.
     p.grad = torch.tensor([1.0, -1.0, 2.0, -2.0])
@@ -263,10 +264,12 @@ def _free_port():
 
 @pytest.mark.timeout(300)
 def test_megatron_wrapper_steps_cautious_adamw_from_ddp_main_grad_and_resumes():
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), PYTHONPATH=str(REPO),
-               OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-c", MEGATRON_CHILD], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=280)
+    env = dict(
+        os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", MEGATRON_CHILD], cwd=REPO, env=env, capture_output=True, text=True, timeout=280
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["inner"] == ["CautiousAdamW"]

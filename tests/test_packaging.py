@@ -10,9 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:
     # sys.modules["torch"] = None makes every `import torch` raise ImportError.
     prelude = "import sys; sys.modules['torch'] = None\n"
-    return subprocess.run(
-        [sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_setup_py_runs_without_torch():

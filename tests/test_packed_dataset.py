@@ -8,7 +8,6 @@ from megatron_soda.data.gpt_blend import BlendConfig, achieved_mix, build_gpt_da
 from megatron_soda.data.indexed_dataset import write_dataset
 from megatron_soda.data.packed_dataset import documents_after_eod, packed_sample
 from megatron_soda.data.packing import pack_dataset
-from megatron_soda.data.synthetic import random_documents
 from megatron_soda.tokenizer import SODA_LAYOUT
 
 ROW = 64

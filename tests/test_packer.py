@@ -69,7 +69,11 @@ def test_best_fit_fills_exact_complements():
 
 def test_plan_is_a_pure_function_of_lengths_and_seed():
     lengths = realistic_mix(5, 3000)
-    a, b, c = plan_packing(lengths, 4096, seed=7), plan_packing(lengths, 4096, seed=7), plan_packing(lengths, 4096, seed=8)
+    a, b, c = (
+        plan_packing(lengths, 4096, seed=7),
+        plan_packing(lengths, 4096, seed=7),
+        plan_packing(lengths, 4096, seed=8),
+    )
     for field in ("row_offsets", "piece_document", "piece_start", "piece_length"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert not np.array_equal(a.piece_document, c.piece_document)
@@ -127,5 +131,8 @@ def test_packing_a_damaged_index_fails_cleanly_instead_of_reading_out_of_bounds(
     (tmp_path / "src.idx").write_bytes(bytes(raw))
     plan = pack_dataset(tmp_path / "src", tmp_path / "out", 16)  # offsets come from the lengths
     packed = IndexedDataset(str(tmp_path / "out"))
-    assert np.concatenate([packed[0], packed[1]]).tolist() in ([4, 5, 6, 7, 8, 9, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert np.concatenate([packed[0], packed[1]]).tolist() in (
+        [4, 5, 6, 7, 8, 9, 0, 1, 2, 3],
+        [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    )
     assert plan.num_tokens == 10

@@ -8,7 +8,6 @@ backward (1F1B, or interleaved 1F1B with virtual stages).
 import json
 
 import numpy as np
-
 import pytest
 
 from megatron_soda.models.presets import get_preset
@@ -29,8 +28,18 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     for tied in (False, True):
         name = "tied" if tied else "untied"
-        launch("parallel_loss.py", 1, "--layers", 8, "--checkpoint", root / name, "--save", "--out", root / f"{name}.json",
-               *(["--tied"] if tied else []))
+        launch(
+            "parallel_loss.py",
+            1,
+            "--layers",
+            8,
+            "--checkpoint",
+            root / name,
+            "--save",
+            "--out",
+            root / f"{name}.json",
+            *(["--tied"] if tied else []),
+        )
     return root
 
 
@@ -38,8 +47,14 @@ def run_layout(root, tp, pp, vp, tied=False, packed=False):
     name = "tied" if tied else "untied"
     out = root / f"{name}-{tp}-{pp}-{vp}{'-packed' if packed else ''}.json"
     args = ["--layers", 8, "--tp", tp, "--pp", pp, "--checkpoint", root / name, "--out", out]
-    launch("parallel_loss.py", tp * pp, *args, *(["--vp", vp] if vp else []), *(["--tied"] if tied else []),
-           *(["--packed"] if packed else []))
+    launch(
+        "parallel_loss.py",
+        tp * pp,
+        *args,
+        *(["--vp", vp] if vp else []),
+        *(["--tied"] if tied else []),
+        *(["--packed"] if packed else []),
+    )
     return json.loads(out.read_text())
 
 

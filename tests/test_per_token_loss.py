@@ -128,7 +128,11 @@ def test_forward_backward_refuses_a_config_without_per_token_loss(megatron_world
     assert config.calculate_per_token_loss
     config.calculate_per_token_loss = False
     (model,) = parallel.build_model_chunks(shape, config, attention_backend="sdpa")
-    batch = {"tokens": torch.zeros(1, 8, dtype=torch.long), "labels": torch.zeros(1, 8, dtype=torch.long),
-             "loss_mask": torch.ones(1, 8), "position_ids": torch.arange(8)[None]}
+    batch = {
+        "tokens": torch.zeros(1, 8, dtype=torch.long),
+        "labels": torch.zeros(1, 8, dtype=torch.long),
+        "loss_mask": torch.ones(1, 8),
+        "position_ids": torch.arange(8)[None],
+    }
     with pytest.raises(ValueError, match="calculate_per_token_loss"):
         forward_backward([model], [batch], seq_length=8, micro_batch_size=1)

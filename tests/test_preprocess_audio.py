@@ -23,8 +23,15 @@ from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, t
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "demo_corpus"
 TINY_MIMI = dict(
-    hidden_size=64, num_filters=8, num_hidden_layers=1, intermediate_size=128, num_attention_heads=2,
-    num_key_value_heads=2, codebook_dim=16, vector_quantization_hidden_dimension=16, upsample_groups=64,
+    hidden_size=64,
+    num_filters=8,
+    num_hidden_layers=1,
+    intermediate_size=128,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    codebook_dim=16,
+    vector_quantization_hidden_dimension=16,
+    upsample_groups=64,
 )
 
 
@@ -53,10 +60,15 @@ def corpus_subset(tmp_path, recordings=6):
 
 def config(inputs, output_dir, tokenizer_dir, **overrides):
     options = dict(
-        codec=CodecConfig(random_init=True, config_overrides=TINY_MIMI), documents_per_shard=2, workers=0, progress=False
+        codec=CodecConfig(random_init=True, config_overrides=TINY_MIMI),
+        documents_per_shard=2,
+        workers=0,
+        progress=False,
     )
     options.update(overrides)
-    return AudioPreprocessConfig(inputs=[str(p) for p in inputs], output_dir=str(output_dir), tokenizer=tokenizer_dir, **options)
+    return AudioPreprocessConfig(
+        inputs=[str(p) for p in inputs], output_dir=str(output_dir), tokenizer=tokenizer_dir, **options
+    )
 
 
 def shard_files(output_dir):
@@ -128,8 +140,17 @@ def write_bad_inputs(tmp_path):
 def test_each_kind_of_bad_input_is_rejected_with_its_reason_and_the_rest_survives(tmp_path, tokenizer_dir):
     manifest = write_bad_inputs(tmp_path)
     report = preprocess_audio(config([manifest], tmp_path / "out", tokenizer_dir, max_seconds=5.0, min_seconds=0.1))
-    expected = {"unreadable": 3, "empty": 1, "non_finite": 1, "too_long": 1, "too_short": 1, "missing_field": 1,
-                "empty_text": 1, "non_utf8": 1, "bad_json": 1}
+    expected = {
+        "unreadable": 3,
+        "empty": 1,
+        "non_finite": 1,
+        "too_long": 1,
+        "too_short": 1,
+        "missing_field": 1,
+        "empty_text": 1,
+        "non_utf8": 1,
+        "bad_json": 1,
+    }
     assert report["rejects"] == expected
     assert report["utterances"] == 2 and report["documents"] == 2
     rejects = [json.loads(line) for p in sorted((tmp_path / "out").rglob("rejects*.jsonl")) for line in open(p)]
@@ -194,7 +215,9 @@ def test_a_changed_job_is_not_mixed_with_old_shards(tmp_path, tokenizer_dir):
     preprocess_audio(config([manifest], tmp_path / "out", tokenizer_dir))
     with pytest.raises(ValueError, match="different job"):
         preprocess_audio(config([manifest], tmp_path / "out", tokenizer_dir, documents_per_shard=1))
-    report = preprocess_audio(config([manifest], tmp_path / "out", tokenizer_dir, documents_per_shard=1, overwrite=True))
+    report = preprocess_audio(
+        config([manifest], tmp_path / "out", tokenizer_dir, documents_per_shard=1, overwrite=True)
+    )
     assert report["shards"] == 2 and "shard_00001.json" in shard_files(tmp_path / "out")
 
 
@@ -202,7 +225,11 @@ def test_a_directory_of_audio_with_transcripts_is_an_input(tmp_path, tokenizer_d
     audio_dir = tmp_path / "clips"
     audio_dir.mkdir()
     for i in range(3):
-        sf.write(audio_dir / f"clip{i}.wav", 0.1 * np.random.default_rng(i).standard_normal(24_000).astype(np.float32), 24_000)
+        sf.write(
+            audio_dir / f"clip{i}.wav",
+            0.1 * np.random.default_rng(i).standard_normal(24_000).astype(np.float32),
+            24_000,
+        )
         if i < 2:
             (audio_dir / f"clip{i}.txt").write_text(f"clip number {i}", encoding="utf-8")
     report = preprocess_audio(config([audio_dir], tmp_path / "out", tokenizer_dir))

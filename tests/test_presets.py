@@ -45,13 +45,21 @@ def test_soda_sizes_share_the_architecture_constants():
 
 
 def test_ablation_shapes_are_tied_multi_head_with_head_dim_hidden_over_heads():
-    expected = {"ablation-30m": (8, 192, 2, 448), "ablation-50m": (12, 256, 4, 896),
-                "ablation-75m": (16, 336, 4, 1024), "ablation-150m": (20, 512, 8, 1792),
-                "ablation-300m": (22, 768, 12, 2688)}
+    expected = {
+        "ablation-30m": (8, 192, 2, 448),
+        "ablation-50m": (12, 256, 4, 896),
+        "ablation-75m": (16, 336, 4, 1024),
+        "ablation-150m": (20, 512, 8, 1792),
+        "ablation-300m": (22, 768, 12, 2688),
+    }
     for name, (layers, hidden, heads, ffn) in expected.items():
         shape = PRESETS[name]
         assert (shape.num_layers, shape.hidden_size, shape.num_attention_heads, shape.ffn_hidden_size) == (
-            layers, hidden, heads, ffn)
+            layers,
+            hidden,
+            heads,
+            ffn,
+        )
         assert shape.num_query_groups == heads and shape.kv_channels * heads == hidden
         assert shape.tie_embeddings
 
@@ -60,10 +68,15 @@ def _hf_parameter_count(shape: ModelShape) -> int:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     config = transformers.Qwen3Config(
-        vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.ffn_hidden_size,
-        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_attention_heads,
-        num_key_value_heads=shape.num_query_groups, head_dim=shape.kv_channels,
-        tie_word_embeddings=shape.tie_embeddings, attention_bias=shape.bias,
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.ffn_hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_query_groups,
+        head_dim=shape.kv_channels,
+        tie_word_embeddings=shape.tie_embeddings,
+        attention_bias=shape.bias,
     )
     with torch.device("meta"):
         model = transformers.Qwen3ForCausalLM(config)
@@ -119,8 +132,9 @@ def test_invalid_shapes_are_refused():
         PRESETS["tiny"].num_layers = 3
 
 
-@pytest.mark.parametrize("name, lr", [("soda-4b", 2.683e-3), ("soda-1.7b", 3.0e-3),
-                                      ("soda-600m", 4.243e-3), ("soda-135m", 4.243e-3)])
+@pytest.mark.parametrize(
+    "name, lr", [("soda-4b", 2.683e-3), ("soda-1.7b", 3.0e-3), ("soda-600m", 4.243e-3), ("soda-135m", 4.243e-3)]
+)
 def test_soda_learning_rates_follow_the_width_rule(name, lr):
     recipe = soda_recipe(name)
     assert float(f"{recipe.learning_rate:.4g}") == lr

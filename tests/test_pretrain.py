@@ -11,9 +11,9 @@ from megatron_soda.data.indexed_dataset import merge_datasets, write_dataset
 from megatron_soda.data.packing import pack_dataset
 from megatron_soda.data.synthetic import text_documents
 from megatron_soda.models.presets import get_preset
+from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from megatron_soda.training.logger import iteration_records, read_metrics
 from megatron_soda.training.plan import parse_train_config, plan_run
-from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from tests.dist import launch
 from tests.test_preprocess_audio import CORPUS, TINY_MIMI
 
@@ -24,20 +24,56 @@ def demo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain_data")
     texts = [json.loads(line)["text"] for line in open(CORPUS / "manifest.jsonl", encoding="utf-8")]
     save_soda_tokenizer(build_soda_tokenizer(train_bpe(texts, vocab_size=300)), root / "tok")
-    report = preprocess_audio(AudioPreprocessConfig(
-        inputs=[str(CORPUS / "manifest.jsonl")], output_dir=str(root / "job"), tokenizer=str(root / "tok"),
-        codec=CodecConfig(random_init=True, config_overrides=TINY_MIMI), documents_per_shard=100, workers=0, progress=False,
-    ))
+    report = preprocess_audio(
+        AudioPreprocessConfig(
+            inputs=[str(CORPUS / "manifest.jsonl")],
+            output_dir=str(root / "job"),
+            tokenizer=str(root / "tok"),
+            codec=CodecConfig(random_init=True, config_overrides=TINY_MIMI),
+            documents_per_shard=100,
+            workers=0,
+            progress=False,
+        )
+    )
     merge_datasets(root / "speech", [root / "job" / "shards" / f"tokens_{i:05d}" for i in range(report["shards"])])
     return root
 
 
 def pretrain(root, run, *args, world=1, model="tiny"):
     metrics = root / f"{run}.jsonl"
-    launch("pretrain_entry.py", world, *(["--model", model] if model else []), "--tokenizer", root / "tok", "--data-path", root / "speech",
-           "--split", "100,0,0", "--seq-length", 128, "--micro-batch-size", 2, "--global-batch-size", 4,
-           "--lr", 3e-3, "--lr-warmup-iters", 2, "--lr-decay-style", "wsd", "--lr-decay-fraction", 0.2,
-           "--clip-grad", 1.0, "--z-loss-weight", 1e-4, "--metrics-file", metrics, "--skip-data-validation", *args)
+    launch(
+        "pretrain_entry.py",
+        world,
+        *(["--model", model] if model else []),
+        "--tokenizer",
+        root / "tok",
+        "--data-path",
+        root / "speech",
+        "--split",
+        "100,0,0",
+        "--seq-length",
+        128,
+        "--micro-batch-size",
+        2,
+        "--global-batch-size",
+        4,
+        "--lr",
+        3e-3,
+        "--lr-warmup-iters",
+        2,
+        "--lr-decay-style",
+        "wsd",
+        "--lr-decay-fraction",
+        0.2,
+        "--clip-grad",
+        1.0,
+        "--z-loss-weight",
+        1e-4,
+        "--metrics-file",
+        metrics,
+        "--skip-data-validation",
+        *args,
+    )
     return iteration_records(metrics)
 
 
@@ -92,29 +128,64 @@ def _checkpoint_tensors(path):
     out = path.parent / (path.name + ".pt")
     dcp_to_torch_save(str(path), str(out))
     state = torch.load(out, weights_only=False)
-    return {k: v for k, v in state.items()
-            if torch.is_tensor(v) and not k.startswith(("optimizer", "rng_state")) and "_extra_state" not in k}
+    return {
+        k: v
+        for k, v in state.items()
+        if torch.is_tensor(v) and not k.startswith(("optimizer", "rng_state")) and "_extra_state" not in k
+    }
 
 
 @pytest.mark.timeout(600)
 def test_finetune_starts_iteration_schedule_data_and_optimizer_fresh_from_the_weights(demo_data, tmp_path):
     pretrain(demo_data, "pre10", "--train-iters", 10, "--save", tmp_path / "pre")
     # lr 0 and no decay: the one fine-tuning step leaves the weights as loaded.
-    tuned = pretrain(demo_data, "ft", "--train-iters", 2, "--finetune", "--load", tmp_path / "pre", "--save",
-                     tmp_path / "ft", "--lr", 0.0, "--weight-decay", 0.0, "--lr-decay-style", "constant")
+    tuned = pretrain(
+        demo_data,
+        "ft",
+        "--train-iters",
+        2,
+        "--finetune",
+        "--load",
+        tmp_path / "pre",
+        "--save",
+        tmp_path / "ft",
+        "--lr",
+        0.0,
+        "--weight-decay",
+        0.0,
+        "--lr-decay-style",
+        "constant",
+    )
     assert [(r["iteration"], r["consumed samples"]) for r in tuned] == [(1, 4), (2, 8)]
     from megatron_soda.training.checkpointing import read_checkpoint_info
 
     info = read_checkpoint_info(tmp_path / "ft")
-    assert info["iteration"] == 2 and info["consumed_samples"] == 8 and info["scheduler_state"]["schedule"]["total_steps"] == 2
+    assert (
+        info["iteration"] == 2
+        and info["consumed_samples"] == 8
+        and info["scheduler_state"]["schedule"]["total_steps"] == 2
+    )
     before = _checkpoint_tensors(tmp_path / "pre" / "iter_0000010")
     after = _checkpoint_tensors(tmp_path / "ft" / "iter_0000002")
     assert before.keys() == after.keys() and len(before) > 10
     assert all(before[k].equal(after[k]) for k in before)
     # The data starts at sample 0: the first fine-tuning loss is the pretrained model's on batch 0, which
     # differs from its loss on batch 11 (where a resume would continue).
-    warm = pretrain(demo_data, "ft_lr", "--train-iters", 4, "--finetune", "--load", tmp_path / "pre", "--lr", 1e-3,
-                    "--lr-warmup-iters", 2, "--lr-decay-style", "constant")
+    warm = pretrain(
+        demo_data,
+        "ft_lr",
+        "--train-iters",
+        4,
+        "--finetune",
+        "--load",
+        tmp_path / "pre",
+        "--lr",
+        1e-3,
+        "--lr-warmup-iters",
+        2,
+        "--lr-decay-style",
+        "constant",
+    )
     assert warm[0]["learning rate"] == pytest.approx(5e-4) and warm[0]["lm loss"] == tuned[0]["lm loss"]
     assert read_metrics(demo_data / "ft_lr.jsonl")[0]["run"]["finetune"] is True
 
@@ -126,29 +197,76 @@ def test_a_shape_from_flags_trains_checkpoints_exports_and_converts_back(demo_da
 
     from megatron_soda.training.checkpointing import read_checkpoint_info
 
-    shape_flags = ["--num-layers", 2, "--hidden-size", 48, "--num-attention-heads", 4, "--num-query-groups", 2,
-                   "--ffn-hidden-size", 96, "--max-position-embeddings", 256]
-    lines = pretrain(demo_data, "custom", "--train-iters", 3, "--save", tmp_path / "ckpt", *shape_flags,
-                     "--lr-decay-style", "constant", model=None)
+    shape_flags = [
+        "--num-layers",
+        2,
+        "--hidden-size",
+        48,
+        "--num-attention-heads",
+        4,
+        "--num-query-groups",
+        2,
+        "--ffn-hidden-size",
+        96,
+        "--max-position-embeddings",
+        256,
+    ]
+    lines = pretrain(
+        demo_data,
+        "custom",
+        "--train-iters",
+        3,
+        "--save",
+        tmp_path / "ckpt",
+        *shape_flags,
+        "--lr-decay-style",
+        "constant",
+        model=None,
+    )
     assert len(lines) == 3 and all(np.isfinite(line["lm loss"]) for line in lines)
     record = read_checkpoint_info(tmp_path / "ckpt")["extra"]["model"]
-    assert isinstance(record, dict) and (record["num_layers"], record["hidden_size"], record["kv_channels"]) == (2, 48, 12)
+    assert isinstance(record, dict) and (record["num_layers"], record["hidden_size"], record["kv_channels"]) == (
+        2,
+        48,
+        12,
+    )
     assert record["tie_embeddings"] is True  # Megatron-LM's default without --untie-embeddings-and-output-weights
     tool = [sys.executable, "tools/convert_checkpoint.py"]
-    for args in (["export", "--load", tmp_path / "ckpt", "--output", tmp_path / "hf", "--tokenizer", demo_data / "tok"],
-                 ["import", "--hf", tmp_path / "hf", "--save", tmp_path / "back"]):
+    for args in (
+        ["export", "--load", tmp_path / "ckpt", "--output", tmp_path / "hf", "--tokenizer", demo_data / "tok"],
+        ["import", "--hf", tmp_path / "hf", "--save", tmp_path / "back"],
+    ):
         result = subprocess.run([*tool, *map(str, args), "--no-progress"], capture_output=True, text=True, timeout=240)
         assert result.returncode == 0, result.stderr[-2000:]
-    trained, back = _checkpoint_tensors(tmp_path / "ckpt" / "iter_0000003"), _checkpoint_tensors(tmp_path / "back" / "iter_0000000")
+    trained, back = (
+        _checkpoint_tensors(tmp_path / "ckpt" / "iter_0000003"),
+        _checkpoint_tensors(tmp_path / "back" / "iter_0000000"),
+    )
     vocab = load_soda_tokenizer(demo_data / "tok").layout.vocab_size
     assert trained.keys() == back.keys()
     # Hugging Face holds the real vocabulary only: the embedding's padding rows do not travel.
-    differ = [k for k in trained if not (trained[k][:vocab].equal(back[k][:vocab]) if "word_embeddings" in k
-                                         or "output_layer" in k else trained[k].equal(back[k]))]
+    differ = [
+        k
+        for k in trained
+        if not (
+            trained[k][:vocab].equal(back[k][:vocab])
+            if "word_embeddings" in k or "output_layer" in k
+            else trained[k].equal(back[k])
+        )
+    ]
     assert not differ, differ
     # The imported model continues without --model or shape flags: its checkpoint records the shape.
-    more = pretrain(demo_data, "custom_more", "--train-iters", 3, "--load", tmp_path / "back",
-                    "--lr-decay-style", "constant", model=None)
+    more = pretrain(
+        demo_data,
+        "custom_more",
+        "--train-iters",
+        3,
+        "--load",
+        tmp_path / "back",
+        "--lr-decay-style",
+        "constant",
+        model=None,
+    )
     assert len(more) == 3 and np.isfinite(more[0]["lm loss"])
 
 
@@ -156,14 +274,26 @@ def test_dry_run_prints_model_layout_run_and_memory_without_touching_data(capsys
     from megatron_soda.pretrain import main
     from megatron_soda.training.memory import estimate_memory
 
-    assert main(["--model", "soda-600m", "--dry-run", "--micro-batch-size", "4", "--bf16", "--data-path", "nowhere"]) == 0
+    assert (
+        main(["--model", "soda-600m", "--dry-run", "--micro-batch-size", "4", "--bf16", "--data-path", "nowhere"]) == 0
+    )
     out = capsys.readouterr().out
     shape = get_preset("soda-600m")
-    assert f"{shape.num_parameters():,} total" in out and f"{shape.num_non_embedding_parameters():,} non-embedding" in out
+    assert (
+        f"{shape.num_parameters():,} total" in out and f"{shape.num_non_embedding_parameters():,} non-embedding" in out
+    )
     assert "TP=1 x PP=1 x DP=1" in out and "238,419 iterations x 512 sequences x 4096 tokens" in out
     assert "recipe: soda (soda-600m)" in out
-    estimate = estimate_memory(shape, tensor_parallel=1, pipeline_parallel=1, data_parallel=1, micro_batch_size=4,
-                               seq_length=4096, bf16=True, distributed_optimizer=False)
+    estimate = estimate_memory(
+        shape,
+        tensor_parallel=1,
+        pipeline_parallel=1,
+        data_parallel=1,
+        micro_batch_size=4,
+        seq_length=4096,
+        bf16=True,
+        distributed_optimizer=False,
+    )
     assert f"{estimate.total / 2**30:.2f} GiB" in out
 
 
@@ -183,8 +313,18 @@ def test_cautious_training_at_tp2_takes_the_tp1_steps(demo_data):
 @pytest.mark.timeout(600)
 def test_packed_rows_train_at_tp2(demo_data):
     pack_dataset(demo_data / "speech", demo_data / "speech_packed", 128, overwrite=True)
-    lines = pretrain(demo_data, "packed", "--train-iters", 12, "--data-path", demo_data / "speech_packed", "--packed-data",
-                     "--tensor-model-parallel-size", 2, world=2)
+    lines = pretrain(
+        demo_data,
+        "packed",
+        "--train-iters",
+        12,
+        "--data-path",
+        demo_data / "speech_packed",
+        "--packed-data",
+        "--tensor-model-parallel-size",
+        2,
+        world=2,
+    )
     losses = [line["lm loss"] for line in lines]
     assert len(losses) == 12 and all(np.isfinite(losses)) and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
 
@@ -192,22 +332,47 @@ def test_packed_rows_train_at_tp2(demo_data):
 @pytest.mark.timeout(600)
 def test_document_masked_blend_logs_the_achieved_mix(demo_data):
     layout = load_soda_tokenizer(demo_data / "tok").layout
-    write_dataset(demo_data / "text", *text_documents(np.random.default_rng(0), 200, layout, (20, 120)), layout.vocab_size,
-                  overwrite=True)
-    pretrain(demo_data, "blend", "--train-iters", 8, "--reset-attention-mask", "--split", "80,20,0",
-                     "--data-cache-path", demo_data / "index_cache",
-                     "--eval-interval", 4, "--eval-samples", 8, "--data-path", 0.7, demo_data / "speech", 0.3, demo_data / "text")
+    write_dataset(
+        demo_data / "text",
+        *text_documents(np.random.default_rng(0), 200, layout, (20, 120)),
+        layout.vocab_size,
+        overwrite=True,
+    )
+    pretrain(
+        demo_data,
+        "blend",
+        "--train-iters",
+        8,
+        "--reset-attention-mask",
+        "--split",
+        "80,20,0",
+        "--data-cache-path",
+        demo_data / "index_cache",
+        "--eval-interval",
+        4,
+        "--eval-samples",
+        8,
+        "--data-path",
+        0.7,
+        demo_data / "speech",
+        0.3,
+        demo_data / "text",
+    )
     lines = [json.loads(line) for line in open(demo_data / "blend.jsonl")]
     train = [line for line in lines if "lm loss" in line]
     assert len(train) == 8 and all(np.isfinite(line["lm loss"]) for line in train)
     assert train[-1]["data mix"] == pytest.approx({"speech": 0.7, "text": 0.3}, abs=0.03)
     assert any((demo_data / "index_cache").glob("*-GPTDataset-train-shuffle_index.npy"))  # megatron cached them there
     validation = [line for line in lines if "validation lm loss" in line]
-    assert [line["iteration"] for line in validation] == [4, 8] and all(np.isfinite(line["validation lm loss"]) for line in validation)
+    assert [line["iteration"] for line in validation] == [4, 8] and all(
+        np.isfinite(line["validation lm loss"]) for line in validation
+    )
 
 
 def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
-    config = parse_train_config(["--model", "soda-600m", "--data-path", "0.95", "speech", "0.05", "text", "--lr", "1e-3"])
+    config = parse_train_config(
+        ["--model", "soda-600m", "--data-path", "0.95", "speech", "0.05", "text", "--lr", "1e-3"]
+    )
     t, o = config.training, config.optimizer
     assert (t.global_batch_size, t.seq_length, t.train_iters) == (512, 4096, 238_419)
     assert (o.adam_beta1, o.adam_beta2, o.adam_eps, o.weight_decay) == (0.98, 0.98, 1e-16, 0.033)
@@ -227,7 +392,11 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--finetune"], 1, "--finetune needs --load"),
         (["--packed-data", "--reset-attention-mask"], 1, "--reset-attention-mask is for GPTDataset rows"),
         (["--attention-backend", "local", "--packed-data"], 1, "--attention-backend local cannot keep documents apart"),
-        (["--train-iters", "3"], 1, "--lr-decay-style wsd over 3 iterations .*--lr-decay-fraction 0.2.*needs a decay phase"),
+        (
+            ["--train-iters", "3"],
+            1,
+            "--lr-decay-style wsd over 3 iterations .*--lr-decay-fraction 0.2.*needs a decay phase",
+        ),
     ],
 )
 def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):
@@ -239,8 +408,18 @@ def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):
 def test_load_of_an_empty_directory_without_a_model_is_refused(demo_data, tmp_path):
     from megatron_soda.pretrain import pretrain as run
 
-    config = parse_train_config(["--data-path", str(demo_data / "speech"), "--tokenizer", str(demo_data / "tok"), "--train-iters",
-                         "10", "--load", str(tmp_path / "typo")])
+    config = parse_train_config(
+        [
+            "--data-path",
+            str(demo_data / "speech"),
+            "--tokenizer",
+            str(demo_data / "tok"),
+            "--train-iters",
+            "10",
+            "--load",
+            str(tmp_path / "typo"),
+        ]
+    )
     with pytest.raises(ValueError, match=f"--load {tmp_path / 'typo'} holds no checkpoint, and no --model"):
         run(config)
 
@@ -251,13 +430,42 @@ def test_plain_python_without_a_launcher_trains_as_one_process(demo_data, tmp_pa
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "megatron_soda.pretrain", "--model", "tiny", "--tokenizer", str(demo_data / "tok"),
-         "--data-path", str(demo_data / "speech"), "--split", "100,0,0", "--seq-length", "64", "--micro-batch-size", "2",
-         "--global-batch-size", "2", "--train-iters", "2", "--lr-decay-style", "constant",
-         "--metrics-file", str(tmp_path / "m.jsonl")],
-        env=env, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "megatron_soda.pretrain",
+            "--model",
+            "tiny",
+            "--tokenizer",
+            str(demo_data / "tok"),
+            "--data-path",
+            str(demo_data / "speech"),
+            "--split",
+            "100,0,0",
+            "--seq-length",
+            "64",
+            "--micro-batch-size",
+            "2",
+            "--global-batch-size",
+            "2",
+            "--train-iters",
+            "2",
+            "--lr-decay-style",
+            "constant",
+            "--metrics-file",
+            str(tmp_path / "m.jsonl"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert [line["iteration"] for line in iteration_records(tmp_path / "m.jsonl")] == [1, 2]
 

@@ -50,12 +50,20 @@ def by_transformers(shape):
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     rope = shape.rope_scaling
-    config = Qwen3Config(hidden_size=shape.hidden_size, num_attention_heads=shape.num_attention_heads,
-                         head_dim=shape.kv_channels, max_position_embeddings=shape.max_position_embeddings,
-                         rope_parameters={"rope_type": "llama3", "rope_theta": shape.rotary_base, "factor": rope.factor,
-                                          "low_freq_factor": rope.low_freq_factor,
-                                          "high_freq_factor": rope.high_freq_factor,
-                                          "original_max_position_embeddings": rope.original_max_position})
+    config = Qwen3Config(
+        hidden_size=shape.hidden_size,
+        num_attention_heads=shape.num_attention_heads,
+        head_dim=shape.kv_channels,
+        max_position_embeddings=shape.max_position_embeddings,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": shape.rotary_base,
+            "factor": rope.factor,
+            "low_freq_factor": rope.low_freq_factor,
+            "high_freq_factor": rope.high_freq_factor,
+            "original_max_position_embeddings": rope.original_max_position,
+        },
+    )
     inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
     return inv_freq
 
@@ -72,8 +80,14 @@ def megatron_alone(shape):
     """What megatron-core computes from the factor alone (its other settings fixed at 1, 4, 8192)."""
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
-    return RotaryEmbedding(shape.kv_channels, 1.0, rotary_base=shape.rotary_base, rope_scaling=True,
-                           rope_scaling_factor=shape.rope_scaling.factor, use_cpu_initialization=True).inv_freq
+    return RotaryEmbedding(
+        shape.kv_channels,
+        1.0,
+        rotary_base=shape.rotary_base,
+        rope_scaling=True,
+        rope_scaling_factor=shape.rope_scaling.factor,
+        use_cpu_initialization=True,
+    ).inv_freq
 
 
 def test_custom_low_high_and_original_context_reach_the_model(megatron_world):
@@ -109,8 +123,15 @@ def test_plain_rope_is_unscaled(megatron_world):
     torch.testing.assert_close(model_inv_freq(shape).inv_freq.double(), by_hand(shape), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("rope", [replace(CUSTOM, low_freq_factor=8.0), replace(CUSTOM, high_freq_factor=1.0),
-                                  replace(CUSTOM, factor=0.0), replace(CUSTOM, original_max_position=0)])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        replace(CUSTOM, low_freq_factor=8.0),
+        replace(CUSTOM, high_freq_factor=1.0),
+        replace(CUSTOM, factor=0.0),
+        replace(CUSTOM, original_max_position=0),
+    ],
+)
 def test_meaningless_scaling_is_refused_naming_the_values(megatron_world, rope):
     from megatron_soda.models.gpt import build_gpt_model, transformer_config
 

@@ -75,17 +75,20 @@ def test_fractions_are_floored_without_float_error():
     assert LRSchedule(100, 1.0, style="linear", warmup_fraction=0.29).warmup_steps == 29  # 0.29 * 100 < 29 in floats
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(style="wsd", warmup_fraction=0.6, decay_fraction=0.5), "exceed"),
-    (dict(style="wsd", warmup_fraction=0.1), "decay phase"),
-    (dict(style="wsd", warmup_fraction=1.5, decay_fraction=0.1), "warmup_fraction"),
-    (dict(style="wsd", decay_fraction=-0.1), "decay_fraction"),
-    (dict(style="wsd", warmup_fraction=0.1, warmup_iters=5, decay_fraction=0.2), "not both"),
-    (dict(style="cosine", decay_fraction=0.2), "'wsd' only"),
-    (dict(style="linear", warmup_fraction=1.0), "after warmup"),
-    (dict(style="step"), "style"),
-    (dict(style="wsd", decay_fraction=0.2, min_lr=2.0), "min_lr"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(style="wsd", warmup_fraction=0.6, decay_fraction=0.5), "exceed"),
+        (dict(style="wsd", warmup_fraction=0.1), "decay phase"),
+        (dict(style="wsd", warmup_fraction=1.5, decay_fraction=0.1), "warmup_fraction"),
+        (dict(style="wsd", decay_fraction=-0.1), "decay_fraction"),
+        (dict(style="wsd", warmup_fraction=0.1, warmup_iters=5, decay_fraction=0.2), "not both"),
+        (dict(style="cosine", decay_fraction=0.2), "'wsd' only"),
+        (dict(style="linear", warmup_fraction=1.0), "after warmup"),
+        (dict(style="step"), "style"),
+        (dict(style="wsd", decay_fraction=0.2, min_lr=2.0), "min_lr"),
+    ],
+)
 def test_bad_settings_are_refused_with_the_reason(kwargs, match):
     with pytest.raises(ValueError, match=match):
         LRSchedule(100, 1.0, **kwargs)

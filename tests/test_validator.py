@@ -39,17 +39,25 @@ def build(prefix, dtype, documents):
 
 # ------------------------------------------------------------------ valid datasets
 
-@pytest.mark.parametrize("dtype, max_id", [
-    (np.uint8, 255), (np.int8, 127), (np.int16, 32767), (np.uint16, 65535),
-    (np.int32, 2**31 - 1), (np.int64, 2**40 + 7),
-])
+
+@pytest.mark.parametrize(
+    "dtype, max_id",
+    [
+        (np.uint8, 255),
+        (np.int8, 127),
+        (np.int16, 32767),
+        (np.uint16, 65535),
+        (np.int32, 2**31 - 1),
+        (np.int64, 2**40 + 7),
+    ],
+)
 def test_accepts_every_megatron_integer_dtype_with_multi_sequence_and_empty_sequences(tmp_path, dtype, max_id):
     rng = np.random.default_rng(0)
     ids = lambda n: rng.integers(0, max_id, n).tolist()  # noqa: E731
     documents = [
         [ids(5), [], ids(3)],  # several sequences, one empty
-        [ids(4), [max_id]],    # the largest id the dtype holds
-        [[]],                  # a document of one empty sequence
+        [ids(4), [max_id]],  # the largest id the dtype holds
+        [[]],  # a document of one empty sequence
         [ids(7)],
         [ids(2), ids(2), ids(1)],
     ]
@@ -90,7 +98,7 @@ NEED = 4 * sum(LENGTHS)  # int32 tokens
 def valid(tmp_path):
     rng = np.random.default_rng(1)
     seqs = [rng.integers(0, VOCAB, n).tolist() for n in LENGTHS]
-    documents = [seqs[DOCS[i]:DOCS[i + 1]] for i in range(D - 1)]
+    documents = [seqs[DOCS[i] : DOCS[i + 1]] for i in range(D - 1)]
     prefix = build(tmp_path / "ds", np.int32, documents)
     assert validate_dataset(prefix, VOCAB).ok
     assert os.path.getsize(f"{prefix}.idx") == HEADER + 12 * N + 8 * D
@@ -105,7 +113,7 @@ def patch(path, offset, fmt, value):
 
 def resize(path, delta):
     data = Path(path).read_bytes()
-    Path(path).write_bytes(data[:len(data) + delta] if delta < 0 else data + b"\x07" * delta)
+    Path(path).write_bytes(data[: len(data) + delta] if delta < 0 else data + b"\x07" * delta)
 
 
 # (id, damage(prefix), words the error must contain, file suffix, offset or set of acceptable offsets)
@@ -121,20 +129,62 @@ DAMAGE = [
     ("idx_cut_inside_header", lambda p: resize(f"{p}.idx", -(12 * N + 8 * D + 10)), ["header"], ".idx", 0),
     ("sequence_count_too_large", lambda p: patch(f"{p}.idx", 18, "Q", N + 1), ["N=7"], ".idx", 18),
     ("sequence_count_absurd", lambda p: patch(f"{p}.idx", 18, "Q", 2**62), ["larger than the file"], ".idx", 18),
-    ("pointers_not_monotone", lambda p: patch(f"{p}.idx", POINTERS_AT + 8 * 3, "q", 0),
-     ["not monotone", "pointer 3"], ".idx", POINTERS_AT + 8 * 3),
-    ("first_pointer_not_zero", lambda p: patch(f"{p}.idx", POINTERS_AT, "q", 4), ["first pointer"], ".idx", POINTERS_AT),
-    ("length_disagrees_with_pointers", lambda p: patch(f"{p}.idx", LENGTHS_AT + 4 * 2, "i", 6),
-     ["length of sequence 2", "pointer 3"], ".idx", {LENGTHS_AT + 4 * 2, POINTERS_AT + 8 * 3}),
-    ("negative_length", lambda p: patch(f"{p}.idx", LENGTHS_AT + 4 * 2, "i", -1),
-     ["sequence 2", "negative"], ".idx", LENGTHS_AT + 4 * 2),
-    ("document_index_not_starting_at_0", lambda p: patch(f"{p}.idx", DOCS_AT, "q", 1), ["starts at 1"], ".idx", DOCS_AT),
-    ("document_index_ending_below_N", lambda p: patch(f"{p}.idx", DOCS_AT + 8 * (D - 1), "q", N - 1),
-     ["ends at 5"], ".idx", DOCS_AT + 8 * (D - 1)),
-    ("document_index_ending_beyond_N", lambda p: patch(f"{p}.idx", DOCS_AT + 8 * (D - 1), "q", N + 1),
-     ["beyond the sequence count"], ".idx", DOCS_AT + 8 * (D - 1)),
-    ("document_index_decreasing", lambda p: patch(f"{p}.idx", DOCS_AT + 8 * 2, "q", 1),
-     ["decreases", "entry 2"], ".idx", DOCS_AT + 8 * 2),
+    (
+        "pointers_not_monotone",
+        lambda p: patch(f"{p}.idx", POINTERS_AT + 8 * 3, "q", 0),
+        ["not monotone", "pointer 3"],
+        ".idx",
+        POINTERS_AT + 8 * 3,
+    ),
+    (
+        "first_pointer_not_zero",
+        lambda p: patch(f"{p}.idx", POINTERS_AT, "q", 4),
+        ["first pointer"],
+        ".idx",
+        POINTERS_AT,
+    ),
+    (
+        "length_disagrees_with_pointers",
+        lambda p: patch(f"{p}.idx", LENGTHS_AT + 4 * 2, "i", 6),
+        ["length of sequence 2", "pointer 3"],
+        ".idx",
+        {LENGTHS_AT + 4 * 2, POINTERS_AT + 8 * 3},
+    ),
+    (
+        "negative_length",
+        lambda p: patch(f"{p}.idx", LENGTHS_AT + 4 * 2, "i", -1),
+        ["sequence 2", "negative"],
+        ".idx",
+        LENGTHS_AT + 4 * 2,
+    ),
+    (
+        "document_index_not_starting_at_0",
+        lambda p: patch(f"{p}.idx", DOCS_AT, "q", 1),
+        ["starts at 1"],
+        ".idx",
+        DOCS_AT,
+    ),
+    (
+        "document_index_ending_below_N",
+        lambda p: patch(f"{p}.idx", DOCS_AT + 8 * (D - 1), "q", N - 1),
+        ["ends at 5"],
+        ".idx",
+        DOCS_AT + 8 * (D - 1),
+    ),
+    (
+        "document_index_ending_beyond_N",
+        lambda p: patch(f"{p}.idx", DOCS_AT + 8 * (D - 1), "q", N + 1),
+        ["beyond the sequence count"],
+        ".idx",
+        DOCS_AT + 8 * (D - 1),
+    ),
+    (
+        "document_index_decreasing",
+        lambda p: patch(f"{p}.idx", DOCS_AT + 8 * 2, "q", 1),
+        ["decreases", "entry 2"],
+        ".idx",
+        DOCS_AT + 8 * 2,
+    ),
     ("missing_idx", lambda p: os.remove(f"{p}.idx"), ["index file is missing"], ".idx", -1),
     ("missing_bin", lambda p: os.remove(f"{p}.bin"), ["data file is missing"], ".bin", -1),
 ]

@@ -77,8 +77,9 @@ def read_texts(paths):
 
 
 def main(argv=None) -> int:
-    parser = FlagParser(BuildTokenizerConfig, prog=os.path.basename(__file__), description=__doc__,
-                        check=BuildTokenizerConfig.check)
+    parser = FlagParser(
+        BuildTokenizerConfig, prog=os.path.basename(__file__), description=__doc__, check=BuildTokenizerConfig.check
+    )
     config = parser.parse(argv)
     try:
         base_tokenizer = config.base or train_bpe(read_texts(config.train_bpe), vocab_size=config.bpe_vocab_size)
@@ -86,17 +87,21 @@ def main(argv=None) -> int:
         print(f"build_tokenizer: error: {error}", file=sys.stderr)
         return 1
     try:
-        tokenizer = build_soda_tokenizer(base_tokenizer, num_codebooks=config.num_codebooks,
-                                         codebook_size=config.codebook_size)
+        tokenizer = build_soda_tokenizer(
+            base_tokenizer, num_codebooks=config.num_codebooks, codebook_size=config.codebook_size
+        )
     except Exception as error:  # the tokenizers library's own errors name no file
         parser.error(f"--base {config.base}: not a usable base tokenizer ({error})" if config.base else str(error))
-    save_soda_tokenizer(tokenizer, config.output, num_codebooks=config.num_codebooks,
-                        codebook_size=config.codebook_size)
+    save_soda_tokenizer(
+        tokenizer, config.output, num_codebooks=config.num_codebooks, codebook_size=config.codebook_size
+    )
     layout = load_soda_tokenizer(config.output).layout
-    print(f"{config.output}: {layout.vocab_size} tokens; base {layout.base_size} (bos {layout.bos_id}, "
-          f"eos {layout.eos_id}), "
-          f"<|text_start|> {layout.text_start_id} .. <|audio_end|> {layout.audio_end_id}, "
-          f"audio {layout.audio_offset}..{layout.vocab_size - 1} ({layout.num_codebooks} x {layout.codebook_size})")
+    print(
+        f"{config.output}: {layout.vocab_size} tokens; base {layout.base_size} (bos {layout.bos_id}, "
+        f"eos {layout.eos_id}), "
+        f"<|text_start|> {layout.text_start_id} .. <|audio_end|> {layout.audio_end_id}, "
+        f"audio {layout.audio_offset}..{layout.vocab_size - 1} ({layout.num_codebooks} x {layout.codebook_size})"
+    )
     return 0
 
 

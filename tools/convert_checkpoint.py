@@ -20,19 +20,28 @@ import sys
 from megatron_soda.flags import FlagCommands
 
 EXPORT_HELP = "megatron dist checkpoint -> Hugging Face Qwen3ForCausalLM directory"
-EXPORT_TEXT = ("Write a Hugging Face Qwen3ForCausalLM directory (config.json, safetensors shards, "
-               "generation_config.json, tokenizer files) from a checkpoint saved by megatron_soda at any TP/PP.")
+EXPORT_TEXT = (
+    "Write a Hugging Face Qwen3ForCausalLM directory (config.json, safetensors shards, "
+    "generation_config.json, tokenizer files) from a checkpoint saved by megatron_soda at any TP/PP."
+)
 IMPORT_HELP = "Hugging Face Qwen3 directory -> megatron dist checkpoint"
-IMPORT_TEXT = ("Write a model-only megatron dist checkpoint (no optimizer state; a training run loading it starts its "
-               "optimizer fresh) from a Hugging Face Qwen3 directory (config.json + safetensors, sharded or not).")
+IMPORT_TEXT = (
+    "Write a model-only megatron dist checkpoint (no optimizer state; a training run loading it starts its "
+    "optimizer fresh) from a Hugging Face Qwen3 directory (config.json + safetensors, sharded or not)."
+)
 
 
 def build_parser() -> FlagCommands:
     from megatron_soda.convert import ExportConfig, ImportConfig
 
-    return FlagCommands({"export": (ExportConfig, EXPORT_HELP, EXPORT_TEXT, ExportConfig.check),
-                         "import": (ImportConfig, IMPORT_HELP, IMPORT_TEXT, ImportConfig.check)},
-                        prog=os.path.basename(__file__), description=__doc__)
+    return FlagCommands(
+        {
+            "export": (ExportConfig, EXPORT_HELP, EXPORT_TEXT, ExportConfig.check),
+            "import": (ImportConfig, IMPORT_HELP, IMPORT_TEXT, ImportConfig.check),
+        },
+        prog=os.path.basename(__file__),
+        description=__doc__,
+    )
 
 
 def main(argv=None) -> int:

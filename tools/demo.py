@@ -65,8 +65,9 @@ class DemoConfig:
 
 
 def main(argv=None) -> int:
-    args = FlagParser(DemoConfig, prog=os.path.basename(__file__), description=__doc__,
-                      check=DemoConfig.check).parse(argv)
+    args = FlagParser(DemoConfig, prog=os.path.basename(__file__), description=__doc__, check=DemoConfig.check).parse(
+        argv
+    )
     corpus = Path(args.corpus)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
@@ -84,20 +85,34 @@ def main(argv=None) -> int:
     save_soda_tokenizer(build_soda_tokenizer(train_bpe(texts, vocab_size=1024)), out / "tokenizer")
     tokenizer = load_soda_tokenizer(out / "tokenizer")
     layout = tokenizer.layout
-    print(f"{layout.vocab_size} ids: text < {layout.base_size}, <|text_start|> {layout.text_start_id}, "
-          f"audio {layout.audio_offset}..{layout.vocab_size - 1}")
+    print(
+        f"{layout.vocab_size} ids: text < {layout.base_size}, <|text_start|> {layout.text_start_id}, "
+        f"audio {layout.audio_offset}..{layout.vocab_size - 1}"
+    )
 
     step("2. preprocess speech (Mimi, random weights) and text")
-    speech = preprocess_audio(AudioPreprocessConfig(
-        inputs=[str(corpus / "manifest.jsonl")], output_dir=str(out / "speech_job"), tokenizer=str(out / "tokenizer"),
-        codec=CodecConfig(name="mimi", random_init=True), documents_per_shard=10, workers=args.workers,
-    ))
-    print(f"speech: {speech['utterances']} utterances, {speech['hours'] * 3600:.0f} s, {speech['documents']} documents "
-          f"-> {speech['sequences']} sequences (both orders), {speech['tokens']} tokens; rejects {speech['rejects']}")
-    text = preprocess_text(TextPreprocessConfig(
-        inputs=[str(corpus / "text.jsonl")], output_dir=str(out / "text_job"), tokenizer=str(out / "tokenizer"),
-        progress=False,
-    ))
+    speech = preprocess_audio(
+        AudioPreprocessConfig(
+            inputs=[str(corpus / "manifest.jsonl")],
+            output_dir=str(out / "speech_job"),
+            tokenizer=str(out / "tokenizer"),
+            codec=CodecConfig(name="mimi", random_init=True),
+            documents_per_shard=10,
+            workers=args.workers,
+        )
+    )
+    print(
+        f"speech: {speech['utterances']} utterances, {speech['hours'] * 3600:.0f} s, {speech['documents']} documents "
+        f"-> {speech['sequences']} sequences (both orders), {speech['tokens']} tokens; rejects {speech['rejects']}"
+    )
+    text = preprocess_text(
+        TextPreprocessConfig(
+            inputs=[str(corpus / "text.jsonl")],
+            output_dir=str(out / "text_job"),
+            tokenizer=str(out / "tokenizer"),
+            progress=False,
+        )
+    )
     print(f"text:   {text['documents']} documents, {text['tokens']} tokens")
 
     step("3. merge, validate, pack")
@@ -112,13 +127,20 @@ def main(argv=None) -> int:
     step("4. megatron-core GPTDataset blend")
     from megatron_soda.data.gpt_blend import BlendConfig, build_gpt_datasets
 
-    config = BlendConfig([str(out / "speech"), str(out / "text")], [0.95, 0.05], seq_length=args.seq_length,
-                         split="100,0,0", layout=layout)
+    config = BlendConfig(
+        [str(out / "speech"), str(out / "text")],
+        [0.95, 0.05],
+        seq_length=args.seq_length,
+        split="100,0,0",
+        layout=layout,
+    )
     train, _, _ = build_gpt_datasets(config, (200, 0, 0))
     share = np.bincount(train.dataset_index[:200], minlength=2) / 200
     sample = train[0]["tokens"].numpy()
-    print(f"achieved mix {share[0]:.3f} speech / {share[1]:.3f} text over 200 samples of {args.seq_length} tokens; "
-          f"sample 0 is {layout.is_audio(sample).mean():.0%} audio tokens")
+    print(
+        f"achieved mix {share[0]:.3f} speech / {share[1]:.3f} text over 200 samples of {args.seq_length} tokens; "
+        f"sample 0 is {layout.is_audio(sample).mean():.0%} audio tokens"
+    )
 
     step("5. detokenize sequence 0 of shard 0")
     from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -139,12 +161,43 @@ def main(argv=None) -> int:
     from megatron_soda.training.plan import parse_train_config
 
     metrics = out / "train_metrics.jsonl"
-    pretrain(parse_train_config([
-        "--model", "tiny", "--tokenizer", out / "tokenizer", "--data-path", 0.95, out / "speech", 0.05, out / "text",
-        "--split", "100,0,0", "--seq-length", 512, "--micro-batch-size", 2, "--global-batch-size", 4,
-        "--train-iters", args.train_iters, "--lr", 3e-3, "--lr-warmup-iters", 2, "--z-loss-weight", 1e-4,
-        "--save", out / "checkpoint", "--metrics-file", metrics, "--log-interval", max(1, args.train_iters // 5),
-    ]))
+    pretrain(
+        parse_train_config(
+            [
+                "--model",
+                "tiny",
+                "--tokenizer",
+                out / "tokenizer",
+                "--data-path",
+                0.95,
+                out / "speech",
+                0.05,
+                out / "text",
+                "--split",
+                "100,0,0",
+                "--seq-length",
+                512,
+                "--micro-batch-size",
+                2,
+                "--global-batch-size",
+                4,
+                "--train-iters",
+                args.train_iters,
+                "--lr",
+                3e-3,
+                "--lr-warmup-iters",
+                2,
+                "--z-loss-weight",
+                1e-4,
+                "--save",
+                out / "checkpoint",
+                "--metrics-file",
+                metrics,
+                "--log-interval",
+                max(1, args.train_iters // 5),
+            ]
+        )
+    )
     losses = [record["lm loss"] for record in iteration_records(metrics)]
     print(f"loss {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} iterations; checkpoint in {out / 'checkpoint'}")
 
@@ -154,17 +207,27 @@ def main(argv=None) -> int:
 
     from megatron_soda.convert import ExportConfig, export_checkpoint
 
-    export_checkpoint(ExportConfig(load=str(out / "checkpoint"), output=str(out / "hf"), tokenizer=str(out / "tokenizer"),
-                                   progress=False))
+    export_checkpoint(
+        ExportConfig(
+            load=str(out / "checkpoint"), output=str(out / "hf"), tokenizer=str(out / "tokenizer"), progress=False
+        )
+    )
     layout = tokenizer.layout
     transcript = json.loads((CORPUS / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
-    prompt = [layout.bos_id, layout.text_start_id, *tokenizer.encode_text(transcript).tolist(), layout.text_end_id,
-              layout.audio_start_id]
+    prompt = [
+        layout.bos_id,
+        layout.text_start_id,
+        *tokenizer.encode_text(transcript).tolist(),
+        layout.text_end_id,
+        layout.audio_start_id,
+    ]
     model = AutoModelForCausalLM.from_pretrained(out / "hf")
     with torch.no_grad():
-        generated = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt):].numpy()
-    print(f"{out / 'hf'}: {transcript!r} -> {int(layout.is_audio(generated).sum())} of {len(generated)} new tokens "
-          f"are audio codes: {tokenizer.ids_to_string(generated)[:60]}...")
+        generated = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt) :].numpy()
+    print(
+        f"{out / 'hf'}: {transcript!r} -> {int(layout.is_audio(generated).sum())} of {len(generated)} new tokens "
+        f"are audio codes: {tokenizer.ids_to_string(generated)[:60]}..."
+    )
 
     print(f"\ndemo finished in {time.time() - start:.1f} s; outputs in {out}/")
     return 0

@@ -87,8 +87,9 @@ def read_sequences(config: DetokenizeConfig, tokenizer):
 
 
 def main(argv=None) -> int:
-    parser = FlagParser(DetokenizeConfig, prog=os.path.basename(__file__), description=__doc__,
-                        check=DetokenizeConfig.check)
+    parser = FlagParser(
+        DetokenizeConfig, prog=os.path.basename(__file__), description=__doc__, check=DetokenizeConfig.check
+    )
     config = parser.parse(argv)
     from megatron_soda.data.detokenize import detokenize, write_detokenized
 

@@ -22,7 +22,6 @@ Needs the espeak-ng program (Debian/Ubuntu: apt-get install espeak-ng). The ship
 tests and `make demo` only read it.
 """
 
-import io
 import json
 import os
 import random
@@ -70,140 +69,317 @@ SILENCE_THRESHOLD = 64  # |int16 sample| above this counts as speech when trimmi
 # Sentence generator: our own templates and word lists.
 
 NAMES = (
-    "Amara", "Tomasz", "Priya", "Jonah", "Elena", "Kwame", "Rosa", "Felix", "Ingrid", "Mateo", "Hana",
-    "Oliver", "Nadia", "Declan", "Yusuf", "Greta", "Lucas", "Mei", "Samuel", "Olga", "Theo", "Leila",
+    "Amara",
+    "Tomasz",
+    "Priya",
+    "Jonah",
+    "Elena",
+    "Kwame",
+    "Rosa",
+    "Felix",
+    "Ingrid",
+    "Mateo",
+    "Hana",
+    "Oliver",
+    "Nadia",
+    "Declan",
+    "Yusuf",
+    "Greta",
+    "Lucas",
+    "Mei",
+    "Samuel",
+    "Olga",
+    "Theo",
+    "Leila",
 )
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 # Each topic: nouns (singular, plural), places, adjectives, verbs (base, past, third person) and a few
 # sentences of its own. Generic verbs are added to every topic.
 GENERIC_VERBS = (
-    ("carry", "carried", "carries"), ("find", "found", "finds"), ("move", "moved", "moves"),
-    ("check", "checked", "checks"), ("clean", "cleaned", "cleans"), ("count", "counted", "counts"),
-    ("borrow", "borrowed", "borrows"), ("wrap", "wrapped", "wraps"),
+    ("carry", "carried", "carries"),
+    ("find", "found", "finds"),
+    ("move", "moved", "moves"),
+    ("check", "checked", "checks"),
+    ("clean", "cleaned", "cleans"),
+    ("count", "counted", "counts"),
+    ("borrow", "borrowed", "borrows"),
+    ("wrap", "wrapped", "wraps"),
 )
 TOPICS = {
     "harbour": dict(
-        nouns=(("boat", "boats"), ("ferry", "ferries"), ("rope", "ropes"), ("net", "nets"),
-               ("lantern", "lanterns"), ("crab", "crabs"), ("anchor", "anchors"), ("sail", "sails")),
+        nouns=(
+            ("boat", "boats"),
+            ("ferry", "ferries"),
+            ("rope", "ropes"),
+            ("net", "nets"),
+            ("lantern", "lanterns"),
+            ("crab", "crabs"),
+            ("anchor", "anchors"),
+            ("sail", "sails"),
+        ),
         places=("pier", "harbour wall", "fish market", "lighthouse", "boat shed", "slipway"),
         adjs=("salty", "heavy", "faded", "bright", "slippery", "old", "wooden", "noisy"),
-        verbs=(("repair", "repaired", "repairs"), ("paint", "painted", "paints"), ("tie", "tied", "ties"),
-               ("haul", "hauled", "hauls")),
-        own=("The tide came in quickly, and the {nouns} rocked against the {place}.",
-             "Gulls were circling the {place} long before sunrise.",
-             "{Name} says the ferry to the island leaves at {time}.",
-             "Is the wind too strong for the small boats today?"),
+        verbs=(
+            ("repair", "repaired", "repairs"),
+            ("paint", "painted", "paints"),
+            ("tie", "tied", "ties"),
+            ("haul", "hauled", "hauls"),
+        ),
+        own=(
+            "The tide came in quickly, and the {nouns} rocked against the {place}.",
+            "Gulls were circling the {place} long before sunrise.",
+            "{Name} says the ferry to the island leaves at {time}.",
+            "Is the wind too strong for the small boats today?",
+        ),
     ),
     "kitchen": dict(
-        nouns=(("pot", "pots"), ("onion", "onions"), ("loaf", "loaves"), ("spoon", "spoons"),
-               ("plate", "plates"), ("lemon", "lemons"), ("jar", "jars"), ("pancake", "pancakes")),
+        nouns=(
+            ("pot", "pots"),
+            ("onion", "onions"),
+            ("loaf", "loaves"),
+            ("spoon", "spoons"),
+            ("plate", "plates"),
+            ("lemon", "lemons"),
+            ("jar", "jars"),
+            ("pancake", "pancakes"),
+        ),
         places=("kitchen", "pantry", "bakery", "dining room", "back door", "cupboard"),
         adjs=("warm", "sticky", "fresh", "burnt", "crispy", "tiny", "golden", "sour"),
-        verbs=(("chop", "chopped", "chops"), ("wash", "washed", "washes"), ("bake", "baked", "bakes"),
-               ("stir", "stirred", "stirs")),
-        own=("Add a pinch of salt and let the soup simmer for {num} minutes.",
-             "{Name} burnt the toast again, didn't {pronoun}?",
-             "The bread needs another {num} minutes in the oven.",
-             "Who left the {nouns} on the table?"),
+        verbs=(
+            ("chop", "chopped", "chops"),
+            ("wash", "washed", "washes"),
+            ("bake", "baked", "bakes"),
+            ("stir", "stirred", "stirs"),
+        ),
+        own=(
+            "Add a pinch of salt and let the soup simmer for {num} minutes.",
+            "{Name} burnt the toast again, didn't {pronoun}?",
+            "The bread needs another {num} minutes in the oven.",
+            "Who left the {nouns} on the table?",
+        ),
     ),
     "garden": dict(
-        nouns=(("tomato", "tomatoes"), ("seed", "seeds"), ("spade", "spades"), ("rose", "roses"),
-               ("snail", "snails"), ("bucket", "buckets"), ("hedge", "hedges"), ("pumpkin", "pumpkins")),
+        nouns=(
+            ("tomato", "tomatoes"),
+            ("seed", "seeds"),
+            ("spade", "spades"),
+            ("rose", "roses"),
+            ("snail", "snails"),
+            ("bucket", "buckets"),
+            ("hedge", "hedges"),
+            ("pumpkin", "pumpkins"),
+        ),
         places=("greenhouse", "vegetable patch", "compost heap", "orchard", "garden gate", "pond"),
         adjs=("muddy", "green", "enormous", "ripe", "thirsty", "crooked", "quiet", "sunny"),
-        verbs=(("water", "watered", "waters"), ("plant", "planted", "plants"), ("trim", "trimmed", "trims"),
-               ("pick", "picked", "picks")),
-        own=("The first frost arrived in {month}, a little earlier than usual.",
-             "We planted {num} rows of beans along the {place}.",
-             "Snails ate half of the lettuce overnight!",
-             "Does the {place} need more shade in summer?"),
+        verbs=(
+            ("water", "watered", "waters"),
+            ("plant", "planted", "plants"),
+            ("trim", "trimmed", "trims"),
+            ("pick", "picked", "picks"),
+        ),
+        own=(
+            "The first frost arrived in {month}, a little earlier than usual.",
+            "We planted {num} rows of beans along the {place}.",
+            "Snails ate half of the lettuce overnight!",
+            "Does the {place} need more shade in summer?",
+        ),
     ),
     "railway": dict(
-        nouns=(("train", "trains"), ("ticket", "tickets"), ("suitcase", "suitcases"), ("carriage", "carriages"),
-               ("timetable", "timetables"), ("bench", "benches"), ("whistle", "whistles"), ("map", "maps")),
+        nouns=(
+            ("train", "trains"),
+            ("ticket", "tickets"),
+            ("suitcase", "suitcases"),
+            ("carriage", "carriages"),
+            ("timetable", "timetables"),
+            ("bench", "benches"),
+            ("whistle", "whistles"),
+            ("map", "maps"),
+        ),
         places=("platform", "station", "waiting room", "ticket office", "level crossing", "bridge"),
         adjs=("late", "crowded", "empty", "dusty", "shiny", "narrow", "long", "cold"),
-        verbs=(("board", "boarded", "boards"), ("miss", "missed", "misses"), ("wave at", "waved at", "waves at"),
-               ("follow", "followed", "follows")),
-        own=("The train to the coast is running {num} minutes late.",
-             "Please stand back from the edge of the {place}.",
-             "{Name} fell asleep and missed the last stop.",
-             "Which platform does the night train leave from?"),
+        verbs=(
+            ("board", "boarded", "boards"),
+            ("miss", "missed", "misses"),
+            ("wave at", "waved at", "waves at"),
+            ("follow", "followed", "follows"),
+        ),
+        own=(
+            "The train to the coast is running {num} minutes late.",
+            "Please stand back from the edge of the {place}.",
+            "{Name} fell asleep and missed the last stop.",
+            "Which platform does the night train leave from?",
+        ),
     ),
     "mountains": dict(
-        nouns=(("cloud", "clouds"), ("path", "paths"), ("boot", "boots"), ("rope", "ropes"),
-               ("goat", "goats"), ("stone", "stones"), ("tent", "tents"), ("stream", "streams")),
+        nouns=(
+            ("cloud", "clouds"),
+            ("path", "paths"),
+            ("boot", "boots"),
+            ("rope", "ropes"),
+            ("goat", "goats"),
+            ("stone", "stones"),
+            ("tent", "tents"),
+            ("stream", "streams"),
+        ),
         places=("ridge", "valley", "mountain hut", "summit", "lake shore", "pine forest"),
         adjs=("steep", "foggy", "icy", "windy", "distant", "rocky", "calm", "grey"),
-        verbs=(("climb", "climbed", "climbs"), ("cross", "crossed", "crosses"), ("pack", "packed", "packs"),
-               ("watch", "watched", "watches")),
-        own=("We reached the {place} just before the storm.",
-             "The path above the {place} is closed until {month}.",
-             "{Name} counted {num} goats on the way down.",
-             "Can you hear the thunder behind the {place}?"),
+        verbs=(
+            ("climb", "climbed", "climbs"),
+            ("cross", "crossed", "crosses"),
+            ("pack", "packed", "packs"),
+            ("watch", "watched", "watches"),
+        ),
+        own=(
+            "We reached the {place} just before the storm.",
+            "The path above the {place} is closed until {month}.",
+            "{Name} counted {num} goats on the way down.",
+            "Can you hear the thunder behind the {place}?",
+        ),
     ),
     "workshop": dict(
-        nouns=(("bicycle", "bicycles"), ("wheel", "wheels"), ("bolt", "bolts"), ("hammer", "hammers"),
-               ("lamp", "lamps"), ("drawer", "drawers"), ("chair", "chairs"), ("clock", "clocks")),
+        nouns=(
+            ("bicycle", "bicycles"),
+            ("wheel", "wheels"),
+            ("bolt", "bolts"),
+            ("hammer", "hammers"),
+            ("lamp", "lamps"),
+            ("drawer", "drawers"),
+            ("chair", "chairs"),
+            ("clock", "clocks"),
+        ),
         places=("workshop", "garage", "workbench", "tool shed", "attic", "yard"),
         adjs=("rusty", "loose", "broken", "squeaky", "polished", "sturdy", "oily", "bent"),
-        verbs=(("fix", "fixed", "fixes"), ("sand", "sanded", "sands"), ("tighten", "tightened", "tightens"),
-               ("oil", "oiled", "oils")),
-        own=("The old clock in the {place} stopped at {time}.",
-             "Measure twice, and then cut once.",
-             "{Name} needs {num} more screws for the shelf.",
-             "Why does the front wheel squeak on every hill?"),
+        verbs=(
+            ("fix", "fixed", "fixes"),
+            ("sand", "sanded", "sands"),
+            ("tighten", "tightened", "tightens"),
+            ("oil", "oiled", "oils"),
+        ),
+        own=(
+            "The old clock in the {place} stopped at {time}.",
+            "Measure twice, and then cut once.",
+            "{Name} needs {num} more screws for the shelf.",
+            "Why does the front wheel squeak on every hill?",
+        ),
     ),
     "library": dict(
-        nouns=(("book", "books"), ("shelf", "shelves"), ("notebook", "notebooks"), ("pencil", "pencils"),
-               ("letter", "letters"), ("atlas", "atlases"), ("poem", "poems"), ("diary", "diaries")),
+        nouns=(
+            ("book", "books"),
+            ("shelf", "shelves"),
+            ("notebook", "notebooks"),
+            ("pencil", "pencils"),
+            ("letter", "letters"),
+            ("atlas", "atlases"),
+            ("poem", "poems"),
+            ("diary", "diaries"),
+        ),
         places=("library", "reading room", "classroom", "archive", "study", "front desk"),
         adjs=("thick", "dusty", "rare", "blue", "torn", "heavy", "famous", "tiny"),
-        verbs=(("read", "read", "reads"), ("return", "returned", "returns"), ("copy", "copied", "copies"),
-               ("sort", "sorted", "sorts")),
-        own=("The {place} closes at {time} on {day}s.",
-             "{Name} has read {num} novels since {month}.",
-             "Please keep your voice down in the {place}.",
-             "Have you finished the chapter about the old harbour?"),
+        verbs=(
+            ("read", "read", "reads"),
+            ("return", "returned", "returns"),
+            ("copy", "copied", "copies"),
+            ("sort", "sorted", "sorts"),
+        ),
+        own=(
+            "The {place} closes at {time} on {day}s.",
+            "{Name} has read {num} novels since {month}.",
+            "Please keep your voice down in the {place}.",
+            "Have you finished the chapter about the old harbour?",
+        ),
     ),
     "market": dict(
-        nouns=(("apple", "apples"), ("basket", "baskets"), ("cheese", "cheeses"), ("umbrella", "umbrellas"),
-               ("melon", "melons"), ("scarf", "scarves"), ("candle", "candles"), ("coin", "coins")),
+        nouns=(
+            ("apple", "apples"),
+            ("basket", "baskets"),
+            ("cheese", "cheeses"),
+            ("umbrella", "umbrellas"),
+            ("melon", "melons"),
+            ("scarf", "scarves"),
+            ("candle", "candles"),
+            ("coin", "coins"),
+        ),
         places=("market square", "fruit stall", "corner shop", "town hall", "bus stop", "fountain"),
         adjs=("cheap", "colourful", "ripe", "soft", "expensive", "shiny", "round", "striped"),
-        verbs=(("buy", "bought", "buys"), ("sell", "sold", "sells"), ("weigh", "weighed", "weighs"),
-               ("choose", "chose", "chooses")),
-        own=("Three apples cost {num} pence at the {place}.",
-             "The market opens early on {day}s, usually around {time}.",
-             "{Name} bargained for ages over a {adj} scarf.",
-             "Do you take cards, or only cash?"),
+        verbs=(
+            ("buy", "bought", "buys"),
+            ("sell", "sold", "sells"),
+            ("weigh", "weighed", "weighs"),
+            ("choose", "chose", "chooses"),
+        ),
+        own=(
+            "Three apples cost {num} pence at the {place}.",
+            "The market opens early on {day}s, usually around {time}.",
+            "{Name} bargained for ages over a {adj} scarf.",
+            "Do you take cards, or only cash?",
+        ),
     ),
     "music": dict(
-        nouns=(("violin", "violins"), ("drum", "drums"), ("song", "songs"), ("trumpet", "trumpets"),
-               ("guitar", "guitars"), ("piano", "pianos"), ("ticket", "tickets"), ("chord", "chords")),
+        nouns=(
+            ("violin", "violins"),
+            ("drum", "drums"),
+            ("song", "songs"),
+            ("trumpet", "trumpets"),
+            ("guitar", "guitars"),
+            ("piano", "pianos"),
+            ("ticket", "tickets"),
+            ("chord", "chords"),
+        ),
         places=("concert hall", "rehearsal room", "bandstand", "music shop", "stage", "school hall"),
         adjs=("loud", "gentle", "cheerful", "slow", "strange", "lovely", "sad", "lively"),
-        verbs=(("tune", "tuned", "tunes"), ("play", "played", "plays"), ("practise", "practised", "practises"),
-               ("record", "recorded", "records")),
-        own=("The choir sang {num} songs without a single break.",
-             "{Name} practised the same chord until {time}.",
-             "Could you play that tune once more, a little slower?",
-             "The concert starts at {time}, so don't be late!"),
+        verbs=(
+            ("tune", "tuned", "tunes"),
+            ("play", "played", "plays"),
+            ("practise", "practised", "practises"),
+            ("record", "recorded", "records"),
+        ),
+        own=(
+            "The choir sang {num} songs without a single break.",
+            "{Name} practised the same chord until {time}.",
+            "Could you play that tune once more, a little slower?",
+            "The concert starts at {time}, so don't be late!",
+        ),
     ),
     "sky": dict(
-        nouns=(("star", "stars"), ("telescope", "telescopes"), ("comet", "comets"), ("planet", "planets"),
-               ("cloud", "clouds"), ("lens", "lenses"), ("chart", "charts"), ("satellite", "satellites")),
+        nouns=(
+            ("star", "stars"),
+            ("telescope", "telescopes"),
+            ("comet", "comets"),
+            ("planet", "planets"),
+            ("cloud", "clouds"),
+            ("lens", "lenses"),
+            ("chart", "charts"),
+            ("satellite", "satellites"),
+        ),
         places=("roof", "hilltop", "observatory", "back garden", "field", "balcony"),
         adjs=("faint", "bright", "distant", "silver", "clear", "red", "dark", "cold"),
-        verbs=(("spot", "spotted", "spots"), ("point at", "pointed at", "points at"),
-               ("photograph", "photographed", "photographs"), ("track", "tracked", "tracks")),
-        own=("The moon rose over the {place} at {time}.",
-             "{Name} saw {num} shooting stars in less than an hour.",
-             "Is that a planet, or just a very bright star?",
-             "Clouds covered the whole sky by midnight."),
+        verbs=(
+            ("spot", "spotted", "spots"),
+            ("point at", "pointed at", "points at"),
+            ("photograph", "photographed", "photographs"),
+            ("track", "tracked", "tracks"),
+        ),
+        own=(
+            "The moon rose over the {place} at {time}.",
+            "{Name} saw {num} shooting stars in less than an hour.",
+            "Is that a planet, or just a very bright star?",
+            "Clouds covered the whole sky by midnight.",
+        ),
     ),
 }
 
@@ -263,8 +439,28 @@ TEMPLATES = (
     "Maybe {Name} knows the way.",
 )
 
-ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-        "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+ONES = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+)
 TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 
 
@@ -311,11 +507,24 @@ def fill(template: str, topic: dict, rng: random.Random) -> str:
     verb = rng.choice(verbs)
     nums = rng.sample(range(2, 60), 2)
     values = {
-        "Name": names[0], "Name2": names[1], "pronoun": rng.choice(("he", "she")),
-        "noun": nouns[0][0], "nouns": nouns[0][1], "noun2": nouns[1][0], "nouns2": nouns[1][1],
-        "noun3": nouns[2][0], "place": rng.choice(topic["places"]), "adj": rng.choice(topic["adjs"]),
-        "vbase": verb[0], "vpast": verb[1], "v3": verb[2], "num": spell(nums[0]), "num2": spell(nums[1]),
-        "time": spell_time(rng), "day": rng.choice(DAYS), "month": rng.choice(MONTHS),
+        "Name": names[0],
+        "Name2": names[1],
+        "pronoun": rng.choice(("he", "she")),
+        "noun": nouns[0][0],
+        "nouns": nouns[0][1],
+        "noun2": nouns[1][0],
+        "nouns2": nouns[1][1],
+        "noun3": nouns[2][0],
+        "place": rng.choice(topic["places"]),
+        "adj": rng.choice(topic["adjs"]),
+        "vbase": verb[0],
+        "vpast": verb[1],
+        "v3": verb[2],
+        "num": spell(nums[0]),
+        "num2": spell(nums[1]),
+        "time": spell_time(rng),
+        "day": rng.choice(DAYS),
+        "month": rng.choice(MONTHS),
         "year": spell_year(rng.randint(1890, 2015)),
     }
     text = template.format(**values)
@@ -419,8 +628,10 @@ def plan(num_recordings: int, num_long: int, num_utterances: int, rng: random.Ra
     Recordings hold 2..6 utterances (long ones 4..6), num_utterances in all."""
     lows = [4 if r < num_long else 2 for r in range(num_recordings)]
     if not sum(lows) <= num_utterances <= 6 * num_recordings:
-        raise SystemExit(f"error: {num_recordings} recordings ({num_long} long) cannot hold {num_utterances} "
-                         f"utterances (between {sum(lows)} and {6 * num_recordings})")
+        raise SystemExit(
+            f"error: {num_recordings} recordings ({num_long} long) cannot hold {num_utterances} "
+            f"utterances (between {sum(lows)} and {6 * num_recordings})"
+        )
     long_slots = set(rng.sample(range(num_recordings), num_long))
     lows = [4 if r in long_slots else 2 for r in range(num_recordings)]
     counts = [rng.randint(low, 6) for low in lows]
@@ -441,8 +652,15 @@ def plan(num_recordings: int, num_long: int, num_utterances: int, rng: random.Ra
             speakers = [voice if i % 2 == 0 else other for i in range(count)]
         else:
             speakers = [voice] * count
-        recordings.append(dict(name=f"rec{r + 1:02d}", topic=topics[r % len(topics)], speakers=speakers,
-                               rate=rng.choice(RATES), long=r in long_slots))
+        recordings.append(
+            dict(
+                name=f"rec{r + 1:02d}",
+                topic=topics[r % len(topics)],
+                speakers=speakers,
+                rate=rng.choice(RATES),
+                long=r in long_slots,
+            )
+        )
     return recordings
 
 
@@ -459,13 +677,13 @@ not a recording of any person.
 
 | | |
 |---|---|
-| utterances | {stats['utterances']} |
-| recordings (documents) | {stats['recordings']} ({stats['long']} long recordings holding several utterances in one file) |
-| audio files | {stats['files']} |
-| audio | {stats['seconds']:.1f} s ({stats['seconds'] / 3600:.4f} h), utterances {stats['min']:.2f}..{stats['max']:.2f} s |
-| speakers (espeak-ng voices) | {len(stats['speakers'])}: {voices} |
-| speaking rates | {', '.join(map(str, RATES))} words per minute |
-| text-only documents | {stats['text_docs']} in `text.jsonl` |
+| utterances | {stats["utterances"]} |
+| recordings (documents) | {stats["recordings"]} ({stats["long"]} long recordings holding several utterances in one file) |
+| audio files | {stats["files"]} |
+| audio | {stats["seconds"]:.1f} s ({stats["seconds"] / 3600:.4f} h), utterances {stats["min"]:.2f}..{stats["max"]:.2f} s |
+| speakers (espeak-ng voices) | {len(stats["speakers"])}: {voices} |
+| speaking rates | {", ".join(map(str, RATES))} words per minute |
+| text-only documents | {stats["text_docs"]} in `text.jsonl` |
 | audio format | FLAC, 16-bit, mono, {args.sample_rate} Hz (espeak-ng speaks at 22,050 Hz; resampled with soxr "HQ") |
 
 ## Files
@@ -544,12 +762,15 @@ class CorpusConfig:
     def check(self) -> None:
         check_at_least("--recordings", self.recordings, 1)
         if not 0 <= self.long_recordings <= self.recordings:
-            raise ValueError(f"--long-recordings {self.long_recordings} must be between 0 and --recordings "
-                             f"{self.recordings}")
+            raise ValueError(
+                f"--long-recordings {self.long_recordings} must be between 0 and --recordings {self.recordings}"
+            )
         low, high = 4 * self.long_recordings + 2 * (self.recordings - self.long_recordings), 6 * self.recordings
         if not low <= self.utterances <= high:
-            raise ValueError(f"--utterances {self.utterances}: {self.recordings} recordings ({self.long_recordings} "
-                             f"long) hold between {low} and {high}")
+            raise ValueError(
+                f"--utterances {self.utterances}: {self.recordings} recordings ({self.long_recordings} "
+                f"long) hold between {low} and {high}"
+            )
         check_at_least("--text-documents", self.text_documents, 0)
         check_at_least("--sample-rate", self.sample_rate, 8000)
         if self.max_mb <= 0:
@@ -562,14 +783,17 @@ class CorpusConfig:
 
 
 def main(argv=None) -> int:
-    args = FlagParser(CorpusConfig, prog=os.path.basename(__file__), description=__doc__,
-                      check=CorpusConfig.check).parse(argv)
+    args = FlagParser(
+        CorpusConfig, prog=os.path.basename(__file__), description=__doc__, check=CorpusConfig.check
+    ).parse(argv)
 
     exe = shutil.which(args.espeak)
     if exe is None:
-        sys.exit(f"error: espeak-ng not found ({args.espeak!r} is not on PATH). Install it first, e.g. "
-                 "`apt-get install espeak-ng` on Debian/Ubuntu. The shipped corpus in data/demo_corpus "
-                 "does not need it; only regenerating it does.")
+        sys.exit(
+            f"error: espeak-ng not found ({args.espeak!r} is not on PATH). Install it first, e.g. "
+            "`apt-get install espeak-ng` on Debian/Ubuntu. The shipped corpus in data/demo_corpus "
+            "does not need it; only regenerating it does."
+        )
     out = Path(args.output_dir)
 
     started = time.time()
@@ -589,8 +813,7 @@ def main(argv=None) -> int:
     def work(job):
         r, u, templates, seed = job
         rec = recordings[r]
-        return speak_until_fits(exe, rec["topic"], templates, rec["speakers"][u], rec["rate"], args.sample_rate,
-                                seed)
+        return speak_until_fits(exe, rec["topic"], templates, rec["speakers"][u], rec["rate"], args.sample_rate, seed)
 
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         results = dict(zip([(r, u) for r, u, _, _ in jobs], pool.map(work, jobs)))
@@ -622,9 +845,20 @@ def main(argv=None) -> int:
                 files += 1
                 for u, text, a, b in segments:
                     durations.append((b - a) / sr)
-                    lines.append(dict(id=f"{name}-{u:02d}", audio=path, text=text, speaker=rec["speakers"][u],
-                                      recording=name, index=u, start=round(a / sr, 5), end=round(b / sr, 5),
-                                      duration=round((b - a) / sr, 5), language="en"))
+                    lines.append(
+                        dict(
+                            id=f"{name}-{u:02d}",
+                            audio=path,
+                            text=text,
+                            speaker=rec["speakers"][u],
+                            recording=name,
+                            index=u,
+                            start=round(a / sr, 5),
+                            end=round(b / sr, 5),
+                            duration=round((b - a) / sr, 5),
+                            language="en",
+                        )
+                    )
             else:
                 for u in range(len(rec["speakers"])):
                     text, audio = results[(r, u)]
@@ -632,9 +866,18 @@ def main(argv=None) -> int:
                     write_flac(tmp / path, audio, sr)
                     files += 1
                     durations.append(len(audio) / sr)
-                    lines.append(dict(id=f"{name}-{u:02d}", audio=path, text=text, speaker=rec["speakers"][u],
-                                      recording=name, index=u, duration=round(len(audio) / sr, 5),
-                                      language="en"))
+                    lines.append(
+                        dict(
+                            id=f"{name}-{u:02d}",
+                            audio=path,
+                            text=text,
+                            speaker=rec["speakers"][u],
+                            recording=name,
+                            index=u,
+                            duration=round(len(audio) / sr, 5),
+                            language="en",
+                        )
+                    )
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -646,15 +889,25 @@ def main(argv=None) -> int:
                 body = " ".join(document(topic, text_rng.randint(2, 6), text_rng))
                 f.write(json.dumps(dict(id=f"text{d + 1:04d}", text=body), ensure_ascii=False) + "\n")
 
-        stats = dict(utterances=len(lines), recordings=len(recordings), long=args.long_recordings, files=files,
-                     seconds=sum(durations), min=min(durations), max=max(durations),
-                     speakers={line["speaker"] for line in lines}, text_docs=args.text_documents)
+        stats = dict(
+            utterances=len(lines),
+            recordings=len(recordings),
+            long=args.long_recordings,
+            files=files,
+            seconds=sum(durations),
+            min=min(durations),
+            max=max(durations),
+            speakers={line["speaker"] for line in lines},
+            text_docs=args.text_documents,
+        )
         (tmp / "README.md").write_text(readme(version, stats, args), encoding="utf-8")
 
         total = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         if total > args.max_mb * 1e6:
-            sys.exit(f"error: the corpus takes {total / 1e6:.2f} MB, over --max-mb {args.max_mb}; "
-                     "use fewer --recordings (the audio stays lossless)")
+            sys.exit(
+                f"error: the corpus takes {total / 1e6:.2f} MB, over --max-mb {args.max_mb}; "
+                "use fewer --recordings (the audio stays lossless)"
+            )
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -662,10 +915,12 @@ def main(argv=None) -> int:
         if tmp.exists():
             shutil.rmtree(tmp)
 
-    print(f"wrote {out}: {stats['utterances']} utterances in {stats['recordings']} recordings "
-          f"({files} audio files), {stats['seconds']:.1f} s of audio, {len(stats['speakers'])} voices, "
-          f"{args.text_documents} text documents, {total / 1e6:.2f} MB, espeak-ng {version}, "
-          f"{time.time() - started:.1f} s")
+    print(
+        f"wrote {out}: {stats['utterances']} utterances in {stats['recordings']} recordings "
+        f"({files} audio files), {stats['seconds']:.1f} s of audio, {len(stats['speakers'])} voices, "
+        f"{args.text_documents} text documents, {total / 1e6:.2f} MB, espeak-ng {version}, "
+        f"{time.time() - started:.1f} s"
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Merge dataset shards into one megatron-core IndexedDataset (byte-identical to a one-go build).
 
-    python tools/merge_datasets.py --output data/speech data/shards/speech_*.idx
+python tools/merge_datasets.py --output data/speech data/shards/speech_*.idx
 """
 
 import os
@@ -48,11 +48,13 @@ def check_dataset_path(path: str) -> None:
 
 
 def main(argv=None) -> int:
-    config = FlagParser(MergeConfig, prog=os.path.basename(__file__), description=__doc__,
-                        check=MergeConfig.check).parse(argv)
+    config = FlagParser(
+        MergeConfig, prog=os.path.basename(__file__), description=__doc__, check=MergeConfig.check
+    ).parse(argv)
     try:
-        merge_datasets(config.output, find_datasets(config.inputs), overwrite=config.overwrite,
-                       progress=config.progress)
+        merge_datasets(
+            config.output, find_datasets(config.inputs), overwrite=config.overwrite, progress=config.progress
+        )
     except (OSError, ValueError) as error:
         print(f"merge failed: {error}", file=sys.stderr)
         return 1

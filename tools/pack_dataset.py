@@ -49,15 +49,17 @@ def check_dataset_prefix(flag_name: str, prefix: str) -> None:
 
 
 def main(argv=None) -> int:
-    config = FlagParser(PackConfig, prog=os.path.basename(__file__), description=__doc__,
-                        check=PackConfig.check).parse(argv)
+    config = FlagParser(PackConfig, prog=os.path.basename(__file__), description=__doc__, check=PackConfig.check).parse(
+        argv
+    )
     report = validate_dataset(config.input)
     if not report.ok:
         print(f"cannot pack a damaged dataset: {report}", file=sys.stderr)
         return 1
     try:
-        plan = pack_dataset(config.input, config.output, config.seq_length, seed=config.seed,
-                            overwrite=config.overwrite)
+        plan = pack_dataset(
+            config.input, config.output, config.seq_length, seed=config.seed, overwrite=config.overwrite
+        )
     except (OSError, ValueError) as error:
         print(f"packing failed: {error}", file=sys.stderr)
         return 1

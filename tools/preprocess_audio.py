@@ -23,8 +23,9 @@ def parse_args(argv=None):
     # Imported here, not at the top: spawned decode workers re-import this module and must stay lean.
     from megatron_soda.data.audio_pipeline import AudioPreprocessConfig
 
-    return FlagParser(AudioPreprocessConfig, prog=os.path.basename(__file__), description=__doc__,
-                      check=AudioPreprocessConfig.check).parse(argv)
+    return FlagParser(
+        AudioPreprocessConfig, prog=os.path.basename(__file__), description=__doc__, check=AudioPreprocessConfig.check
+    ).parse(argv)
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Text documents (JSONL or parquet) -> SODA text-only token datasets (sharded, resumable).
 
-    python tools/preprocess_text.py --input data/demo_corpus/text.jsonl --output-dir data/text --tokenizer tokenizers/soda
+    python tools/preprocess_text.py --input data/demo_corpus/text.jsonl --output-dir data/text \\
+        --tokenizer tokenizers/soda
 
 Each document becomes <|begin_of_text|>text<|end_of_text|>, as SODA renders its text share
 (Nemotron-CC). Bad lines go to shards/rejects_*.jsonl with their reason; a rerun resumes.
@@ -16,8 +17,9 @@ from megatron_soda.flags import FlagParser
 
 
 def main(argv=None) -> int:
-    config = FlagParser(TextPreprocessConfig, prog=os.path.basename(__file__), description=__doc__,
-                        check=TextPreprocessConfig.check).parse(argv)
+    config = FlagParser(
+        TextPreprocessConfig, prog=os.path.basename(__file__), description=__doc__, check=TextPreprocessConfig.check
+    ).parse(argv)
     try:
         report = preprocess_text(config)
     except (ValueError, OSError, ImportError) as error:

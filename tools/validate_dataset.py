@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Check megatron-core IndexedDataset prefixes; exit 1 if any is damaged (2: a usage error).
 
-    python tools/validate_dataset.py data/speech_00000 data/speech_00001 --vocab-size 144644
-    python tools/validate_dataset.py data/            # every complete dataset under a directory
+python tools/validate_dataset.py data/speech_00000 data/speech_00001 --vocab-size 144644
+python tools/validate_dataset.py data/            # every complete dataset under a directory
 """
 
 import json
@@ -36,8 +36,9 @@ class ValidateConfig:
 
 
 def main(argv=None) -> int:
-    config = FlagParser(ValidateConfig, prog=os.path.basename(__file__), description=__doc__,
-                        check=ValidateConfig.check).parse(argv)
+    config = FlagParser(
+        ValidateConfig, prog=os.path.basename(__file__), description=__doc__, check=ValidateConfig.check
+    ).parse(argv)
     prefixes = find_datasets(config.paths)
     damaged = 0
     for prefix in prefixes:

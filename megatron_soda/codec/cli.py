@@ -23,16 +23,22 @@ def check_codec(config: CodecConfig) -> None:
         raise ValueError(f"--codec {config.name}: choose one of {', '.join(_CODEBOOK_FLAG)}")
     for name, other in (("num_codebooks", "--num-codebooks"), ("bandwidth", "--bandwidth")):
         if getattr(config, name) is not None and other != _CODEBOOK_FLAG[config.name]:
-            raise ValueError(f"{other} does not apply to --codec {config.name}; it sets its codebooks with "
-                             f"{_CODEBOOK_FLAG[config.name]}")
+            raise ValueError(
+                f"{other} does not apply to --codec {config.name}; it sets its codebooks with "
+                f"{_CODEBOOK_FLAG[config.name]}"
+            )
     if config.path and config.random_init:
         raise ValueError("pass either --codec-path or --codec-random-init, not both")
     if not config.path and not config.random_init:
-        raise ValueError(f"no weights for the {config.name} codec: pass --codec-path (a local directory or hub id, "
-                         f"e.g. {_EXAMPLE_PATH[config.name]}) or --codec-random-init (meaningless tokens, for tests)")
+        raise ValueError(
+            f"no weights for the {config.name} codec: pass --codec-path (a local directory or hub id, "
+            f"e.g. {_EXAMPLE_PATH[config.name]}) or --codec-random-init (meaningless tokens, for tests)"
+        )
     if config.config_overrides and not config.random_init:
-        raise ValueError("--codec-config applies to random-init codecs only (--codec-random-init); a pretrained "
-                         "codec keeps its config")
+        raise ValueError(
+            "--codec-config applies to random-init codecs only (--codec-random-init); a pretrained "
+            "codec keeps its config"
+        )
     check_at_least("--num-codebooks", config.num_codebooks, 1)
     if config.bandwidth is not None and config.bandwidth <= 0:
         raise ValueError(f"--bandwidth must be > 0 kbps, got {config.bandwidth}")

@@ -38,7 +38,8 @@ class CodecConfig:
     max_batch_seconds: float = field(default=120.0, metadata=flag("--codec-batch-seconds"))
     """padded audio per encoder call; bounds memory, larger batches run faster (on a CPU ~5 runs about 2x
     faster, see bench/RESULTS.md)."""
-    config_overrides: dict = field(default_factory=dict, metadata=flag("--codec-config", parse=json_object,
-                                                                        metavar="JSON"))
+    config_overrides: dict = field(
+        default_factory=dict, metadata=flag("--codec-config", parse=json_object, metavar="JSON")
+    )
     """random init only: JSON fields changed in the codec's default config (a smaller model for fast tests),
     e.g. '{"num_hidden_layers": 2}'."""

@@ -4,8 +4,8 @@ weights for tests and offline smoke runs (loudly flagged: their tokens mean noth
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -66,7 +66,9 @@ def load_codec(config: CodecConfig) -> AudioCodec:
             backend.randomize_codebooks(model, torch.Generator().manual_seed(config.seed))
         logger.warning(
             "RANDOM-INIT %s codec (seed %d): its tokens are MEANINGLESS noise; use it for tests and smoke runs "
-            "only, never for training data. Pass --codec-path for real tokens.", config.name, config.seed,
+            "only, never for training data. Pass --codec-path for real tokens.",
+            config.name,
+            config.seed,
         )
     else:
         try:
@@ -78,6 +80,10 @@ def load_codec(config: CodecConfig) -> AudioCodec:
             ) from err
     option = getattr(config, backend.option)
     return backend.codec_class(
-        model, **({} if option is None else {backend.option: option}), device=config.device, dtype=config.dtype,
-        max_batch_seconds=config.max_batch_seconds, random_init=config.random_init,
+        model,
+        **({} if option is None else {backend.option: option}),
+        device=config.device,
+        dtype=config.dtype,
+        max_batch_seconds=config.max_batch_seconds,
+        random_init=config.random_init,
     )

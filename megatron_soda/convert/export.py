@@ -24,13 +24,28 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from megatron_soda.convert import hf_config
-from megatron_soda.convert.hf_files import (INDEX_FILE, ShardWriter, check_output, parse_size, plan_shards,
-                                            shard_file_names, staged_directory, tensor_bytes)
-from megatron_soda.models.shape_record import Record, shape_from_record
-from megatron_soda.convert.names import (ConversionError, TensorMap, checkpoint_shape, hf_shapes, ordered_items,
-                                         tensor_maps, to_hf)
-from megatron_soda.models.presets import ModelShape
+from megatron_soda.convert.hf_files import (
+    INDEX_FILE,
+    ShardWriter,
+    check_output,
+    parse_size,
+    plan_shards,
+    shard_file_names,
+    staged_directory,
+    tensor_bytes,
+)
+from megatron_soda.convert.names import (
+    ConversionError,
+    TensorMap,
+    checkpoint_shape,
+    hf_shapes,
+    ordered_items,
+    tensor_maps,
+    to_hf,
+)
 from megatron_soda.flags import check_at_least, check_dir, check_output_dir, flag
+from megatron_soda.models.presets import ModelShape
+from megatron_soda.models.shape_record import Record, shape_from_record
 
 MODEL_FILES = ("config.json", "generation_config.json", INDEX_FILE)
 """Files of the export itself; a tokenizer directory's files of these names are not copied."""
@@ -71,11 +86,15 @@ class ExportConfig:
         load = Path(self.load)
         if not (re.fullmatch(r"iter_\d{7}", load.name) and (load / "metadata.json").is_file()):
             if self.iteration is not None and not checkpoint_dir(load, self.iteration).is_dir():
-                raise ConversionError(f"--load {load} holds no checkpoint of --iteration {self.iteration} "
-                                      f"({checkpoint_dir(load, self.iteration).name} not found)")
+                raise ConversionError(
+                    f"--load {load} holds no checkpoint of --iteration {self.iteration} "
+                    f"({checkpoint_dir(load, self.iteration).name} not found)"
+                )
             if self.iteration is None and not (load / LATEST_FILE).is_file():
-                raise ConversionError(f"--load {load} holds no checkpoint (no {LATEST_FILE}): give the directory "
-                                      f"pretrain --save wrote, or one iter_NNNNNNN directory in it")
+                raise ConversionError(
+                    f"--load {load} holds no checkpoint (no {LATEST_FILE}): give the directory "
+                    f"pretrain --save wrote, or one iter_NNNNNNN directory in it"
+                )
         check_output_dir("--output", self.output)
         if Path(self.output).exists() and not self.overwrite:
             raise ConversionError(f"--output {self.output} exists; pass --overwrite to replace it")
@@ -105,10 +124,12 @@ class ExportPlan:
 
     def mapping_lines(self) -> List[str]:
         """``megatron-name shape -> HF-name shape`` for every tensor, and the files they go to."""
-        lines = [f"{self.checkpoint}: model {self.record if isinstance(self.record, str) else 'from extra[model]'}, "
-                 f"{self.shape.num_layers} layers, vocabulary {self.shape.vocab_size} "
-                 f"(checkpoint rows {self.shape.padded_vocab_size()}), tied={self.shape.tie_embeddings}, "
-                 f"dtype {hf_config.dtype_name(self.dtype)}"]
+        lines = [
+            f"{self.checkpoint}: model {self.record if isinstance(self.record, str) else 'from extra[model]'}, "
+            f"{self.shape.num_layers} layers, vocabulary {self.shape.vocab_size} "
+            f"(checkpoint rows {self.shape.padded_vocab_size()}), tied={self.shape.tie_embeddings}, "
+            f"dtype {hf_config.dtype_name(self.dtype)}"
+        ]
         for tensor, layer in self.items:
             stored = tuple(self.metadata[tensor.megatron].global_shape)
             one = stored[1:] if tensor.layered else stored
@@ -156,13 +177,17 @@ def plan_export(config: ExportConfig) -> ExportPlan:
         raise ConversionError(f"--output {config.output} would replace the checkpoint {path} being exported")
     extra = info.get("extra") or {}
     if "model" not in extra:
-        raise ConversionError(f"{path}: its extra state names no model (extra has {sorted(extra)}); "
-                              f"it was not saved by megatron_soda.pretrain or tools/convert_checkpoint.py")
+        raise ConversionError(
+            f"{path}: its extra state names no model (extra has {sorted(extra)}); "
+            f"it was not saved by megatron_soda.pretrain or tools/convert_checkpoint.py"
+        )
     vocab_size, bos, eos = _vocabulary(config.tokenizer)
     recorded = extra.get("vocab_size")  # stored by imports; training stores the padded size only
     if vocab_size is not None and recorded is not None and vocab_size != recorded:
-        raise ConversionError(f"{path}: the model's vocabulary has {recorded} ids, the tokenizer {config.tokenizer} "
-                              f"{vocab_size}: pass the tokenizer the model was trained with")
+        raise ConversionError(
+            f"{path}: the model's vocabulary has {recorded} ids, the tokenizer {config.tokenizer} "
+            f"{vocab_size}: pass the tokenizer the model was trained with"
+        )
     shape = shape_from_record(extra["model"], vocab_size or recorded, str(path))
     if vocab_size is None and shape.vocab_size == SODA_LAYOUT.vocab_size:
         bos, eos = SODA_LAYOUT.bos_id, SODA_LAYOUT.eos_id
@@ -178,8 +203,11 @@ def plan_export(config: ExportConfig) -> ExportPlan:
 
 
 def _check_tensors(path: Path, metadata: Dict[str, Any], shape: ModelShape, extra: dict) -> None:
-    """Every tensor the model needs, none it does not know, each of the right global shape; else one error naming them."""
-    model_keys = {key for key in metadata if not re.match(r"(chained_\d+\.)?optimizer\.", key)}  # optimizer state: not read
+    """Every tensor the model needs, none it does not know, each of the right global shape; else one error
+    naming them."""
+    model_keys = {
+        key for key in metadata if not re.match(r"(chained_\d+\.)?optimizer\.", key)
+    }  # optimizer state: not read
     maps = {m.megatron: m for m in tensor_maps(shape)}
     problems = []
     missing = sorted(set(maps) - model_keys)
@@ -187,30 +215,37 @@ def _check_tensors(path: Path, metadata: Dict[str, Any], shape: ModelShape, extr
     if missing:
         problems.append(f"missing tensors: {', '.join(missing)}")
     if unknown:
-        hint = (" (an LM head: was the model saved untied?)" if unknown == ["output_layer.weight"] else "")
+        hint = " (an LM head: was the model saved untied?)" if unknown == ["output_layer.weight"] else ""
         problems.append(f"tensors this model does not have: {', '.join(unknown)}{hint}")
     rows = extra.get("padded_vocab_size")
     if rows is not None and rows != shape.padded_vocab_size():
-        problems.append(f"its extra state records {rows} vocabulary rows, but a vocabulary of {shape.vocab_size} pads "
-                        f"to {shape.padded_vocab_size()}: pass the tokenizer the model was trained with (--tokenizer)")
+        problems.append(
+            f"its extra state records {rows} vocabulary rows, but a vocabulary of {shape.vocab_size} pads "
+            f"to {shape.padded_vocab_size()}: pass the tokenizer the model was trained with (--tokenizer)"
+        )
     for key in sorted(set(maps) & model_keys):
         found, expected = tuple(metadata[key].global_shape), checkpoint_shape(maps[key], shape)
         if found != expected:
             problems.append(f"tensor {key} has shape {found}, but the model needs {expected}")
     if problems:
-        raise ConversionError(f"checkpoint {path} does not hold the model its extra state names "
-                              f"({_describe(shape, extra['model'])}): " + "; ".join(problems))
+        raise ConversionError(
+            f"checkpoint {path} does not hold the model its extra state names "
+            f"({_describe(shape, extra['model'])}): " + "; ".join(problems)
+        )
 
 
 def _describe(shape: ModelShape, record: Record) -> str:
     name = f"preset {record!r}" if isinstance(record, str) else "shape from extra['model']"
-    return (f"{name}: {shape.num_layers} layers, hidden {shape.hidden_size}, {shape.num_attention_heads} heads, "
-            f"{shape.num_query_groups} groups, head dim {shape.kv_channels}, FFN {shape.ffn_hidden_size}, "
-            f"vocabulary {shape.vocab_size}, tied={shape.tie_embeddings}")
+    return (
+        f"{name}: {shape.num_layers} layers, hidden {shape.hidden_size}, {shape.num_attention_heads} heads, "
+        f"{shape.num_query_groups} groups, head dim {shape.kv_channels}, FFN {shape.ffn_hidden_size}, "
+        f"vocabulary {shape.vocab_size}, tied={shape.tie_embeddings}"
+    )
 
 
-def _read(path: Path, metadata: Dict[str, Any], tensors: List[TensorMap], layer: Optional[int],
-          num_layers: int) -> Dict[str, torch.Tensor]:
+def _read(
+    path: Path, metadata: Dict[str, Any], tensors: List[TensorMap], layer: Optional[int], num_layers: int
+) -> Dict[str, torch.Tensor]:
     """Whole tensors, or one layer's slice of layer stacks, assembled from the checkpoint's shards."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing import ShardedTensor
@@ -220,11 +255,15 @@ def _read(path: Path, metadata: Dict[str, Any], tensors: List[TensorMap], layer:
         meta = metadata[tensor.megatron]
         if layer is None:
             request[tensor.megatron] = ShardedTensor.from_rank_offsets(
-                tensor.megatron, torch.empty(tuple(meta.global_shape), dtype=meta.dtype), replica_id=0)
+                tensor.megatron, torch.empty(tuple(meta.global_shape), dtype=meta.dtype), replica_id=0
+            )
         else:
             request[tensor.megatron] = ShardedTensor.from_rank_offsets(
-                tensor.megatron, torch.empty((1, *meta.global_shape[1:]), dtype=meta.dtype), (0, layer, num_layers),
-                replica_id=0)
+                tensor.megatron,
+                torch.empty((1, *meta.global_shape[1:]), dtype=meta.dtype),
+                (0, layer, num_layers),
+                replica_id=0,
+            )
     loaded = dist_checkpointing.load(request, str(path), validate_access_integrity=False)
     return {key: loaded[key][0] if layer is not None else loaded[key] for key in request}
 
@@ -244,8 +283,11 @@ def write_export(plan: ExportPlan, config: ExportConfig) -> Path:
 
     shape, output = plan.shape, Path(config.output)
     total = sum(len(shard) for shard in plan.shards)
-    with staged_directory(output, config.overwrite) as scratch, one_process_group(), \
-            tqdm(total=total, unit="tensor", desc=f"export {output.name}", disable=not config.progress) as bar:
+    with (
+        staged_directory(output, config.overwrite) as scratch,
+        one_process_group(),
+        tqdm(total=total, unit="tensor", desc=f"export {output.name}", disable=not config.progress) as bar,
+    ):
         writer = ShardWriter(scratch, plan.shards)
         # One read per run of items: a layer's stacks together, whole tensors around them.
         for layer, run in groupby(plan.items, key=lambda item: item[1]):
@@ -256,8 +298,12 @@ def write_export(plan: ExportPlan, config: ExportConfig) -> Path:
                     writer.add(name, value)
                     bar.update()
         writer.finish()
-        _write_json(scratch / "config.json", hf_config.hf_config(shape, plan.dtype, plan.bos_token_id, plan.eos_token_id))
-        _write_json(scratch / "generation_config.json", hf_config.generation_config(plan.bos_token_id, plan.eos_token_id))
+        _write_json(
+            scratch / "config.json", hf_config.hf_config(shape, plan.dtype, plan.bos_token_id, plan.eos_token_id)
+        )
+        _write_json(
+            scratch / "generation_config.json", hf_config.generation_config(plan.bos_token_id, plan.eos_token_id)
+        )
         if config.tokenizer is not None:
             _copy_tokenizer(Path(config.tokenizer), scratch)
     return output

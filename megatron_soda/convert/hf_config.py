@@ -21,8 +21,14 @@ import torch
 from megatron_soda.convert.names import ConversionError
 from megatron_soda.models.presets import ModelShape, RopeScaling
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 """``--dtype`` values and config.json dtype names."""
 
 
@@ -62,13 +68,19 @@ def _rope_fields(shape: ModelShape) -> Tuple[dict, Optional[dict]]:
     rope = shape.rope_scaling
     if rope is None:
         return {"rope_type": "default", "rope_theta": shape.rotary_base}, None
-    scaling = {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
-               "high_freq_factor": rope.high_freq_factor, "original_max_position_embeddings": rope.original_max_position}
+    scaling = {
+        "rope_type": "llama3",
+        "factor": rope.factor,
+        "low_freq_factor": rope.low_freq_factor,
+        "high_freq_factor": rope.high_freq_factor,
+        "original_max_position_embeddings": rope.original_max_position,
+    }
     return {**scaling, "rope_theta": shape.rotary_base}, scaling
 
 
-def hf_config(shape: ModelShape, dtype: torch.dtype, bos_token_id: Optional[int] = None,
-              eos_token_id: Optional[int] = None) -> dict:
+def hf_config(
+    shape: ModelShape, dtype: torch.dtype, bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None
+) -> dict:
     """config.json of ``Qwen3ForCausalLM`` for ``shape`` (the real, unpadded vocabulary)."""
     rope_parameters, rope_scaling = _rope_fields(shape)
     return {
@@ -126,7 +138,7 @@ def shape_from_hf_config(directory) -> Tuple[ModelShape, Optional[torch.dtype]]:
         raise ConversionError(f"{directory} has no config.json: is it a Hugging Face model directory?")
     raw = json.loads(path.read_text())
     if raw.get("model_type") != "qwen3":
-        raise ConversionError(f"{path}: model_type is {raw.get('model_type')!r}; only Qwen3 (\"qwen3\") converts")
+        raise ConversionError(f'{path}: model_type is {raw.get("model_type")!r}; only Qwen3 ("qwen3") converts')
     from transformers import Qwen3Config
 
     config = Qwen3Config.from_pretrained(str(directory), local_files_only=True)
@@ -135,7 +147,9 @@ def shape_from_hf_config(directory) -> Tuple[ModelShape, Optional[torch.dtype]]:
         problems.append(f"hidden_act {config.hidden_act!r} (megatron_soda's MLP is SwiGLU with SiLU)")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         problems.append("attention_bias/mlp_bias set (megatron_soda builds no biases)")
-    if getattr(config, "use_sliding_window", False) or any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+    if getattr(config, "use_sliding_window", False) or any(
+        t != "full_attention" for t in (getattr(config, "layer_types", None) or [])
+    ):
         problems.append("sliding-window layers (megatron_soda attends over the whole sequence)")
     if problems:
         raise ConversionError(f"{path}: cannot convert: {'; '.join(problems)}")
@@ -143,12 +157,18 @@ def shape_from_hf_config(directory) -> Tuple[ModelShape, Optional[torch.dtype]]:
     theta, rope = _read_rope(config, path)
     try:
         shape = ModelShape(
-            num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, num_attention_heads=heads,
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            num_attention_heads=heads,
             num_query_groups=config.num_key_value_heads or heads,
             kv_channels=getattr(config, "head_dim", None) or config.hidden_size // heads,
-            ffn_hidden_size=config.intermediate_size, vocab_size=config.vocab_size,
-            tie_embeddings=bool(config.tie_word_embeddings), norm_epsilon=float(config.rms_norm_eps),
-            rotary_base=theta, rope_scaling=rope, max_position_embeddings=config.max_position_embeddings,
+            ffn_hidden_size=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            tie_embeddings=bool(config.tie_word_embeddings),
+            norm_epsilon=float(config.rms_norm_eps),
+            rotary_base=theta,
+            rope_scaling=rope,
+            max_position_embeddings=config.max_position_embeddings,
         )
     except ValueError as error:
         raise ConversionError(f"{path}: {error}") from None
@@ -158,7 +178,8 @@ def shape_from_hf_config(directory) -> Tuple[ModelShape, Optional[torch.dtype]]:
 
 
 def _read_rope(config, path: Path) -> Tuple[float, Optional[RopeScaling]]:
-    """(theta, Llama-3 scaling or None) from transformers 5's ``rope_parameters`` or 4's ``rope_theta``/``rope_scaling``."""
+    """(theta, Llama-3 scaling or None) from transformers 5's ``rope_parameters`` or 4's
+    ``rope_theta``/``rope_scaling``."""
     params = getattr(config, "rope_parameters", None)
     if isinstance(params, dict) and params:
         if not {"rope_type", "type", "rope_theta"} & set(params):
@@ -171,15 +192,22 @@ def _read_rope(config, path: Path) -> Tuple[float, Optional[RopeScaling]]:
     if theta is None:
         raise ConversionError(f"{path}: no rope_theta")
     if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConversionError(f"{path}: partial_rotary_factor {params['partial_rotary_factor']} (megatron_soda rotates whole heads)")
+        raise ConversionError(
+            f"{path}: partial_rotary_factor {params['partial_rotary_factor']} (megatron_soda rotates whole heads)"
+        )
     if kind == "default":
         return float(theta), None
     if kind != "llama3":
-        raise ConversionError(f"{path}: RoPE type {kind!r}; megatron_soda's models use plain or Llama-3 ('llama3') RoPE")
+        raise ConversionError(
+            f"{path}: RoPE type {kind!r}; megatron_soda's models use plain or Llama-3 ('llama3') RoPE"
+        )
     try:
-        rope = RopeScaling(factor=float(params["factor"]), low_freq_factor=float(params["low_freq_factor"]),
-                           high_freq_factor=float(params["high_freq_factor"]),
-                           original_max_position=int(params["original_max_position_embeddings"]))
+        rope = RopeScaling(
+            factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position=int(params["original_max_position_embeddings"]),
+        )
     except KeyError as missing:
         raise ConversionError(f"{path}: llama3 RoPE parameters lack {missing}") from None
     return float(theta), rope

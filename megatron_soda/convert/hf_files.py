@@ -23,8 +23,18 @@ from megatron_soda.data.jobs import fsync_path
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
 
 
 def parse_size(text: str) -> int:
@@ -58,8 +68,10 @@ class HFTensors:
         elif (self.directory / SINGLE_FILE).is_file():
             weight_map, files = None, [SINGLE_FILE]
         else:
-            raise ConversionError(f"{self.directory} holds neither {SINGLE_FILE} nor {INDEX_FILE} "
-                                  f"(only safetensors weights convert; re-save others with save_pretrained)")
+            raise ConversionError(
+                f"{self.directory} holds neither {SINGLE_FILE} nor {INDEX_FILE} "
+                f"(only safetensors weights convert; re-save others with save_pretrained)"
+            )
         self._handles = {}
         self.files: Dict[str, str] = {}
         self.shapes: Dict[str, Tuple[int, ...]] = {}
@@ -125,7 +137,9 @@ class ShardWriter:
 
         expected = self.shards[self._next]
         if name not in expected or name in self.pending:
-            raise RuntimeError(f"tensor {name} written out of the planned order (shard {self._next + 1} holds {expected})")
+            raise RuntimeError(
+                f"tensor {name} written out of the planned order (shard {self._next + 1} holds {expected})"
+            )
         self.pending[name] = tensor.contiguous()
         if len(self.pending) == len(expected):
             file = self.files[self._next]

@@ -20,11 +20,19 @@ import torch
 
 from megatron_soda.convert import hf_config
 from megatron_soda.convert.hf_files import HFTensors
-from megatron_soda.models.shape_record import Record, record_for
-from megatron_soda.convert.names import (LAYERS, LM_HEAD, ConversionError, TensorMap, hf_shapes,
-                                         megatron_shape, ordered_items, to_megatron)
-from megatron_soda.models.presets import ModelShape
+from megatron_soda.convert.names import (
+    LAYERS,
+    LM_HEAD,
+    ConversionError,
+    TensorMap,
+    hf_shapes,
+    megatron_shape,
+    ordered_items,
+    to_megatron,
+)
 from megatron_soda.flags import check_at_least, check_dir, check_output_dir, flag
+from megatron_soda.models.presets import ModelShape
+from megatron_soda.models.shape_record import Record, record_for
 
 EMBEDDING = "model.embed_tokens.weight"
 
@@ -71,10 +79,12 @@ class ImportPlan:
     def mapping_lines(self) -> List[str]:
         """``megatron-name shape <- HF-name shape`` for every tensor."""
         shape = self.shape
-        lines = [f"{self.tensors.directory}: {shape.num_layers} layers, vocabulary {shape.vocab_size} "
-                 f"(checkpoint rows {shape.padded_vocab_size()}), tied={shape.tie_embeddings}, "
-                 f"dtype {hf_config.dtype_name(self.dtype)}, recorded as "
-                 + (f"preset {self.record!r}" if isinstance(self.record, str) else "a shape (no preset matches)")]
+        lines = [
+            f"{self.tensors.directory}: {shape.num_layers} layers, vocabulary {shape.vocab_size} "
+            f"(checkpoint rows {shape.padded_vocab_size()}), tied={shape.tie_embeddings}, "
+            f"dtype {hf_config.dtype_name(self.dtype)}, recorded as "
+            + (f"preset {self.record!r}" if isinstance(self.record, str) else "a shape (no preset matches)")
+        ]
         for tensor, layer in self.items:
             sources = ", ".join(f"{name} {self.tensors.shapes[name]}" for name in tensor.hf_names(layer))
             lines.append(f"{tensor.describe(layer)} {megatron_shape(tensor, shape)} <- {sources}")
@@ -91,14 +101,22 @@ def plan_import(config: ImportConfig) -> ImportPlan:
     ParallelLayout(tp, pp).check(tp * pp, shape.num_layers, shape.num_attention_heads, shape.num_query_groups)
     latest = latest_iteration(config.save) if Path(config.save).is_dir() else None
     if not config.overwrite and (latest is not None or checkpoint_dir(config.save, 0).exists()):
-        raise ConversionError(f"{config.save} already holds checkpoints (latest: {latest}); importing there would "
-                              f"change what --load resumes: choose a new directory or pass --overwrite")
+        raise ConversionError(
+            f"{config.save} already holds checkpoints (latest: {latest}); importing there would "
+            f"change what --load resumes: choose a new directory or pass --overwrite"
+        )
     tensors = HFTensors(config.hf)
     items = ordered_items(shape)
     _check_tensors(tensors, shape, items)
-    if shape.tie_embeddings and LM_HEAD in tensors.shapes and not torch.equal(tensors.get(LM_HEAD), tensors.get(EMBEDDING)):
-        raise ConversionError(f"{tensors.path(LM_HEAD)}: config.json says tie_word_embeddings=true, but "
-                              f"{LM_HEAD} differs from {EMBEDDING}: the weights are not a tied model's")
+    if (
+        shape.tie_embeddings
+        and LM_HEAD in tensors.shapes
+        and not torch.equal(tensors.get(LM_HEAD), tensors.get(EMBEDDING))
+    ):
+        raise ConversionError(
+            f"{tensors.path(LM_HEAD)}: config.json says tie_word_embeddings=true, but "
+            f"{LM_HEAD} differs from {EMBEDDING}: the weights are not a tied model's"
+        )
     dtype = hf_config.parse_dtype(config.dtype) if config.dtype else config_dtype or _weights_dtype(tensors)
     return ImportPlan(shape, record_for(shape), dtype, tensors, items)
 
@@ -127,8 +145,10 @@ def _check_tensors(tensors: HFTensors, shape: ModelShape, items: List[Tuple[Tens
         hint = " (config.json says tie_word_embeddings=false)" if missing == [LM_HEAD] else ""
         problems.append(f"missing tensors{hint}: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
     if unknown:
-        problems.append(f"tensors a Qwen3 model of this config does not have: {', '.join(unknown[:8])}"
-                        + (" ..." if len(unknown) > 8 else ""))
+        problems.append(
+            f"tensors a Qwen3 model of this config does not have: {', '.join(unknown[:8])}"
+            + (" ..." if len(unknown) > 8 else "")
+        )
     for name, wanted in expected.items():
         found = tensors.shapes.get(name)
         if found is not None and found != wanted:
@@ -163,20 +183,30 @@ def write_import(plan: ImportPlan, config: ImportConfig) -> Path:
         if set(parameters) != wanted:
             raise ConversionError(
                 "megatron-core's model and the name map disagree (a megatron-core version with other checkpoint "
-                f"names?): model only {sorted(set(parameters) - wanted)[:4]}, map only {sorted(wanted - set(parameters))[:4]}")
+                f"names?): model only {sorted(set(parameters) - wanted)[:4]}, "
+                f"map only {sorted(wanted - set(parameters))[:4]}"
+            )
         with torch.no_grad():
-            for tensor, layer in tqdm(plan.items, unit="tensor", desc=f"import {tensors.directory.name}",
-                                      disable=not config.progress):
+            for tensor, layer in tqdm(
+                plan.items, unit="tensor", desc=f"import {tensors.directory.name}", disable=not config.progress
+            ):
                 value = to_megatron(tensor, [tensors.get(name) for name in tensor.hf_names(layer)], shape)
                 parameter = parameters[(tensor.megatron, layer)]
                 if parameter.shape != value.shape:
-                    raise ConversionError(f"megatron-core built {tensor.describe(layer)} with shape {tuple(parameter.shape)}, "
-                                          f"the name map gives {tuple(value.shape)}")
+                    raise ConversionError(
+                        f"megatron-core built {tensor.describe(layer)} with shape {tuple(parameter.shape)}, "
+                        f"the name map gives {tuple(value.shape)}"
+                    )
                 parameter.copy_(value)
-        extra = {"model": plan.record, "vocab_size": shape.vocab_size, "padded_vocab_size": shape.padded_vocab_size(),
-                 "imported_from": str(Path(config.hf).resolve())}
-        return save_checkpoint(config.save, 0, [model], None, scheduler_state={}, consumed_samples=0,
-                               extra=extra, model_only=True)
+        extra = {
+            "model": plan.record,
+            "vocab_size": shape.vocab_size,
+            "padded_vocab_size": shape.padded_vocab_size(),
+            "imported_from": str(Path(config.hf).resolve()),
+        }
+        return save_checkpoint(
+            config.save, 0, [model], None, scheduler_state={}, consumed_samples=0, extra=extra, model_only=True
+        )
 
 
 def _parameters_by_checkpoint_key(model) -> Dict[Tuple[str, Optional[int]], torch.nn.Parameter]:

@@ -58,15 +58,21 @@ class TensorMap:
 _LAYER = "model.layers.{layer}."
 _MAPS = (
     TensorMap("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), "vocab"),
-    TensorMap("decoder.layers.self_attention.linear_qkv.layer_norm_weight", (_LAYER + "input_layernorm.weight",), "copy"),
-    TensorMap("decoder.layers.self_attention.linear_qkv.weight",
-              tuple(_LAYER + f"self_attn.{p}_proj.weight" for p in "qkv"), "qkv"),
+    TensorMap(
+        "decoder.layers.self_attention.linear_qkv.layer_norm_weight", (_LAYER + "input_layernorm.weight",), "copy"
+    ),
+    TensorMap(
+        "decoder.layers.self_attention.linear_qkv.weight",
+        tuple(_LAYER + f"self_attn.{p}_proj.weight" for p in "qkv"),
+        "qkv",
+    ),
     TensorMap("decoder.layers.self_attention.q_layernorm.weight", (_LAYER + "self_attn.q_norm.weight",), "copy"),
     TensorMap("decoder.layers.self_attention.k_layernorm.weight", (_LAYER + "self_attn.k_norm.weight",), "copy"),
     TensorMap("decoder.layers.self_attention.linear_proj.weight", (_LAYER + "self_attn.o_proj.weight",), "copy"),
     TensorMap("decoder.layers.mlp.linear_fc1.layer_norm_weight", (_LAYER + "post_attention_layernorm.weight",), "copy"),
-    TensorMap("decoder.layers.mlp.linear_fc1.weight",
-              (_LAYER + "mlp.gate_proj.weight", _LAYER + "mlp.up_proj.weight"), "fc1"),
+    TensorMap(
+        "decoder.layers.mlp.linear_fc1.weight", (_LAYER + "mlp.gate_proj.weight", _LAYER + "mlp.up_proj.weight"), "fc1"
+    ),
     TensorMap("decoder.layers.mlp.linear_fc2.weight", (_LAYER + "mlp.down_proj.weight",), "copy"),
     TensorMap("decoder.final_layernorm.weight", ("model.norm.weight",), "copy"),
 )
@@ -104,7 +110,11 @@ def hf_shapes(tensor: TensorMap, shape: ModelShape, layer: Optional[int] = None)
     h, hd, ffn = shape.hidden_size, shape.kv_channels, shape.ffn_hidden_size
     names = tensor.hf_names(layer)
     if tensor.kind == "qkv":
-        shapes = [(shape.num_attention_heads * hd, h), (shape.num_query_groups * hd, h), (shape.num_query_groups * hd, h)]
+        shapes = [
+            (shape.num_attention_heads * hd, h),
+            (shape.num_query_groups * hd, h),
+            (shape.num_query_groups * hd, h),
+        ]
     elif tensor.kind == "fc1":
         shapes = [(ffn, h), (ffn, h)]
     elif tensor.kind == "vocab":
@@ -133,7 +143,9 @@ def _megatron_shapes(shape: ModelShape) -> Dict[str, Tuple[int, ...]]:
     }
 
 
-def to_hf(tensor: TensorMap, value: torch.Tensor, shape: ModelShape, layer: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def to_hf(
+    tensor: TensorMap, value: torch.Tensor, shape: ModelShape, layer: Optional[int] = None
+) -> Dict[str, torch.Tensor]:
     """One checkpoint tensor (one layer's slice of a stack) as its Hugging Face tensors (contiguous)."""
     names = tensor.hf_names(layer)
     if tensor.kind == "qkv":
@@ -144,7 +156,7 @@ def to_hf(tensor: TensorMap, value: torch.Tensor, shape: ModelShape, layer: Opti
     elif tensor.kind == "fc1":
         values = list(value.chunk(2, dim=0))
     elif tensor.kind == "vocab":
-        values = [value[:shape.vocab_size]]
+        values = [value[: shape.vocab_size]]
     else:
         values = [value]
     return {name: v.contiguous() for name, v in zip(names, values)}
@@ -156,8 +168,9 @@ def to_megatron(tensor: TensorMap, values: Sequence[torch.Tensor], shape: ModelS
         groups, per_group = shape.num_query_groups, shape.num_attention_heads // shape.num_query_groups
         hd, h = shape.kv_channels, shape.hidden_size
         q, k, v = values
-        grouped = torch.cat([q.reshape(groups, per_group, hd, h), k.reshape(groups, 1, hd, h),
-                             v.reshape(groups, 1, hd, h)], dim=1)
+        grouped = torch.cat(
+            [q.reshape(groups, per_group, hd, h), k.reshape(groups, 1, hd, h), v.reshape(groups, 1, hd, h)], dim=1
+        )
         return grouped.reshape(-1, h)
     if tensor.kind == "fc1":
         return torch.cat(list(values), dim=0)

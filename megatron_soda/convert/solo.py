@@ -25,8 +25,10 @@ def one_process_group(megatron_parallel: bool = False):
     if owned:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     elif dist.get_world_size() != 1:
-        raise RuntimeError(f"checkpoint conversion runs as one process, but this is rank {dist.get_rank()} of "
-                           f"{dist.get_world_size()}: run it without torchrun")
+        raise RuntimeError(
+            f"checkpoint conversion runs as one process, but this is rank {dist.get_rank()} of "
+            f"{dist.get_world_size()}: run it without torchrun"
+        )
     try:
         if megatron_parallel:
             parallel.initialize(parallel.ParallelLayout())

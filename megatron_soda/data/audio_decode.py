@@ -49,7 +49,9 @@ def _check_length_from_header(task: DecodeTask) -> None:
     if task.start is not None:
         seconds = (task.end if task.end is not None else seconds) - task.start
     if seconds > task.max_seconds:
-        raise AudioRejected("too_long", f"{task.path}: {seconds:.1f} s is longer than the {task.max_seconds:.1f} s limit")
+        raise AudioRejected(
+            "too_long", f"{task.path}: {seconds:.1f} s is longer than the {task.max_seconds:.1f} s limit"
+        )
 
 
 CRASH_HOOK = "MEGATRON_SODA_TEST_CRASH_DECODING"
@@ -123,8 +125,11 @@ class DecodePool:
             result = self._restart().submit(decode, task).result()
         except BrokenProcessPool:
             self._restart()
-            result = Decoded(None, "decoder_crashed", f"{task.path}: the decoding process died (a crash in the audio "
-                                                      f"library on this file)")
+            result = Decoded(
+                None,
+                "decoder_crashed",
+                f"{task.path}: the decoding process died (a crash in the audio library on this file)",
+            )
         for k, (other, future) in enumerate(pending):
             if not future.done() or future.exception() is not None:  # finished ones keep their result
                 pending[k] = (other, self._submit(other))

@@ -26,7 +26,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 
@@ -116,14 +116,18 @@ def _fingerprint(config: AudioPreprocessConfig, records, codec) -> dict:
     manifests: a file added to an input directory, or a transcript edited in place, is a new job.
     The codec's resolved dtype and device type are included (``auto`` means bf16 on GPU, fp32 on CPU).
     """
+
     def stat(path):
         try:
             s = os.stat(path)
             return s.st_size, s.st_mtime_ns
         except OSError:
             return None
+
     rows = ((r.audio, stat(r.audio), r.text, r.start, r.end, r.recording, r.index) for r in records)
-    job = {k: v for k, v in asdict(config).items() if k not in ("inputs", "output_dir", "workers", "overwrite", "progress")}
+    job = {
+        k: v for k, v in asdict(config).items() if k not in ("inputs", "output_dir", "workers", "overwrite", "progress")
+    }
     job["codec"] = {k: v for k, v in job["codec"].items() if k not in ("device", "dtype", "max_batch_seconds")}
     job["codec"].update(dtype=str(codec.dtype), device_type=codec.device.type)
     return {
@@ -156,7 +160,9 @@ class _Progress:
 
 def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress) -> None:
     records = [r for document in documents for r in document]
-    tasks = [DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records]
+    tasks = [
+        DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records
+    ]
     decoded = pool.map(tasks)
 
     codes_by_record, rejects, batch, batch_seconds = {}, [], [], 0.0
@@ -198,10 +204,17 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
             utterances.append(Utterance(text_ids, codes))
             code_tokens.append(layout.codes_to_ids(codes) - layout.audio_offset)
             code_lengths.append(code_tokens[-1].size)
-            meta.append({
-                "id": record.id, "text": record.text, "speaker": record.speaker, "recording": record.recording,
-                "document": len(utterances_per_doc), "seconds": codes.shape[1] / codec.frame_rate, "frames": int(codes.shape[1]),
-            })
+            meta.append(
+                {
+                    "id": record.id,
+                    "text": record.text,
+                    "speaker": record.speaker,
+                    "recording": record.recording,
+                    "document": len(utterances_per_doc),
+                    "seconds": codes.shape[1] / codec.frame_rate,
+                    "frames": int(codes.shape[1]),
+                }
+            )
         if not utterances:
             continue
         utterances_per_doc.append(len(utterances))
@@ -216,15 +229,18 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
         )
     write_atomic(job.path("meta", index, ".jsonl"), jsonl(meta))
     write_atomic(job.path("rejects", index, ".jsonl"), "".join(r.to_json() + "\n" for r in rejects))
-    job.commit(index, {
-        "documents": len(utterances_per_doc),
-        "sequences": len(token_docs),
-        "utterances": len(meta),
-        "seconds": sum(m["seconds"] for m in meta),
-        "tokens": int(sum(lengths)),
-        "audio_tokens": int(sum(code_lengths)),
-        "rejects": dict(Counter(r.reason for r in rejects)),
-    })
+    job.commit(
+        index,
+        {
+            "documents": len(utterances_per_doc),
+            "sequences": len(token_docs),
+            "utterances": len(meta),
+            "seconds": sum(m["seconds"] for m in meta),
+            "tokens": int(sum(lengths)),
+            "audio_tokens": int(sum(code_lengths)),
+            "rejects": dict(Counter(r.reason for r in rejects)),
+        },
+    )
 
 
 def preprocess_audio(config: AudioPreprocessConfig) -> dict:
@@ -248,10 +264,19 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
     job.write("rejects_input.jsonl", "".join(r.to_json() + "\n" for r in input_rejects))
     documents = group_documents(records, config.max_document_seconds)
     orders = document_orders(len(documents), config.text_first_probability, config.seed)
-    shards = [range(i, min(i + config.documents_per_shard, len(documents))) for i in range(0, len(documents), config.documents_per_shard)]
+    shards = [
+        range(i, min(i + config.documents_per_shard, len(documents)))
+        for i in range(0, len(documents), config.documents_per_shard)
+    ]
     todo = [i for i in range(len(shards)) if not job.is_committed(i)]
-    logger.info("%d utterances in %d documents, %d shards (%d to do), %d input rejects",
-                len(records), len(documents), len(shards), len(todo), len(input_rejects))
+    logger.info(
+        "%d utterances in %d documents, %d shards (%d to do), %d input rejects",
+        len(records),
+        len(documents),
+        len(shards),
+        len(todo),
+        len(input_rejects),
+    )
 
     if todo:
         progress = _Progress(sum(len(documents[d]) for i in todo for d in shards[i]), config.progress)

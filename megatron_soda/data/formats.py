@@ -151,7 +151,10 @@ def parse(ids, layout: VocabLayout) -> Document:
     bos = n > 0 and ids[0] == layout.bos_id
     eos = n > (1 if bos else 0) and ids[-1] == layout.eos_id
     i, end = (1 if bos else 0), n - (1 if eos else 0)
-    openers = {layout.text_start_id: (Kind.TEXT, layout.text_end_id), layout.audio_start_id: (Kind.AUDIO, layout.audio_end_id)}
+    openers = {
+        layout.text_start_id: (Kind.TEXT, layout.text_end_id),
+        layout.audio_start_id: (Kind.AUDIO, layout.audio_end_id),
+    }
     markers = {layout.text_start_id, layout.text_end_id, layout.audio_start_id, layout.audio_end_id}
     while i < end:
         token = int(ids[i])
@@ -198,7 +201,9 @@ def split_documents(ids, layout: VocabLayout) -> Iterator[np.ndarray]:
         yield ids[start:]
 
 
-def document_orders(num_documents: int, text_first_probability: Optional[float] = None, seed: int = 0) -> List[List[Order]]:
+def document_orders(
+    num_documents: int, text_first_probability: Optional[float] = None, seed: int = 0
+) -> List[List[Order]]:
     """The orders each speech document is rendered in.
 
     Default (None): both, text-first then audio-first, as SODA did. With a probability: one order

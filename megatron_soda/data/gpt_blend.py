@@ -95,9 +95,8 @@ def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    from megatron_soda.data.packed_dataset import PackedRowDataset
-
     from megatron_soda.data.indexed_dataset import validate_dataset
+    from megatron_soda.data.packed_dataset import PackedRowDataset
 
     if config.cache_dir is not None:
         import torch.distributed
@@ -142,7 +141,7 @@ def samples_per_dataset(dataset, start: int, stop: int):
     size, counts = len(index), np.zeros(len(dataset.datasets), dtype=np.int64)
     while start < stop:  # in slices, wrapping around the end of the index as training does
         end = min(stop, (start // size + 1) * size)
-        counts += np.bincount(np.asarray(index[start % size:(end - 1) % size + 1]), minlength=len(counts))
+        counts += np.bincount(np.asarray(index[start % size : (end - 1) % size + 1]), minlength=len(counts))
         start = end
     return counts
 

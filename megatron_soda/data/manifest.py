@@ -178,7 +178,9 @@ def read_inputs(paths: List[str]) -> Tuple[List[UtteranceRecord], List[Reject]]:
     return records, rejects
 
 
-def group_documents(records: List[UtteranceRecord], max_document_seconds: Optional[float] = 60.0) -> List[List[UtteranceRecord]]:
+def group_documents(
+    records: List[UtteranceRecord], max_document_seconds: Optional[float] = 60.0
+) -> List[List[UtteranceRecord]]:
     """Utterances grouped into documents by ``recording`` (in first-appearance order), each in time order.
 
     An utterance without a recording key is a document of its own. Documents longer than

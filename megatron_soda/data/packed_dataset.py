@@ -83,11 +83,18 @@ def packed_sample(pieces, seq_length: int, pad_id: int) -> Dict[str, torch.Tenso
     for k, piece in enumerate(pieces):
         end = start + len(piece)
         tokens[start:end] = piece
-        labels[start:end - 1] = piece[1:]
-        loss_mask[start:end - 1] = 1.0
+        labels[start : end - 1] = piece[1:]
+        loss_mask[start : end - 1] = 1.0
         position_ids[start:end] = np.arange(len(piece))
         document_ids[start:end] = k
         start = end
-    return {key: torch.from_numpy(value) for key, value in (
-        ("tokens", tokens), ("labels", labels), ("loss_mask", loss_mask), ("position_ids", position_ids),
-        ("document_ids", document_ids))}
+    return {
+        key: torch.from_numpy(value)
+        for key, value in (
+            ("tokens", tokens),
+            ("labels", labels),
+            ("loss_mask", loss_mask),
+            ("position_ids", position_ids),
+            ("document_ids", document_ids),
+        )
+    }

@@ -88,7 +88,10 @@ def _parquet_texts(path: str, key: str) -> Iterator[Tuple[str, Union[str, Reject
         for text in batch.column(0).to_pylist():
             row += 1
             source = f"{path}:row {row}"
-            yield source, text if isinstance(text, str) else Reject(source, "missing_field", f"{source}: no string {key!r}")
+            yield (
+                source,
+                text if isinstance(text, str) else Reject(source, "missing_field", f"{source}: no string {key!r}"),
+            )
 
 
 def read_texts(paths: List[str], key: str) -> Iterator[Tuple[str, Union[str, Reject]]]:
@@ -125,16 +128,23 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
             if not chunk:
                 break
             if not job.is_committed(index):
-                docs = [render(text_document(tokenizer.encode_text(t)), layout).ids for _, t in chunk if isinstance(t, str)]
+                docs = [
+                    render(text_document(tokenizer.encode_text(t)), layout).ids for _, t in chunk if isinstance(t, str)
+                ]
                 rejects = [r for _, r in chunk if isinstance(r, Reject)]
                 with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True) as writer:
-                    writer.add_documents(np.concatenate(docs) if docs else np.zeros(0, np.int64), [len(d) for d in docs])
+                    writer.add_documents(
+                        np.concatenate(docs) if docs else np.zeros(0, np.int64), [len(d) for d in docs]
+                    )
                 write_atomic(job.path("rejects", index, ".jsonl"), "".join(r.to_json() + "\n" for r in rejects))
-                job.commit(index, {
-                    "documents": len(docs),
-                    "tokens": int(sum(len(d) for d in docs)),
-                    "rejects": dict(Counter(r.reason for r in rejects)),
-                })
+                job.commit(
+                    index,
+                    {
+                        "documents": len(docs),
+                        "tokens": int(sum(len(d) for d in docs)),
+                        "rejects": dict(Counter(r.reason for r in rejects)),
+                    },
+                )
             bar.update(len(chunk))
             index += 1
     report = summarize(job.reports(index))

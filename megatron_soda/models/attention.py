@@ -35,8 +35,16 @@ class CoreAttention(MegatronModule, metaclass=abc.ABCMeta):
 
     backend = ""
 
-    def __init__(self, config, layer_number: int, attn_mask_type, attention_type: str = "self",
-                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None, **kwargs):
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str = "self",
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        **kwargs,
+    ):
         super().__init__(config=config)
         self.layer_number = layer_number
         self.attn_mask_type = attn_mask_type
@@ -47,14 +55,24 @@ class CoreAttention(MegatronModule, metaclass=abc.ABCMeta):
     def dropout_p(self) -> float:
         return self.dropout if self.training else 0.0
 
-    def forward(self, query, key, value, attention_mask: Optional[torch.Tensor], attn_mask_type=None,
-                attention_bias=None, packed_seq_params=None):
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        attention_mask: Optional[torch.Tensor],
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ):
         if attention_bias is not None:
             raise ValueError(f"--attention-backend {self.backend} does not take an attention bias")
         if packed_seq_params is not None:
             if packed_seq_params.qkv_format != "thd":
-                raise ValueError(f"--attention-backend {self.backend}: packed rows must come in the 'thd' format, "
-                                 f"got {packed_seq_params.qkv_format!r}")
+                raise ValueError(
+                    f"--attention-backend {self.backend}: packed rows must come in the 'thd' format, "
+                    f"got {packed_seq_params.qkv_format!r}"
+                )
             tokens, heads, head_dim = query.shape
             out = self.packed(query, key, value, packed_seq_params.cu_seqlens_q, packed_seq_params.max_seqlen_q)
             return out.reshape(tokens, heads * head_dim)
@@ -94,7 +112,13 @@ class SDPAttention(CoreAttention):
 
     def dense(self, q, k, v, keep):
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=keep, is_causal=keep is None, scale=self.softmax_scale, dropout_p=self.dropout_p,
+            q,
+            k,
+            v,
+            attn_mask=keep,
+            is_causal=keep is None,
+            scale=self.softmax_scale,
+            dropout_p=self.dropout_p,
             enable_gqa=k.shape[1] != q.shape[1],
         )
 
@@ -102,7 +126,8 @@ class SDPAttention(CoreAttention):
         bounds = self._bounds.get(cu_seqlens, cu_seqlens.tolist)
         pieces = [
             self.dense(*(t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v)), None)[0].transpose(0, 1)
-            for start, end in zip(bounds[:-1], bounds[1:]) if end > start
+            for start, end in zip(bounds[:-1], bounds[1:])
+            if end > start
         ]
         return torch.cat(pieces)
 
@@ -130,14 +155,17 @@ def _block_mask(mask_mod, batch: Optional[int], seq: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     return _compiled_on_gpu(create_block_mask, torch.device(device).type == "cuda")(
-        mask_mod, batch, None, seq, seq, device=device)
+        mask_mod, batch, None, seq, seq, device=device
+    )
 
 
 @functools.lru_cache(maxsize=8)
 def _causal_block_mask(seq: int, device: torch.device):
     """The causal block mask of a row length: built once, not once per layer and micro-batch."""
+
     def mask_mod(b, h, qi, ki):
         return qi >= ki
+
     return _block_mask(mask_mod, None, seq, device)
 
 
@@ -145,8 +173,10 @@ def _flex(q, k, v, **kwargs):
     from torch.nn.attention.flex_attention import flex_attention
 
     if q.device.type != "cuda" and q.requires_grad:
-        raise RuntimeError("--attention-backend flex: torch has no flex_attention backward on CPU; train with "
-                           "--attention-backend sdpa here (flex serves forward passes on CPU)")
+        raise RuntimeError(
+            "--attention-backend flex: torch has no flex_attention backward on CPU; train with "
+            "--attention-backend sdpa here (flex serves forward passes on CPU)"
+        )
     return _compiled_on_gpu(flex_attention, q.device.type == "cuda")(q, k, v, **kwargs)
 
 
@@ -171,6 +201,7 @@ class FlexAttention(CoreAttention):
 
             def mask_mod(b, h, qi, ki):
                 return keep[b, 0, qi, ki]
+
             block_mask = _block_mask(mask_mod, batch, seq, q.device)
         return self._attend(q, k, v, block_mask)
 
@@ -182,7 +213,9 @@ class FlexAttention(CoreAttention):
 
             def mask_mod(b, h, qi, ki):
                 return (docs[qi] == docs[ki]) & (qi >= ki)
+
             return _block_mask(mask_mod, None, tokens, q.device)
+
         out = self._attend(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), self._masks.get(cu_seqlens, build))
         return out[0].transpose(0, 1)
 
@@ -200,16 +233,27 @@ class FlashAttention(CoreAttention):
 
     def dense(self, q, k, v, keep):
         if keep is not None:
-            raise ValueError("--attention-backend flash takes causal or packed rows, not a dense attention mask; "
-                             "document masks come as packed rows (--packed-data or --reset-attention-mask)")
+            raise ValueError(
+                "--attention-backend flash takes causal or packed rows, not a dense attention mask; "
+                "document masks come as packed rows (--packed-data or --reset-attention-mask)"
+            )
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [b, s, heads, d]
-        out = self.flash_attn.flash_attn_func(q, k, v, dropout_p=self.dropout_p, softmax_scale=self.softmax_scale,
-                                              causal=True)
+        out = self.flash_attn.flash_attn_func(
+            q, k, v, dropout_p=self.dropout_p, softmax_scale=self.softmax_scale, causal=True
+        )
         return out.transpose(1, 2)
 
     def packed(self, q, k, v, cu_seqlens, max_seqlen):
         cu_seqlens = cu_seqlens.to(torch.int32)
         return self.flash_attn.flash_attn_varlen_func(
-            q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
-            max_seqlen_k=max_seqlen, dropout_p=self.dropout_p, softmax_scale=self.softmax_scale, causal=True,
+            q,
+            k,
+            v,
+            cu_seqlens_q=cu_seqlens,
+            cu_seqlens_k=cu_seqlens,
+            max_seqlen_q=max_seqlen,
+            max_seqlen_k=max_seqlen,
+            dropout_p=self.dropout_p,
+            softmax_scale=self.softmax_scale,
+            causal=True,
         )

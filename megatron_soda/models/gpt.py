@@ -76,8 +76,9 @@ def resolve_attention_backend(name: str, params_dtype: torch.dtype = torch.float
         if params_dtype not in _HALF:
             raise ValueError("--attention-backend flash needs --bf16: flash-attn has no fp32 kernels")
     elif name == "local" and not device_info().cuda:
-        raise ValueError("--attention-backend local is megatron-core's own attention, which builds its mask on CUDA; "
-                         "use sdpa on CPU")
+        raise ValueError(
+            "--attention-backend local is megatron-core's own attention, which builds its mask on CUDA; use sdpa on CPU"
+        )
     return name
 
 
@@ -113,8 +114,9 @@ def check_fp8(fp8_format: Optional[str], fp8_recipe: str, attention_backend: str
         raise ValueError(f"--fp8-recipe {fp8_recipe!r}: choose one of {', '.join(FP8_RECIPES)}")
     optional.require("transformer_engine", f"--fp8-format {fp8_format}")
     if attention_backend == "local":
-        raise ValueError("--fp8-format needs Transformer Engine layers; --attention-backend local uses megatron's "
-                         "local ones")
+        raise ValueError(
+            "--fp8-format needs Transformer Engine layers; --attention-backend local uses megatron's local ones"
+        )
 
 
 def transformer_config(
@@ -186,7 +188,8 @@ def check_rope_scaling(rope: RopeScaling) -> None:
         raise ValueError(
             f"Llama-3 RoPE scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and original_max_position "
             f"> 0; got factor={rope.factor}, low_freq_factor={rope.low_freq_factor}, high_freq_factor="
-            f"{rope.high_freq_factor}, original_max_position={rope.original_max_position}")
+            f"{rope.high_freq_factor}, original_max_position={rope.original_max_position}"
+        )
 
 
 def apply_rope_scaling(model: GPTModel, shape: ModelShape) -> None:
@@ -209,17 +212,25 @@ def apply_rope_scaling(model: GPTModel, shape: ModelShape) -> None:
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
     if type(rotary) is not RotaryEmbedding or not hasattr(rotary, "_apply_scaling"):
-        raise ValueError(f"cannot apply Llama-3 RoPE scaling {rope} to megatron-core's {type(rotary).__name__}: "
-                         "expected its plain RotaryEmbedding with _apply_scaling")
+        raise ValueError(
+            f"cannot apply Llama-3 RoPE scaling {rope} to megatron-core's {type(rotary).__name__}: "
+            "expected its plain RotaryEmbedding with _apply_scaling"
+        )
     dim = shape.kv_channels  # GPTModel's rotary_percent is 1.0: the whole head rotates
     if rotary.inv_freq.numel() != (dim + 1) // 2:
-        raise ValueError(f"megatron-core's rotary embedding has {rotary.inv_freq.numel()} frequencies, expected "
-                         f"{(dim + 1) // 2} for head dimension {dim}")
+        raise ValueError(
+            f"megatron-core's rotary embedding has {rotary.inv_freq.numel()} frequencies, expected "
+            f"{(dim + 1) // 2} for head dimension {dim}"
+        )
     exponents = torch.arange(0, dim, 2, dtype=torch.float32, device=rotary.inv_freq.device) / dim
-    base = 1.0 / (shape.rotary_base ** exponents)
+    base = 1.0 / (shape.rotary_base**exponents)
     rotary.inv_freq = rotary._apply_scaling(
-        base, factor=rope.factor, low_freq_factor=rope.low_freq_factor, high_freq_factor=rope.high_freq_factor,
-        original_max_position_embeddings=rope.original_max_position)
+        base,
+        factor=rope.factor,
+        low_freq_factor=rope.low_freq_factor,
+        high_freq_factor=rope.high_freq_factor,
+        original_max_position_embeddings=rope.original_max_position,
+    )
 
 
 def build_gpt_model(

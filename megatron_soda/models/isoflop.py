@@ -47,8 +47,17 @@ def isoflop_shape(width: int, vocab_size: int = SODA_LAYOUT.vocab_size, seq_len:
     if width % HEAD_DIM:
         raise ValueError(f"IsoFLOP widths are multiples of {HEAD_DIM}, got {width}")
     heads = width // HEAD_DIM
-    return ModelShape(num_layers_for_width(width), width, heads, heads, HEAD_DIM, FFN_RATIO * width,
-                      vocab_size=vocab_size, tie_embeddings=False, max_position_embeddings=seq_len)
+    return ModelShape(
+        num_layers_for_width(width),
+        width,
+        heads,
+        heads,
+        HEAD_DIM,
+        FFN_RATIO * width,
+        vocab_size=vocab_size,
+        tie_embeddings=False,
+        max_position_embeddings=seq_len,
+    )
 
 
 def sweep_learning_rate(batch_size: int, width: int) -> float:
@@ -132,10 +141,16 @@ def _marin_batch_size(budget: float, flops_per_sequence: int, width: int, target
     return batch
 
 
-def isoflop_grid(budgets: Iterable[float] = DEFAULT_BUDGETS, batch_size: Optional[int] = None,
-                 seq_len: int = 4096, vocab_size: int = SODA_LAYOUT.vocab_size, flop_tolerance: float = 0.01,
-                 target_steps: int = 2 ** 16, min_batch_size: int = 8,
-                 max_steps: Optional[int] = 400_000) -> list[IsoFlopPoint]:
+def isoflop_grid(
+    budgets: Iterable[float] = DEFAULT_BUDGETS,
+    batch_size: Optional[int] = None,
+    seq_len: int = 4096,
+    vocab_size: int = SODA_LAYOUT.vocab_size,
+    flop_tolerance: float = 0.01,
+    target_steps: int = 2**16,
+    min_batch_size: int = 8,
+    max_steps: Optional[int] = 400_000,
+) -> list[IsoFlopPoint]:
     """Every (budget, width) point of the sweep, budgets in the order given, widths ascending.
 
     ``batch_size=None`` reproduces Marin's sweep: the batch is the power of two that gives about
@@ -161,6 +176,9 @@ def isoflop_grid(budgets: Iterable[float] = DEFAULT_BUDGETS, batch_size: Optiona
                 continue
             if max_steps is not None and steps >= max_steps:
                 continue
-            points.append(IsoFlopPoint(budget, shape, batch, seq_len, steps, sweep_learning_rate(batch, width),
-                                       sweep_beta2(batch)))
+            points.append(
+                IsoFlopPoint(
+                    budget, shape, batch, seq_len, steps, sweep_learning_rate(batch, width), sweep_beta2(batch)
+                )
+            )
     return points

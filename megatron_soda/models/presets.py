@@ -68,13 +68,23 @@ class ModelShape:
     """Biases on the q/k/v/o projections (HF Qwen3's ``attention_bias``); SODA has none."""
 
     def __post_init__(self):
-        for name in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
-                     "ffn_hidden_size", "vocab_size", "max_position_embeddings"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "num_query_groups",
+            "kv_channels",
+            "ffn_hidden_size",
+            "vocab_size",
+            "max_position_embeddings",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"ModelShape.{name} must be a positive int, got {getattr(self, name)!r}")
         if self.num_attention_heads % self.num_query_groups:
-            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                             f"num_query_groups={self.num_query_groups}")
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_query_groups={self.num_query_groups}"
+            )
 
     def layer_parameters(self) -> int:
         """Parameters of one decoder layer: attention, q/k norms, MLP and its two RMSNorms."""

@@ -50,6 +50,8 @@ def shape_from_record(record: Record, vocab_size: Optional[int], where: str) -> 
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: extra['model'] is not a valid shape: {error}") from None
     if vocab_size is not None and vocab_size != shape.vocab_size:
-        raise ValueError(f"{where}: the checkpoint's model has a vocabulary of {shape.vocab_size}, "
-                              f"the tokenizer {vocab_size}: pass the tokenizer the model was trained with")
+        raise ValueError(
+            f"{where}: the checkpoint's model has a vocabulary of {shape.vocab_size}, "
+            f"the tokenizer {vocab_size}: pass the tokenizer the model was trained with"
+        )
     return shape

@@ -91,7 +91,9 @@ class VocabLayout:
         wrong = ~self.is_audio(ids) | ((ids - self.audio_offset) // self.codebook_size != codebook_of_position)
         if wrong.any():
             bad = int(np.flatnonzero(wrong)[0])
-            raise ValueError(f"token {bad} (id {ids[bad]}) is not an audio token of codebook {bad % self.num_codebooks}")
+            raise ValueError(
+                f"token {bad} (id {ids[bad]}) is not an audio token of codebook {bad % self.num_codebooks}"
+            )
         return (ids - self.audio_offset).reshape(-1, self.num_codebooks).T % self.codebook_size
 
     def is_audio(self, token_id):

@@ -126,7 +126,7 @@ def check_vocabulary(backend: Tokenizer, layout: VocabLayout) -> None:
         pos = next((i for i, (a, b) in enumerate(zip(ids, want)) if a != b), min(len(ids), len(want) - 1))
         raise ValueError(
             f"the string form of id {layout.base_size + pos} ({_describe(expected[pos])}) does not encode "
-            f"back to it (got {ids[pos:pos + 3]}...): is a normalizer rewriting it?"
+            f"back to it (got {ids[pos : pos + 3]}...): is a normalizer rewriting it?"
         )
 
 

@@ -65,8 +65,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_soda.device import device_info
 from megatron_soda.data.jobs import fsync_path
+from megatron_soda.device import device_info
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class CheckpointMismatchError(ValueError):
 
 # ---- names and the latest pointer --------------------------------------------------------------
 
+
 def checkpoint_dir(save_dir: PathLike, iteration: int) -> Path:
     """Where the checkpoint of ``iteration`` lives: ``save_dir/iter_0000042``."""
     return Path(save_dir) / f"iter_{iteration:07d}"
@@ -122,8 +123,10 @@ def latest_iteration(load_dir: PathLike) -> Optional[int]:
     except FileNotFoundError:
         return None
     if not re.fullmatch(r"\s*\d+\s*", text):
-        raise ValueError(f"{path} should hold one iteration number, but holds {text[:80]!r}; fix or remove it, "
-                         f"or pass an explicit iteration to load")
+        raise ValueError(
+            f"{path} should hold one iteration number, but holds {text[:80]!r}; fix or remove it, "
+            f"or pass an explicit iteration to load"
+        )
     return int(text)
 
 
@@ -158,14 +161,20 @@ def _resolve(load_dir: PathLike, iteration: Optional[int]) -> Path:
         iteration = latest_iteration(load_dir)
         if iteration is None:
             found = sorted(p.name for p in load_dir.glob("iter_*") if re.fullmatch(r"iter_\d{7}", p.name))
-            hint = (f"; it holds {', '.join(found)}: pass iteration= to load one of them" if found
-                    else "; no checkpoint was ever completed there")
+            hint = (
+                f"; it holds {', '.join(found)}: pass iteration= to load one of them"
+                if found
+                else "; no checkpoint was ever completed there"
+            )
             raise FileNotFoundError(f"no checkpoint in {load_dir}: {LATEST_FILE} is missing{hint}")
     path = checkpoint_dir(load_dir, iteration)
     if not path.is_dir():
         replaced = _replaced_dir(load_dir, iteration)
-        hint = (f"; a save was killed while replacing it: rename {replaced.name} to {path.name}"
-                if replaced.is_dir() else "")
+        hint = (
+            f"; a save was killed while replacing it: rename {replaced.name} to {path.name}"
+            if replaced.is_dir()
+            else ""
+        )
         raise FileNotFoundError(f"no checkpoint of iteration {iteration} in {load_dir}: {path} does not exist{hint}")
     if not (path / "metadata.json").is_file():
         raise FileNotFoundError(f"{path} is not a complete megatron-core dist checkpoint (no metadata.json)")
@@ -173,6 +182,7 @@ def _resolve(load_dir: PathLike, iteration: Optional[int]) -> Path:
 
 
 # ---- what is stored ----------------------------------------------------------------------------
+
 
 def _check_plain(value: Any, where: str) -> None:
     """Refuses values that ``torch.load(weights_only=True)`` cannot read back (see module docstring)."""
@@ -188,25 +198,31 @@ def _check_plain(value: Any, where: str) -> None:
                 raise TypeError(f"{where} has a non-string key {key!r}; checkpoint state needs string keys")
             _check_plain(item, f"{where}[{key!r}]")
         return
-    raise TypeError(f"{where} is a {type(value).__name__}, which a checkpoint cannot hold: store plain data "
-                    f"(None, bool, int, float, str, tensors, lists, dicts), e.g. dataclasses.asdict() of a config")
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a checkpoint cannot hold: store plain data "
+        f"(None, bool, int, float, str, tensors, lists, dicts), e.g. dataclasses.asdict() of a config"
+    )
 
 
 def _layout() -> Dict[str, Optional[int]]:
     from megatron.core import parallel_state as ps
 
-    return {"world_size": dist.get_world_size(),
-            "tensor": ps.get_tensor_model_parallel_world_size(),
-            "pipeline": ps.get_pipeline_model_parallel_world_size(),
-            "virtual_pipeline": ps.get_virtual_pipeline_model_parallel_world_size(),
-            "data": ps.get_data_parallel_world_size()}
+    return {
+        "world_size": dist.get_world_size(),
+        "tensor": ps.get_tensor_model_parallel_world_size(),
+        "pipeline": ps.get_pipeline_model_parallel_world_size(),
+        "virtual_pipeline": ps.get_virtual_pipeline_model_parallel_world_size(),
+        "data": ps.get_data_parallel_world_size(),
+    }
 
 
 def _rng_state() -> Dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
     if device_info().cuda:
         from megatron.core import tensor_parallel
 
@@ -246,9 +262,17 @@ def _model_sharded_state_dict(models: Sequence[torch.nn.Module]) -> Dict[str, An
 
 # ---- save --------------------------------------------------------------------------------------
 
-def save_checkpoint(save_dir: PathLike, iteration: int, model_chunks: Sequence[torch.nn.Module], optimizer,
-                    scheduler_state: dict, consumed_samples: int, extra: Optional[dict] = None,
-                    model_only: bool = False) -> Path:
+
+def save_checkpoint(
+    save_dir: PathLike,
+    iteration: int,
+    model_chunks: Sequence[torch.nn.Module],
+    optimizer,
+    scheduler_state: dict,
+    consumed_samples: int,
+    extra: Optional[dict] = None,
+    model_only: bool = False,
+) -> Path:
     """Saves model, optimizer, RNG and training progress as ``save_dir/iter_{iteration:07d}``; collective.
 
     Every rank calls this with its own chunks (DDP-wrapped or not) and the megatron optimizer (or
@@ -286,11 +310,16 @@ def save_checkpoint(save_dir: PathLike, iteration: int, model_chunks: Sequence[t
         state["optimizer"] = optimizer.sharded_state_dict(dict(state), metadata=dict(OPTIMIZER_METADATA))
     if not model_only:
         state["rng_state"] = _rng_sharded_object(_rng_state())
-    state["soda"] = {"format_version": FORMAT_VERSION, "iteration": int(iteration),
-                     "consumed_samples": int(consumed_samples), "scheduler_state": scheduler_state,
-                     "extra": extra, "layout": _layout(),
-                     "optimizer_metadata": dict(OPTIMIZER_METADATA) if optimizer is not None else None,
-                     "model_only": bool(model_only)}
+    state["soda"] = {
+        "format_version": FORMAT_VERSION,
+        "iteration": int(iteration),
+        "consumed_samples": int(consumed_samples),
+        "scheduler_state": scheduler_state,
+        "extra": extra,
+        "layout": _layout(),
+        "optimizer_metadata": dict(OPTIMIZER_METADATA) if optimizer is not None else None,
+        "model_only": bool(model_only),
+    }
     dist_checkpointing.save(state, str(tmp))
 
     if int(os.environ.get("LOCAL_RANK", rank)) == 0:  # one rank per node flushes what its node wrote
@@ -330,6 +359,7 @@ def _publish(save_dir: Path, tmp: Path, final: Path, iteration: int) -> None:
 
 # ---- load --------------------------------------------------------------------------------------
 
+
 def read_checkpoint_info(load_dir: PathLike, iteration: Optional[int] = None) -> Dict[str, Any]:
     """The common state of a checkpoint (no model needed, no process group needed).
 
@@ -343,17 +373,26 @@ def read_checkpoint_info(load_dir: PathLike, iteration: Optional[int] = None) ->
     common = dist_checkpointing.load_common_state_dict(str(path))
     info = common.get("soda")
     if info is None:
-        raise ValueError(f"{path} is a megatron-core dist checkpoint but not one written by megatron_soda "
-                         f"(no 'soda' entry in its common state)")
+        raise ValueError(
+            f"{path} is a megatron-core dist checkpoint but not one written by megatron_soda "
+            f"(no 'soda' entry in its common state)"
+        )
     if info["format_version"] > FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {info['format_version']}; this code reads up to "
-                         f"{FORMAT_VERSION}: update megatron_soda")
+        raise ValueError(
+            f"{path} has checkpoint format {info['format_version']}; this code reads up to "
+            f"{FORMAT_VERSION}: update megatron_soda"
+        )
     return {"model_only": False, **info, "path": path}  # checkpoints from before model_only existed
 
 
-def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module], optimizer,
-                    iteration: Optional[int] = None, load_optimizer: bool = True,
-                    load_rng: bool = True) -> Dict[str, Any]:
+def load_checkpoint(
+    load_dir: PathLike,
+    model_chunks: Sequence[torch.nn.Module],
+    optimizer,
+    iteration: Optional[int] = None,
+    load_optimizer: bool = True,
+    load_rng: bool = True,
+) -> Dict[str, Any]:
     """Restores model chunks, optimizer and RNG from ``load_dir`` (the latest, or ``iteration``); collective.
 
     The current TP/PP/VP may differ from the saved one: model and optimizer state are resharded
@@ -379,19 +418,25 @@ def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module],
     path = info["path"]
     load_optimizer = load_optimizer and optimizer is not None and not info["model_only"]
     if load_optimizer and info["optimizer_metadata"] is None:
-        raise ValueError(f"{path} holds no optimizer state (saved with optimizer=None); load it with "
-                         f"load_optimizer=False")
+        raise ValueError(
+            f"{path} holds no optimizer state (saved with optimizer=None); load it with load_optimizer=False"
+        )
     load_rng = load_rng and not info["model_only"]
     rng_restored = load_rng and info["layout"] == _layout()
     if load_rng and not rng_restored and dist.get_rank() == 0:
-        logger.warning("checkpoint %s was saved at layout %s, this run is %s: RNG states not restored",
-                       path, info["layout"], _layout())
+        logger.warning(
+            "checkpoint %s was saved at layout %s, this run is %s: RNG states not restored",
+            path,
+            info["layout"],
+            _layout(),
+        )
 
     models = _unwrap(model_chunks)
     state = _model_sharded_state_dict(models)
     if load_optimizer:
-        state["optimizer"] = optimizer.sharded_state_dict(dict(state), is_loading=True,
-                                                        metadata=dict(info["optimizer_metadata"]))
+        state["optimizer"] = optimizer.sharded_state_dict(
+            dict(state), is_loading=True, metadata=dict(info["optimizer_metadata"])
+        )
     if rng_restored:
         state["rng_state"] = _rng_sharded_object(None)
 
@@ -411,8 +456,13 @@ def load_checkpoint(load_dir: PathLike, model_chunks: Sequence[torch.nn.Module],
         optimizer.reload_model_params()
     if rng_restored:
         _set_rng_state(loaded["rng_state"])
-    return {"iteration": info["iteration"], "consumed_samples": info["consumed_samples"],
-            "scheduler_state": info["scheduler_state"], "extra": info["extra"], "rng_restored": rng_restored}
+    return {
+        "iteration": info["iteration"],
+        "consumed_samples": info["consumed_samples"],
+        "scheduler_state": info["scheduler_state"],
+        "extra": info["extra"],
+        "rng_restored": rng_restored,
+    }
 
 
 def _reason(error: BaseException) -> str:
@@ -439,10 +489,16 @@ def _raise_on_mismatch(path: Path, missing, unexpected, load_optimizer: bool) ->
         return
     parts = []
     if lacking:
-        parts.append(f"{len(lacking)} tensors of the model are not in the checkpoint: {', '.join(lacking[:8])}"
-                     + (" ..." if len(lacking) > 8 else ""))
+        parts.append(
+            f"{len(lacking)} tensors of the model are not in the checkpoint: {', '.join(lacking[:8])}"
+            + (" ..." if len(lacking) > 8 else "")
+        )
     if extra:
-        parts.append(f"{len(extra)} tensors of the checkpoint are not in the model: {', '.join(extra[:8])}"
-                     + (" ..." if len(extra) > 8 else ""))
-    raise CheckpointMismatchError(f"checkpoint {path} does not fit this model ({'; '.join(parts)}); was it "
-                                  f"saved from another model shape? read_checkpoint_info() shows its 'extra'")
+        parts.append(
+            f"{len(extra)} tensors of the checkpoint are not in the model: {', '.join(extra[:8])}"
+            + (" ..." if len(extra) > 8 else "")
+        )
+    raise CheckpointMismatchError(
+        f"checkpoint {path} does not fit this model ({'; '.join(parts)}); was it "
+        f"saved from another model shape? read_checkpoint_info() shows its 'extra'"
+    )

@@ -15,9 +15,18 @@ from typing import Any, Dict, List, Optional
 
 from megatron_soda.flags import flag
 
-SHAPE_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
-               "ffn_hidden_size", "untie_embeddings_and_output_weights", "max_position_embeddings", "rotary_base",
-               "norm_epsilon")
+SHAPE_FLAGS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "kv_channels",
+    "ffn_hidden_size",
+    "untie_embeddings_and_output_weights",
+    "max_position_embeddings",
+    "rotary_base",
+    "norm_epsilon",
+)
 """ModelConfig fields that describe a shape (given any of them, the model is a custom shape)."""
 
 
@@ -67,28 +76,39 @@ class ModelConfig:
                 base = get_preset(self.preset, vocab_size=vocab_size)
             except KeyError as error:
                 raise ValueError(f"--model: {error.args[0]}") from None
-            changes = {name: getattr(self, name) for name in SHAPE_FLAGS
-                       if name != "untie_embeddings_and_output_weights" and getattr(self, name) is not None}
+            changes = {
+                name: getattr(self, name)
+                for name in SHAPE_FLAGS
+                if name != "untie_embeddings_and_output_weights" and getattr(self, name) is not None
+            }
             if self.untie_embeddings_and_output_weights is not None:
                 changes["tie_embeddings"] = not self.untie_embeddings_and_output_weights
             try:
                 return replace(base, **changes)
             except ValueError as error:
                 raise ValueError(f"--model {self.preset} with shape flags: {error}") from None
-        missing = [f"--{name.replace('_', '-')}" for name in ("num_layers", "hidden_size", "num_attention_heads")
-                   if getattr(self, name) is None]
+        missing = [
+            f"--{name.replace('_', '-')}"
+            for name in ("num_layers", "hidden_size", "num_attention_heads")
+            if getattr(self, name) is None
+        ]
         if missing:
             raise ValueError(f"a custom shape needs {', '.join(missing)} (or --model PRESET)")
         heads = self.num_attention_heads
         if self.kv_channels is None and self.hidden_size % heads:
-            raise ValueError(f"--hidden-size {self.hidden_size} is not a multiple of --num-attention-heads {heads}; "
-                             f"give --kv-channels")
+            raise ValueError(
+                f"--hidden-size {self.hidden_size} is not a multiple of --num-attention-heads {heads}; "
+                f"give --kv-channels"
+            )
         try:
             return ModelShape(
-                num_layers=self.num_layers, hidden_size=self.hidden_size, num_attention_heads=heads,
+                num_layers=self.num_layers,
+                hidden_size=self.hidden_size,
+                num_attention_heads=heads,
                 num_query_groups=self.num_query_groups or heads,
                 kv_channels=self.kv_channels or self.hidden_size // heads,
-                ffn_hidden_size=self.ffn_hidden_size or 4 * self.hidden_size, vocab_size=vocab_size,
+                ffn_hidden_size=self.ffn_hidden_size or 4 * self.hidden_size,
+                vocab_size=vocab_size,
                 tie_embeddings=not self.untie_embeddings_and_output_weights,
                 norm_epsilon=self.norm_epsilon if self.norm_epsilon is not None else 1e-5,
                 rotary_base=self.rotary_base if self.rotary_base is not None else 500_000.0,
@@ -293,12 +313,20 @@ class TrainConfig:
             warmup_flag = f"--lr-warmup-fraction {s.lr_warmup_fraction}"
         decay = {"decay_fraction": s.lr_decay_fraction or 0.0} if s.lr_decay_style == "wsd" else {}
         try:
-            return LRSchedule(total_steps=iters, lr=self.optimizer.lr, min_lr=self.optimizer.min_lr,
-                              style=s.lr_decay_style, **warmup, **decay)
+            return LRSchedule(
+                total_steps=iters,
+                lr=self.optimizer.lr,
+                min_lr=self.optimizer.min_lr,
+                style=s.lr_decay_style,
+                **warmup,
+                **decay,
+            )
         except ValueError as error:
-            raise ValueError(f"--lr-decay-style {s.lr_decay_style} over {iters} iterations with {warmup_flag}, "
-                             f"--lr-decay-fraction {s.lr_decay_fraction}, --lr {self.optimizer.lr}, "
-                             f"--min-lr {self.optimizer.min_lr}: {error}") from None
+            raise ValueError(
+                f"--lr-decay-style {s.lr_decay_style} over {iters} iterations with {warmup_flag}, "
+                f"--lr-decay-fraction {s.lr_decay_fraction}, --lr {self.optimizer.lr}, "
+                f"--min-lr {self.optimizer.min_lr}: {error}"
+            ) from None
 
 
 def recipe_defaults(preset: Optional[str]) -> Dict[str, Any]:
@@ -312,12 +340,20 @@ def recipe_defaults(preset: Optional[str]) -> Dict[str, Any]:
     except KeyError:
         return {}
     return {
-        "optimizer.lr": recipe.learning_rate, "optimizer.min_lr": recipe.min_learning_rate,
-        "training.global_batch_size": recipe.global_batch_size, "training.seq_length": recipe.seq_length,
-        "training.train_iters": recipe.train_steps, "schedule.lr_decay_style": "wsd",
-        "schedule.lr_warmup_fraction": recipe.warmup_fraction, "schedule.lr_decay_fraction": recipe.decay_fraction,
-        "optimizer.name": "cautious", "optimizer.adam_beta1": recipe.adam_beta1,
-        "optimizer.adam_beta2": recipe.adam_beta2, "optimizer.adam_eps": recipe.adam_eps,
-        "optimizer.weight_decay": recipe.weight_decay, "optimizer.adamc": recipe.adamc_weight_decay,
-        "optimizer.clip_grad": recipe.clip_grad, "training.z_loss_weight": recipe.z_loss_weight,
+        "optimizer.lr": recipe.learning_rate,
+        "optimizer.min_lr": recipe.min_learning_rate,
+        "training.global_batch_size": recipe.global_batch_size,
+        "training.seq_length": recipe.seq_length,
+        "training.train_iters": recipe.train_steps,
+        "schedule.lr_decay_style": "wsd",
+        "schedule.lr_warmup_fraction": recipe.warmup_fraction,
+        "schedule.lr_decay_fraction": recipe.decay_fraction,
+        "optimizer.name": "cautious",
+        "optimizer.adam_beta1": recipe.adam_beta1,
+        "optimizer.adam_beta2": recipe.adam_beta2,
+        "optimizer.adam_eps": recipe.adam_eps,
+        "optimizer.weight_decay": recipe.weight_decay,
+        "optimizer.adamc": recipe.adamc_weight_decay,
+        "optimizer.clip_grad": recipe.clip_grad,
+        "training.z_loss_weight": recipe.z_loss_weight,
     }

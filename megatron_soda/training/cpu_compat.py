@@ -31,9 +31,9 @@ import contextlib
 import threading
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from megatron_soda.device import device_info
-from torch.overrides import TorchFunctionMode
 
 _lock = threading.Lock()
 _installed = False

@@ -17,8 +17,15 @@ from megatron_soda.data.packed_dataset import documents_after_eod
 KEYS = ("tokens", "labels", "loss_mask", "position_ids", "document_ids")
 
 
-def micro_batches(dataset, consumed_samples: int, global_batch_size: int, micro_batch_size: int,
-                  dp_rank: int, dp_size: int, eod_documents: Optional[int] = None) -> List[Dict[str, torch.Tensor]]:
+def micro_batches(
+    dataset,
+    consumed_samples: int,
+    global_batch_size: int,
+    micro_batch_size: int,
+    dp_rank: int,
+    dp_size: int,
+    eod_documents: Optional[int] = None,
+) -> List[Dict[str, torch.Tensor]]:
     """This data-parallel rank's micro-batches of the global batch that starts at ``consumed_samples``.
 
     Packed rows carry ``document_ids``; with ``eod_documents`` (the EOD id) GPTDataset rows get them

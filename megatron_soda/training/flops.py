@@ -61,8 +61,9 @@ def lm_head_flops_per_token(shape: "ModelShape") -> int:
     return 2 * shape.hidden_size * shape.vocab_size
 
 
-def forward_flops_per_token(shape: "ModelShape", seq_len: int, include_attention: bool = True,
-                            include_lm_head: bool = True) -> int:
+def forward_flops_per_token(
+    shape: "ModelShape", seq_len: int, include_attention: bool = True, include_lm_head: bool = True
+) -> int:
     """Model FLOPs of one forward pass per token (Levanter's ``lm_flops_per_token`` with both flags on,
     using the real head dim where Levanter's older version assumed ``hidden / heads``)."""
     if seq_len <= 0:
@@ -85,8 +86,7 @@ def six_n_flops_per_token(shape: "ModelShape") -> int:
     return 6 * shape.num_non_embedding_parameters()
 
 
-def mfu(tokens_per_second: float, shape: "ModelShape", seq_len: int, peak_flops: float,
-        num_devices: int = 1) -> float:
+def mfu(tokens_per_second: float, shape: "ModelShape", seq_len: int, peak_flops: float, num_devices: int = 1) -> float:
     """Model FLOPs utilisation: ``tokens_per_second`` (the whole job's) x training model FLOPs per
     token, over ``num_devices`` x ``peak_flops`` (one device's peak, e.g. ``PEAK_BF16_FLOPS["h100-sxm"]``)."""
     return tokens_per_second * training_flops_per_token(shape, seq_len) / (num_devices * peak_flops)

@@ -39,8 +39,15 @@ def _format(key: str, value: Any) -> str:
 class RunLogger:
     """Console, tensorboard and metrics-file output on the one rank that reports (``active``)."""
 
-    def __init__(self, *, active: bool, metrics_file: Optional[str] = None, tensorboard_dir: Optional[str] = None,
-                 run: Optional[Dict[str, Any]] = None, resumed_at: Optional[int] = None):
+    def __init__(
+        self,
+        *,
+        active: bool,
+        metrics_file: Optional[str] = None,
+        tensorboard_dir: Optional[str] = None,
+        run: Optional[Dict[str, Any]] = None,
+        resumed_at: Optional[int] = None,
+    ):
         self.active = active
         self.writer = None
         self.metrics = None
@@ -77,8 +84,9 @@ class RunLogger:
         if not self.active:
             return
         if console:
-            parts = [f"iteration {iteration:8d}/{total:8d}"] + [_format(k, v) for k, v in values.items()
-                                                                 if not isinstance(v, (list, dict))]
+            parts = [f"iteration {iteration:8d}/{total:8d}"] + [
+                _format(k, v) for k, v in values.items() if not isinstance(v, (list, dict))
+            ]
             print(" | ".join(parts), flush=True)
         if self.writer is not None:
             for key, value in values.items():

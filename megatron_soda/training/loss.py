@@ -50,7 +50,8 @@ switches and so belong to neither stream's content), and any label outside the r
 (``audio_offset=None``) every position is text.
 
 **Padding rows of the vocabulary** (ids ``vocab_size .. padded - 1``, present so the vocabulary splits
-over TP ranks) are *not* masked by default: megatron never masks them either. They are never targets, so the cross-entropy
+over TP ranks) are *not* masked by default: megatron never masks them either. They are never targets, so the
+cross-entropy
 gradient only pushes their logits down and their share of the probability mass becomes negligible
 early in training. Converting to Hugging Face drops those rows; the converted model's log-probs then
 differ from ours by ``-log(1 - P_pad)``, i.e. are consistent exactly as far as the padded rows never
@@ -115,13 +116,14 @@ class _CrossEntropyAndLogSumExp(torch.autograd.Function):
 
         logits = logits.float().contiguous()  # the same tensor when fp32 (overwritten below, as in megatron)
         if mask_from is not None and mask_from < end:
-            logits[..., max(mask_from - start, 0):] = float("-inf")
+            logits[..., max(mask_from - start, 0) :] = float("-inf")
         # calculate_logits_max does .float() and max; with the masking above done first.
         logits, logits_max = VocabParallelCrossEntropy.calculate_logits_max(logits)
         if world > 1:
             dist.all_reduce(logits_max, op=dist.ReduceOp.MAX, group=group)
         target_mask, masked_target_1d, predicted, sum_exp, exp_logits = (
-            VocabParallelCrossEntropy.calculate_predicted_logits(logits, target, logits_max, start, end))
+            VocabParallelCrossEntropy.calculate_predicted_logits(logits, target, logits_max, start, end)
+        )
         if world > 1:
             dist.all_reduce(predicted, op=dist.ReduceOp.SUM, group=group)
             dist.all_reduce(sum_exp, op=dist.ReduceOp.SUM, group=group)
@@ -137,30 +139,41 @@ class _CrossEntropyAndLogSumExp(torch.autograd.Function):
 
         softmax, target_mask, masked_target_1d = ctx.saved_tensors
         grad_2d, arange_1d, softmax_update, grad_input = (
-            VocabParallelCrossEntropy.prepare_gradient_calculation_operands(softmax, target_mask))
+            VocabParallelCrossEntropy.prepare_gradient_calculation_operands(softmax, target_mask)
+        )
         grad_input.mul_((grad_ce + grad_lse).unsqueeze(-1))
         grad_2d[arange_1d, masked_target_1d] -= softmax_update * grad_ce.reshape(-1)
         return grad_input, None, None, None
 
 
-def cross_entropy_and_logsumexp(logits: torch.Tensor, labels: torch.Tensor, *, tp_group=None,
-                                mask_from: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy_and_logsumexp(
+    logits: torch.Tensor, labels: torch.Tensor, *, tp_group=None, mask_from: Optional[int] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-position cross-entropy and logsumexp (fp32, shape of ``labels``) of vocab-parallel logits.
 
     ``tp_group`` defaults to megatron's tensor-parallel group (no collectives without one).
     ``mask_from``: vocabulary ids from here on get -inf logits. Overwrites fp32 ``logits``.
     """
     if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {list(logits.shape)} and labels {list(labels.shape)} disagree: "
-                         "expected logits [..., vocab/tp] over labels [...]")
+        raise ValueError(
+            f"logits {list(logits.shape)} and labels {list(labels.shape)} disagree: "
+            "expected logits [..., vocab/tp] over labels [...]"
+        )
     group = _default_tp_group() if tp_group is None else tp_group
     return _CrossEntropyAndLogSumExp.apply(logits, labels, group, mask_from)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, z_loss_weight: float = 0.0,
-            audio_offset: Optional[int] = None, vocab_size: Optional[int] = None, *,
-            mask_padded_vocab: bool = False,
-            tp_group=None) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+def lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    loss_mask: torch.Tensor,
+    z_loss_weight: float = 0.0,
+    audio_offset: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    *,
+    mask_padded_vocab: bool = False,
+    tp_group=None,
+) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
     """SODA's loss for one micro-batch as megatron's per-token ``loss_func``: ``(loss_sum, num_tokens, metrics)``.
 
     ``logits`` ``[..., v/tp]`` (the model's vocab-parallel output; ``[b, s, v/tp]`` from GPTModel with
@@ -183,8 +196,9 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
         raise ValueError(f"loss_mask {list(loss_mask.shape)} and labels {list(labels.shape)} disagree")
     if mask_padded_vocab and vocab_size is None:
         raise ValueError("mask_padded_vocab needs vocab_size")
-    ce, lse = cross_entropy_and_logsumexp(logits, labels, tp_group=tp_group,
-                                          mask_from=vocab_size if mask_padded_vocab else None)
+    ce, lse = cross_entropy_and_logsumexp(
+        logits, labels, tp_group=tp_group, mask_from=vocab_size if mask_padded_vocab else None
+    )
     mask = loss_mask.float()
     selected = mask > 0
     # where, not a product: a masked position may hold an infinite ce (a pad label with masked rows).
@@ -225,10 +239,15 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
 def loss_for_settings(settings: LossSettings, logits, labels, loss_mask):
     """``lm_loss`` with the z-loss weight, layout and padding choice of ``settings``."""
     layout = settings.layout
-    return lm_loss(logits, labels, loss_mask, settings.z_loss_weight,
-                   audio_offset=layout.audio_offset if layout else None,
-                   vocab_size=layout.vocab_size if layout else None,
-                   mask_padded_vocab=settings.mask_padded_vocab)
+    return lm_loss(
+        logits,
+        labels,
+        loss_mask,
+        settings.z_loss_weight,
+        audio_offset=layout.audio_offset if layout else None,
+        vocab_size=layout.vocab_size if layout else None,
+        mask_padded_vocab=settings.mask_padded_vocab,
+    )
 
 
 def combine_metrics(per_microbatch: Iterable[Dict[str, float]], group=None) -> Dict[str, float]:
@@ -244,9 +263,17 @@ def combine_metrics(per_microbatch: Iterable[Dict[str, float]], group=None) -> D
     totals = torch.zeros(6, dtype=torch.float64)
     for row in rows:
         tokens = row["audio tokens"] + row["text tokens"]
-        totals += torch.tensor([row["lm loss"] * tokens, row["z loss"] * tokens,
-                                row["audio loss"] * row["audio tokens"], row["text loss"] * row["text tokens"],
-                                row["audio tokens"], row["text tokens"]], dtype=torch.float64)
+        totals += torch.tensor(
+            [
+                row["lm loss"] * tokens,
+                row["z loss"] * tokens,
+                row["audio loss"] * row["audio tokens"],
+                row["text loss"] * row["text tokens"],
+                row["audio tokens"],
+                row["text tokens"],
+            ],
+            dtype=torch.float64,
+        )
     if group is not None and dist.get_world_size(group) > 1:
         # On the group's device: NCCL reduces CUDA tensors only (cpu_compat makes this the CPU on CPU).
         both = totals.to(device_info().current())

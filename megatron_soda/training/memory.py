@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, List, Optional
 if TYPE_CHECKING:
     from megatron_soda.models.presets import ModelShape
 
-GIB = 1024 ** 3
+GIB = 1024**3
 RECOMPUTE_GRANULARITIES = (None, "selective", "full")
 
 
@@ -84,12 +84,23 @@ class MemoryEstimate:
 
     def lines(self) -> List[str]:
         """A short table in GiB."""
-        rows = [("weights", self.weights), ("gradients", self.gradients), ("optimizer state", self.optimizer_state),
-                ("activations", self.activations), ("logits", self.logits), ("total", self.total)]
-        head = (f"memory per GPU, estimated ({self.stage} stage: {self.layers} layers, {self.parameters:,} "
-                f"parameters, {self.micro_batches_in_flight} micro-batch(es) in flight)")
-        return [head] + [f"  {name:<16} {value / GIB:8.2f} GiB" for name, value in rows] + [
-            "  (not counted: CUDA context, NCCL, allocator fragmentation; leave a few GiB)"]
+        rows = [
+            ("weights", self.weights),
+            ("gradients", self.gradients),
+            ("optimizer state", self.optimizer_state),
+            ("activations", self.activations),
+            ("logits", self.logits),
+            ("total", self.total),
+        ]
+        head = (
+            f"memory per GPU, estimated ({self.stage} stage: {self.layers} layers, {self.parameters:,} "
+            f"parameters, {self.micro_batches_in_flight} micro-batch(es) in flight)"
+        )
+        return (
+            [head]
+            + [f"  {name:<16} {value / GIB:8.2f} GiB" for name, value in rows]
+            + ["  (not counted: CUDA context, NCCL, allocator fragmentation; leave a few GiB)"]
+        )
 
     def format(self) -> str:
         return "\n".join(self.lines())
@@ -116,9 +127,16 @@ def stage_parameters(shape: "ModelShape", *, tensor_parallel: int, layers: int, 
     return n
 
 
-def layer_activation_bytes(shape: "ModelShape", *, micro_batch_size: int, seq_length: int, tensor_parallel: int,
-                           sequence_parallel: bool, bytes_per_element: int,
-                           recompute_granularity: Optional[str] = None) -> int:
+def layer_activation_bytes(
+    shape: "ModelShape",
+    *,
+    micro_batch_size: int,
+    seq_length: int,
+    tensor_parallel: int,
+    sequence_parallel: bool,
+    bytes_per_element: int,
+    recompute_granularity: Optional[str] = None,
+) -> int:
     """Saved activations of one layer for one micro-batch (formula in the module docstring)."""
     h, d, t = shape.hidden_size, shape.kv_channels, tensor_parallel
     q, k, f = shape.num_attention_heads * d, shape.num_query_groups * d, shape.ffn_hidden_size
@@ -131,24 +149,40 @@ def layer_activation_bytes(shape: "ModelShape", *, micro_batch_size: int, seq_le
     return (4 * whole + split) * bytes_per_element  # 4h: norm inputs, QKV and fc1 inputs
 
 
-def estimate_memory(shape: "ModelShape", *, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                    data_parallel: int = 1, micro_batch_size: int, seq_length: int, bf16: bool = True,
-                    distributed_optimizer: bool = False, recompute_granularity: Optional[str] = None,
-                    num_micro_batches_in_flight: Optional[int] = None, sequence_parallel: bool = False,
-                    grad_reduce_in_fp32: bool = True) -> MemoryEstimate:
+def estimate_memory(
+    shape: "ModelShape",
+    *,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    data_parallel: int = 1,
+    micro_batch_size: int,
+    seq_length: int,
+    bf16: bool = True,
+    distributed_optimizer: bool = False,
+    recompute_granularity: Optional[str] = None,
+    num_micro_batches_in_flight: Optional[int] = None,
+    sequence_parallel: bool = False,
+    grad_reduce_in_fp32: bool = True,
+) -> MemoryEstimate:
     """Bytes per GPU on the most loaded pipeline stage (see the module docstring for every term).
 
     ``num_micro_batches_in_flight`` overrides the first stage's 1F1B count (``pipeline_parallel``; pass
     fewer when a step has fewer micro-batches than stages). The last stage of a pipeline holds one.
     """
     t, p = tensor_parallel, pipeline_parallel
-    for name, value in (("tensor_parallel", t), ("pipeline_parallel", p), ("data_parallel", data_parallel),
-                        ("micro_batch_size", micro_batch_size), ("seq_length", seq_length)):
+    for name, value in (
+        ("tensor_parallel", t),
+        ("pipeline_parallel", p),
+        ("data_parallel", data_parallel),
+        ("micro_batch_size", micro_batch_size),
+        ("seq_length", seq_length),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if recompute_granularity not in RECOMPUTE_GRANULARITIES:
-        raise ValueError(f"recompute_granularity must be one of {RECOMPUTE_GRANULARITIES}, "
-                         f"got {recompute_granularity!r}")
+        raise ValueError(
+            f"recompute_granularity must be one of {RECOMPUTE_GRANULARITIES}, got {recompute_granularity!r}"
+        )
     if num_micro_batches_in_flight is not None and num_micro_batches_in_flight < 1:
         raise ValueError(f"num_micro_batches_in_flight must be >= 1, got {num_micro_batches_in_flight}")
     for name in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
@@ -163,8 +197,13 @@ def estimate_memory(shape: "ModelShape", *, tensor_parallel: int = 1, pipeline_p
     grad_bytes = 4 if grad_reduce_in_fp32 else weight_bytes
     optimizer_bytes = 12 if bf16 else 8  # (fp32 main params +) exp_avg + exp_avg_sq
     layers = shape.num_layers // p
-    activation = dict(micro_batch_size=micro_batch_size, seq_length=seq_length, tensor_parallel=t,
-                      sequence_parallel=sequence_parallel, bytes_per_element=weight_bytes)
+    activation = dict(
+        micro_batch_size=micro_batch_size,
+        seq_length=seq_length,
+        tensor_parallel=t,
+        sequence_parallel=sequence_parallel,
+        bytes_per_element=weight_bytes,
+    )
     per_layer = layer_activation_bytes(shape, recompute_granularity=recompute_granularity, **activation)
     # Full recompute rematerializes one layer's activations at a time during backward.
     working = layer_activation_bytes(shape, **activation) if recompute_granularity == "full" else 0
@@ -183,9 +222,16 @@ def estimate_memory(shape: "ModelShape", *, tensor_parallel: int = 1, pipeline_p
         if distributed_optimizer:
             optimizer = -(-optimizer // data_parallel)
         return MemoryEstimate(
-            weights=n * weight_bytes, gradients=n * grad_bytes, optimizer_state=optimizer,
-            activations=in_flight * layers * per_layer + working, logits=logits,
-            stage=name, parameters=n, layers=layers, micro_batches_in_flight=in_flight)
+            weights=n * weight_bytes,
+            gradients=n * grad_bytes,
+            optimizer_state=optimizer,
+            activations=in_flight * layers * per_layer + working,
+            logits=logits,
+            stage=name,
+            parameters=n,
+            layers=layers,
+            micro_batches_in_flight=in_flight,
+        )
 
     if p == 1:
         return stage("only", True, True)

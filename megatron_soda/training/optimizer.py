@@ -52,11 +52,17 @@ class MaskScope:
     group keep their local count. ``device`` carries the counts (the collectives' device).
     """
 
-    def __init__(self, size: int, slots: Dict[torch.Tensor, Tuple[int, int]],
-                 reductions: Sequence[Tuple[object, Sequence[int]]], device: torch.device):
+    def __init__(
+        self,
+        size: int,
+        slots: Dict[torch.Tensor, Tuple[int, int]],
+        reductions: Sequence[Tuple[object, Sequence[int]]],
+        device: torch.device,
+    ):
         self.size, self.slots, self.device = size, dict(slots), torch.device(device)
-        self.reductions = [(group, torch.tensor(list(indices), dtype=torch.long, device=self.device))
-                           for group, indices in reductions]
+        self.reductions = [
+            (group, torch.tensor(list(indices), dtype=torch.long, device=self.device)) for group, indices in reductions
+        ]
         self._cache: Tuple[Tuple[int, ...], torch.Tensor, torch.Tensor] | None = None
 
     def reduce(self, params: Sequence[torch.Tensor], counts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -93,15 +99,31 @@ class CautiousAdamW(torch.optim.Optimizer):
     whole-tensor when this process holds shards; None: the mean over the tensor held.
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, cautious: bool = True,
-                 adamc: bool = False, max_lr: float | None = None, mask_scope: Optional[MaskScope] = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        cautious: bool = True,
+        adamc: bool = False,
+        max_lr: float | None = None,
+        mask_scope: Optional[MaskScope] = None,
+    ):
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr ({lr}), eps ({eps}) and weight_decay ({weight_decay}) must be >= 0")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        cautious=cautious, adamc=adamc, max_lr=lr if max_lr is None else max_lr)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            cautious=cautious,
+            adamc=adamc,
+            max_lr=lr if max_lr is None else max_lr,
+        )
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["adamc"] and not group["max_lr"] > 0:
@@ -113,7 +135,7 @@ class CautiousAdamW(torch.optim.Optimizer):
         """m_hat / (sqrt(v_hat) + eps), a fresh tensor (the same arithmetic in both passes)."""
         (_, beta2), eps = group["betas"], group["eps"]
         denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-        return state["exp_avg"].div(denom).div_(1 - group["betas"][0]**step)
+        return state["exp_avg"].div(denom).div_(1 - group["betas"][0] ** step)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -171,16 +193,18 @@ class CautiousAdamW(torch.optim.Optimizer):
     def _apply_with_whole_tensor_counts(self, pending, counts) -> None:
         """Pass 2: whole-tensor counts from the scope, then each update recomputed and applied."""
         scope = self.mask_scope
-        local = (torch.stack(counts).to(torch.float64) if counts
-                 else torch.zeros(0, dtype=torch.float64, device=getattr(scope, "device", None)))
+        local = (
+            torch.stack(counts).to(torch.float64)
+            if counts
+            else torch.zeros(0, dtype=torch.float64, device=getattr(scope, "device", None))
+        )
         kept, numel = scope.reduce([p for p, _, _ in pending], local)
         eps = torch.tensor([group["eps"] for _, group, _ in pending], dtype=torch.float64, device=kept.device)
         scales = torch.maximum(kept / numel + eps, 1.0 / numel)  # the same floor as the local path
         for i, (p, group, step) in enumerate(pending):
             update = self._adam_update(self.state[p], group, step)
             mask = (update * p.grad > 0).to(update.dtype)
-            p.add_(update.mul_(mask).div_(scales[i].to(device=update.device, dtype=update.dtype)),
-                   alpha=-group["lr"])
+            p.add_(update.mul_(mask).div_(scales[i].to(device=update.device, dtype=update.dtype)), alpha=-group["lr"])
 
 
 # ---- which parameters decay -------------------------------------------------------------------
@@ -214,11 +238,20 @@ def param_groups(named_parameters: Iterable[Tuple[str, torch.Tensor]], weight_de
 
 # ---- settings and megatron wiring ---------------------------------------------------------------
 
+
 def cautious_adamw(config: OptimizerConfig, params, mask_scope: Optional[MaskScope] = None) -> CautiousAdamW:
     """A bare torch optimizer over ``params`` as ``config`` says (groups keep their own weight_decay / max_lr)."""
-    return CautiousAdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
-                         weight_decay=config.weight_decay, cautious=config.name == "cautious", adamc=config.adamc,
-                         max_lr=config.lr, mask_scope=mask_scope)
+    return CautiousAdamW(
+        params,
+        lr=config.lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+        cautious=config.name == "cautious",
+        adamc=config.adamc,
+        max_lr=config.lr,
+        mask_scope=mask_scope,
+    )
 
 
 def _model_params_of(wrapper) -> Dict[torch.Tensor, torch.Tensor]:
@@ -237,11 +270,15 @@ def _model_params_of(wrapper) -> Dict[torch.Tensor, torch.Tensor]:
     if isinstance(wrapper, DistributedOptimizer):
         if not hasattr(wrapper, "shard_fp32_groups"):  # megatron FSDP: no shard groups
             raise NotImplementedError("cautious masking with megatron FSDP is not supported")
-        pairs = chain(zip(chain(*wrapper.model_fp32_groups), chain(*wrapper.shard_fp32_groups)),
-                      zip(chain(*wrapper.model_float16_groups), chain(*wrapper.shard_fp32_from_float16_groups)))
+        pairs = chain(
+            zip(chain(*wrapper.model_fp32_groups), chain(*wrapper.shard_fp32_groups)),
+            zip(chain(*wrapper.model_float16_groups), chain(*wrapper.shard_fp32_from_float16_groups)),
+        )
     elif isinstance(wrapper, Float16OptimizerWithFloat16Params):
-        pairs = chain(zip(chain(*wrapper.float16_groups), chain(*wrapper.fp32_from_float16_groups)),
-                      ((p, p) for p in chain(*wrapper.fp32_from_fp32_groups)))
+        pairs = chain(
+            zip(chain(*wrapper.float16_groups), chain(*wrapper.fp32_from_float16_groups)),
+            ((p, p) for p in chain(*wrapper.fp32_from_fp32_groups)),
+        )
     else:
         pairs = ((p, p) for group in wrapper.optimizer.param_groups for p in group["params"])
     mapping = {inner: model for model, inner in pairs if inner is not None}
@@ -282,8 +319,11 @@ def mask_scope_for(wrapper) -> Optional[MaskScope]:
         numel = model.numel()
         if getattr(model, "tensor_model_parallel", False):
             expert = not getattr(model, "allreduce", True)
-            group = (parallel_state.get_expert_tensor_parallel_group() if expert
-                     else parallel_state.get_tensor_model_parallel_group())
+            group = (
+                parallel_state.get_expert_tensor_parallel_group()
+                if expert
+                else parallel_state.get_tensor_model_parallel_group()
+            )
             size = dist.get_world_size(group)
             numel *= size
             if size > 1:
@@ -300,8 +340,13 @@ def mask_scope_for(wrapper) -> Optional[MaskScope]:
     return MaskScope(len(order), slots, ordered, order[0].device)  # the model's device: NCCL's or gloo's
 
 
-def build_megatron_optimizer(model_chunks: Sequence[torch.nn.Module], settings: OptimizerConfig, *,
-                             bf16: bool = False, use_distributed_optimizer: bool = False):
+def build_megatron_optimizer(
+    model_chunks: Sequence[torch.nn.Module],
+    settings: OptimizerConfig,
+    *,
+    bf16: bool = False,
+    use_distributed_optimizer: bool = False,
+):
     """megatron-core's optimizer for ``model_chunks`` (DDP-wrapped), stepping with ``CautiousAdamW``.
 
     megatron's own factory builds everything around the inner optimizer (param groups, main-grad
@@ -325,12 +370,23 @@ def build_megatron_optimizer(model_chunks: Sequence[torch.nn.Module], settings: 
     from megatron.core.optimizer import ParamKey, ParamWithNamePredicate, get_megatron_optimizer
 
     config = MegatronOptimizerConfig(
-        optimizer="adam", lr=settings.lr, min_lr=settings.min_lr, weight_decay=settings.weight_decay,
-        adam_beta1=settings.adam_beta1, adam_beta2=settings.adam_beta2, adam_eps=settings.adam_eps,
-        clip_grad=settings.clip_grad, bf16=bf16, params_dtype=torch.bfloat16 if bf16 else torch.float32,
-        use_distributed_optimizer=use_distributed_optimizer)
-    no_decay = ParamKey(with_name_predicate=ParamWithNamePredicate(
-        name="soda_no_weight_decay", fn=lambda param, name: not decays(name, param)))
+        optimizer="adam",
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        adam_eps=settings.adam_eps,
+        clip_grad=settings.clip_grad,
+        bf16=bf16,
+        params_dtype=torch.bfloat16 if bf16 else torch.float32,
+        use_distributed_optimizer=use_distributed_optimizer,
+    )
+    no_decay = ParamKey(
+        with_name_predicate=ParamWithNamePredicate(
+            name="soda_no_weight_decay", fn=lambda param, name: not decays(name, param)
+        )
+    )
     wrapper = get_megatron_optimizer(config, list(model_chunks), config_overrides={no_decay: {"wd_mult": 0.0}})
     for sub in getattr(wrapper, "chained_optimizers", [wrapper]):
         if sub.optimizer is None:  # a rank without trainable parameters

@@ -34,15 +34,21 @@ class ParallelLayout:
         if self.tensor < 1 or self.pipeline < 1:
             raise ValueError("--tensor-model-parallel-size and --pipeline-model-parallel-size must be >= 1")
         if world_size % (self.tensor * self.pipeline):
-            raise ValueError(f"world size {world_size} is not divisible by --tensor-model-parallel-size {self.tensor} "
-                             f"x --pipeline-model-parallel-size {self.pipeline}")
+            raise ValueError(
+                f"world size {world_size} is not divisible by --tensor-model-parallel-size {self.tensor} "
+                f"x --pipeline-model-parallel-size {self.pipeline}"
+            )
         if num_attention_heads % self.tensor or num_query_groups % self.tensor:
-            raise ValueError(f"--tensor-model-parallel-size {self.tensor} must divide the {num_attention_heads} attention "
-                             f"heads and the {num_query_groups} query groups")
+            raise ValueError(
+                f"--tensor-model-parallel-size {self.tensor} must divide the {num_attention_heads} attention "
+                f"heads and the {num_query_groups} query groups"
+            )
         chunks = self.pipeline * (self.virtual_pipeline or 1)
         if num_layers % chunks:
-            raise ValueError(f"{num_layers} layers do not split into {self.pipeline} pipeline stages"
-                             + (f" x {self.virtual_pipeline} virtual stages" if self.virtual_pipeline else ""))
+            raise ValueError(
+                f"{num_layers} layers do not split into {self.pipeline} pipeline stages"
+                + (f" x {self.virtual_pipeline} virtual stages" if self.virtual_pipeline else "")
+            )
 
 
 def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
@@ -54,8 +60,10 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
         # Measured: at PP=2 both pipeline neighbours are one rank, and gloo matches that pair's
         # untagged messages in posting order, so an activation and a gradient of one shape can swap
         # silently once backward starts (forward-only is exact). PP >= 4 is exact.
-        raise ValueError("interleaved pipelining (--num-layers-per-virtual-pipeline-stage) with "
-                         "--pipeline-model-parallel-size 2 gives wrong gradients on gloo (CPU); use 4 or more stages")
+        raise ValueError(
+            "interleaved pipelining (--num-layers-per-virtual-pipeline-stage) with "
+            "--pipeline-model-parallel-size 2 gives wrong gradients on gloo (CPU); use 4 or more stages"
+        )
     if not dist.is_initialized():
         backend = device_info().distributed_backend
         if device_info().cuda:
@@ -80,10 +88,12 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
 def _initialized_as(layout: ParallelLayout) -> bool:
     from megatron.core import parallel_state
 
-    return (parallel_state.model_parallel_is_initialized()
-            and parallel_state.get_tensor_model_parallel_world_size() == layout.tensor
-            and parallel_state.get_pipeline_model_parallel_world_size() == layout.pipeline
-            and parallel_state.get_virtual_pipeline_model_parallel_world_size() == layout.virtual_pipeline)
+    return (
+        parallel_state.model_parallel_is_initialized()
+        and parallel_state.get_tensor_model_parallel_world_size() == layout.tensor
+        and parallel_state.get_pipeline_model_parallel_world_size() == layout.pipeline
+        and parallel_state.get_virtual_pipeline_model_parallel_world_size() == layout.virtual_pipeline
+    )
 
 
 def destroy() -> None:
@@ -104,10 +114,14 @@ def build_model_chunks(shape, config, attention_backend: str = "auto") -> List[t
     models = []
     for vp_stage in range(chunks):
         vp = vp_stage if chunks > 1 else None
-        models.append(build_gpt_model(
-            shape, config, attention_backend=attention_backend,
-            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
-            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp),
-            vp_stage=vp,
-        ))
+        models.append(
+            build_gpt_model(
+                shape,
+                config,
+                attention_backend=attention_backend,
+                pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
+                post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp),
+                vp_stage=vp,
+            )
+        )
     return models

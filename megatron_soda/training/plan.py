@@ -61,9 +61,14 @@ class RunPlan:
             "train_iters": self.train_iters,
             "flops_per_token": training_flops_per_token(shape, training.seq_length),
             "six_n_flops_per_token": six_n_flops_per_token(shape),
-            "layout": {"tensor": self.layout.tensor, "pipeline": self.layout.pipeline,
-                       "virtual_pipeline": self.layout.virtual_pipeline, "data": self.data_parallel,
-                       "world_size": self.world_size, "distributed_optimizer": self.distributed_optimizer},
+            "layout": {
+                "tensor": self.layout.tensor,
+                "pipeline": self.layout.pipeline,
+                "virtual_pipeline": self.layout.virtual_pipeline,
+                "data": self.data_parallel,
+                "world_size": self.world_size,
+                "distributed_optimizer": self.distributed_optimizer,
+            },
             "recipe": self.config.recipe,
             "finetune": self.config.checkpoint.finetune,
         }
@@ -71,17 +76,25 @@ class RunPlan:
 
 # ---- parsing ------------------------------------------------------------------------------------
 
+
 def _attention_backend_help() -> str:
     from megatron_soda.models.gpt import ATTENTION_BACKENDS, available_attention_backends
 
     runnable = available_attention_backends()
-    return "; ".join(f"{name}: {text}{'' if name in runnable else ' [not runnable in this build]'}"
-                     for name, text in ATTENTION_BACKENDS.items())
+    return "; ".join(
+        f"{name}: {text}{'' if name in runnable else ' [not runnable in this build]'}"
+        for name, text in ATTENTION_BACKENDS.items()
+    )
 
 
 def train_flag_parser(prog: str = "pretrain", description: Optional[str] = None) -> FlagParser:
-    return FlagParser(TrainConfig, prog=prog, description=description, config_file=True,
-                      help_extra=lambda: {"model.attention_backend": _attention_backend_help()})
+    return FlagParser(
+        TrainConfig,
+        prog=prog,
+        description=description,
+        config_file=True,
+        help_extra=lambda: {"model.attention_backend": _attention_backend_help()},
+    )
 
 
 def _checkpoint_preset(load: Optional[str]) -> Optional[str]:
@@ -97,8 +110,9 @@ def _checkpoint_preset(load: Optional[str]) -> Optional[str]:
     return model if isinstance(model, str) else None
 
 
-def parse_train_config(argv: Optional[Sequence[str]] = None, prog: str = "pretrain",
-                       description: Optional[str] = None) -> TrainConfig:
+def parse_train_config(
+    argv: Optional[Sequence[str]] = None, prog: str = "pretrain", description: Optional[str] = None
+) -> TrainConfig:
     """Flags and ``--config`` YAML over SODA's recipe (a SODA preset, not fine-tuning) over the defaults.
 
     A SODA preset named by --model, or recorded in the --load checkpoint being resumed, brings SODA's
@@ -117,13 +131,16 @@ def parse_train_config(argv: Optional[Sequence[str]] = None, prog: str = "pretra
 
 # ---- resolving and checking ---------------------------------------------------------------------
 
+
 def _vocab(config: TrainConfig):
     from megatron_soda.tokenizer import SODA_LAYOUT, load_soda_tokenizer
 
     if config.data.tokenizer is None:
         return SODA_LAYOUT
     if not os.path.isdir(config.data.tokenizer):
-        raise ValueError(f"--tokenizer {config.data.tokenizer}: no such directory (make one with tools/build_tokenizer.py)")
+        raise ValueError(
+            f"--tokenizer {config.data.tokenizer}: no such directory (make one with tools/build_tokenizer.py)"
+        )
     try:
         return load_soda_tokenizer(config.data.tokenizer).layout
     except Exception as error:  # tokenizers' own errors name neither the flag nor the file
@@ -138,8 +155,10 @@ def _model_shape(config: TrainConfig, vocab_size: int, resume: Optional[Dict[str
     wanted = model.shape(vocab_size, config.training.seq_length) if (model.preset or model.custom) else None
     if resume is None:
         if wanted is None and load:
-            raise ValueError(f"--load {load} holds no checkpoint, and no --model says what to start; pass "
-                             f"--model for a new run, or the directory of the checkpoint to continue")
+            raise ValueError(
+                f"--load {load} holds no checkpoint, and no --model says what to start; pass "
+                f"--model for a new run, or the directory of the checkpoint to continue"
+            )
         return wanted or ModelConfig(preset="tiny").shape(vocab_size, config.training.seq_length)
     extra = resume["extra"] or {}
     if "model" not in extra:
@@ -149,12 +168,16 @@ def _model_shape(config: TrainConfig, vocab_size: int, resume: Optional[Dict[str
     stored = shape_from_record(extra["model"], vocab_size, f"--load {load}")
     if wanted is not None and wanted != stored:
         described = extra["model"] if isinstance(extra["model"], str) else "its recorded shape"
-        raise ValueError(f"the model given by flags differs from the model in --load {load} ({described}); "
-                         f"leave --model and the shape flags out to continue that model")
+        raise ValueError(
+            f"the model given by flags differs from the model in --load {load} ({described}); "
+            f"leave --model and the shape flags out to continue that model"
+        )
     padded = extra.get("padded_vocab_size")
     if padded is not None and padded != stored.padded_vocab_size():
-        raise ValueError(f"--load {load}: its embedding has {padded} rows, the model here "
-                         f"{stored.padded_vocab_size()}; pass the --tokenizer it was trained with")
+        raise ValueError(
+            f"--load {load}: its embedding has {padded} rows, the model here "
+            f"{stored.padded_vocab_size()}; pass the --tokenizer it was trained with"
+        )
     return stored
 
 
@@ -198,30 +221,46 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
     """Settings that cannot work together, refused naming the flags (no files read)."""
     t, p = config.training, config.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
-    for name, value in (("--micro-batch-size", t.micro_batch_size), ("--global-batch-size", t.global_batch_size),
-                        ("--seq-length", t.seq_length), ("--tensor-model-parallel-size", tp),
-                        ("--pipeline-model-parallel-size", pp), ("--log-interval", config.logging.log_interval),
-                        ("--eval-samples", config.eval.eval_samples)):
+    for name, value in (
+        ("--micro-batch-size", t.micro_batch_size),
+        ("--global-batch-size", t.global_batch_size),
+        ("--seq-length", t.seq_length),
+        ("--tensor-model-parallel-size", tp),
+        ("--pipeline-model-parallel-size", pp),
+        ("--log-interval", config.logging.log_interval),
+        ("--eval-samples", config.eval.eval_samples),
+    ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    for name, value in (("--train-iters", t.train_iters), ("--save-interval", config.checkpoint.save_interval),
-                        ("--eval-interval", config.eval.eval_interval), ("--exit-interval", t.exit_interval)):
+    for name, value in (
+        ("--train-iters", t.train_iters),
+        ("--save-interval", config.checkpoint.save_interval),
+        ("--eval-interval", config.eval.eval_interval),
+        ("--exit-interval", t.exit_interval),
+    ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if world_size % (tp * pp):
-        raise ValueError(f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
-                         f"--pipeline-model-parallel-size {pp}")
+        raise ValueError(
+            f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
+            f"--pipeline-model-parallel-size {pp}"
+        )
     dp = world_size // (tp * pp)
     if t.global_batch_size % (t.micro_batch_size * dp):
-        raise ValueError(f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
-                         f"{t.micro_batch_size} x data-parallel size {dp}")
+        raise ValueError(
+            f"--global-batch-size {t.global_batch_size} is not divisible by --micro-batch-size "
+            f"{t.micro_batch_size} x data-parallel size {dp}"
+        )
     d = config.data
     if d.packed_data and d.reset_attention_mask:
-        raise ValueError("--reset-attention-mask is for GPTDataset rows; packed rows (--packed-data) keep "
-                         "documents apart already")
+        raise ValueError(
+            "--reset-attention-mask is for GPTDataset rows; packed rows (--packed-data) keep documents apart already"
+        )
     if config.model.attention_backend == "local" and (d.packed_data or d.reset_attention_mask):
-        raise ValueError("--attention-backend local cannot keep documents apart (no packed rows); drop "
-                         "--packed-data / --reset-attention-mask or choose another backend")
+        raise ValueError(
+            "--attention-backend local cannot keep documents apart (no packed rows); drop "
+            "--packed-data / --reset-attention-mask or choose another backend"
+        )
     if config.checkpoint.finetune and not config.checkpoint.load:
         raise ValueError("--finetune needs --load (the checkpoint whose weights to start from)")
     _check_output_path("--save", config.checkpoint.save)
@@ -244,8 +283,11 @@ def _check_data(prefixes: List[str], vocab_size: int, scan_tokens: bool) -> None
     for prefix in prefixes:
         if not os.path.exists(prefix + ".idx"):  # the validator's own report, without a cache lookup first
             raise ValueError(f"--data-path {prefix}: {validate_dataset(prefix)}")
-        report = (validate_tokens_once(prefix, vocab_size, os.path.join(cache, "validated")) if scan
-                  else validate_dataset(prefix))
+        report = (
+            validate_tokens_once(prefix, vocab_size, os.path.join(cache, "validated"))
+            if scan
+            else validate_dataset(prefix)
+        )
         if not report.ok:
             raise ValueError(f"--data-path {prefix}: {report}")
 
@@ -261,15 +303,22 @@ def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: 
     resume = _read_resume(config)
     shape = _model_shape(config, vocab.vocab_size, resume)
     if config.training.seq_length > shape.max_position_embeddings:
-        raise ValueError(f"--seq-length {config.training.seq_length} exceeds the model's "
-                         f"{shape.max_position_embeddings} positions (--max-position-embeddings)")
+        raise ValueError(
+            f"--seq-length {config.training.seq_length} exceeds the model's "
+            f"{shape.max_position_embeddings} positions (--max-position-embeddings)"
+        )
     p = config.parallel
     vp = p.num_layers_per_virtual_pipeline_stage
     if vp is not None and (vp < 1 or shape.num_layers % (p.pipeline_model_parallel_size * vp)):
-        raise ValueError(f"--num-layers-per-virtual-pipeline-stage {vp} does not split {shape.num_layers} layers "
-                         f"over {p.pipeline_model_parallel_size} pipeline stages")
-    layout = ParallelLayout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-                            shape.num_layers // p.pipeline_model_parallel_size // vp if vp else None)
+        raise ValueError(
+            f"--num-layers-per-virtual-pipeline-stage {vp} does not split {shape.num_layers} layers "
+            f"over {p.pipeline_model_parallel_size} pipeline stages"
+        )
+    layout = ParallelLayout(
+        p.tensor_model_parallel_size,
+        p.pipeline_model_parallel_size,
+        shape.num_layers // p.pipeline_model_parallel_size // vp if vp else None,
+    )
     layout.check(world_size, shape.num_layers, shape.num_attention_heads, shape.num_query_groups)
     prefixes, weights = parse_data_path(config.data.data_path) if config.data.data_path else ([], None)
     if check_data and not config.dry_run:
@@ -292,12 +341,14 @@ def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: 
 
 # ---- describing ---------------------------------------------------------------------------------
 
+
 def describe(plan: RunPlan) -> List[str]:
     """The plan as lines a person reads: model, layout, run size, recipe, memory per GPU."""
     from megatron_soda.training.memory import estimate_memory
 
     record = plan.record()
     shape, t = plan.shape, plan.config.training
+    tokens = plan.train_iters * t.tokens_per_iteration
     model = record["model"] if isinstance(record["model"], str) else "custom shape"
     lines = [
         f"model: {model}: {shape.num_layers} layers, hidden {shape.hidden_size}, {shape.num_attention_heads} heads "
@@ -305,21 +356,29 @@ def describe(plan: RunPlan) -> List[str]:
         f"{'tied' if shape.tie_embeddings else 'untied'} embeddings, vocabulary {shape.vocab_size:,} "
         f"(padded {shape.padded_vocab_size():,})",
         f"parameters: {record['parameters']:,} total, {record['non_embedding_parameters']:,} non-embedding",
-        f"FLOPs per token: {record['flops_per_token']:.4g} (with attention), {record['six_n_flops_per_token']:.4g} (6N)",
+        f"FLOPs per token: {record['flops_per_token']:.4g} (with attention), "
+        f"{record['six_n_flops_per_token']:.4g} (6N)",
         f"layout: TP={plan.layout.tensor} x PP={plan.layout.pipeline}"
         + (f" (x{plan.layout.virtual_pipeline} virtual)" if plan.layout.virtual_pipeline else "")
         + f" x DP={plan.data_parallel} = {plan.world_size} ranks; distributed optimizer "
         + ("on" if plan.distributed_optimizer else "off"),
         f"run: {plan.train_iters:,} iterations x {t.global_batch_size} sequences x {t.seq_length} tokens = "
-        f"{plan.train_iters * t.tokens_per_iteration:,} tokens, {plan.train_iters * t.tokens_per_iteration * record['flops_per_token']:.3g} FLOPs; "
+        f"{tokens:,} tokens, {tokens * record['flops_per_token']:.3g} FLOPs; "
         f"micro-batch {t.micro_batch_size}, {t.global_batch_size // (t.micro_batch_size * plan.data_parallel)} "
         f"micro-batches per rank per step",
         f"recipe: {plan.config.recipe or 'none (the flags and defaults alone)'}; lr {plan.config.optimizer.lr:g} "
         f"({plan.config.schedule.lr_decay_style}), optimizer {plan.config.optimizer.name}",
     ]
-    memory = estimate_memory(shape, tensor_parallel=plan.layout.tensor, pipeline_parallel=plan.layout.pipeline,
-                             data_parallel=plan.data_parallel, micro_batch_size=t.micro_batch_size,
-                             seq_length=t.seq_length, bf16=t.bf16, distributed_optimizer=plan.distributed_optimizer)
+    memory = estimate_memory(
+        shape,
+        tensor_parallel=plan.layout.tensor,
+        pipeline_parallel=plan.layout.pipeline,
+        data_parallel=plan.data_parallel,
+        micro_batch_size=t.micro_batch_size,
+        seq_length=t.seq_length,
+        bf16=t.bf16,
+        distributed_optimizer=plan.distributed_optimizer,
+    )
     lines.append("memory per GPU (estimate, busiest pipeline stage):")
     lines += ["  " + line for line in memory.lines()]
     return lines

@@ -64,14 +64,18 @@ class LRSchedule:
         self.warmup_steps = _steps(self.warmup_fraction, self.warmup_iters, self.total_steps, "warmup")
         self.decay_steps = _steps(self.decay_fraction, self.decay_iters, self.total_steps, "decay")
         if self.style != "wsd" and self.decay_steps:
-            raise ValueError(f"decay_fraction / decay_iters apply to style 'wsd' only; '{self.style}' "
-                             f"decays over everything after warmup")
+            raise ValueError(
+                f"decay_fraction / decay_iters apply to style 'wsd' only; '{self.style}' "
+                f"decays over everything after warmup"
+            )
         if self.style == "wsd":
             if self.decay_steps < 1:
                 raise ValueError("style 'wsd' needs a decay phase: set decay_fraction or decay_iters")
             if self.warmup_steps + self.decay_steps > self.total_steps:
-                raise ValueError(f"warmup ({self.warmup_steps}) + decay ({self.decay_steps}) updates exceed "
-                                 f"total_steps ({self.total_steps}): lower warmup_fraction or decay_fraction")
+                raise ValueError(
+                    f"warmup ({self.warmup_steps}) + decay ({self.decay_steps}) updates exceed "
+                    f"total_steps ({self.total_steps}): lower warmup_fraction or decay_fraction"
+                )
         elif self.style != "constant":
             self.decay_steps = self.total_steps - self.warmup_steps
             if self.decay_steps < 1:

@@ -53,11 +53,18 @@ def packed_micro_batch(batch: Dict[str, torch.Tensor]) -> Dict[str, object]:
     starts = torch.ones_like(flat, dtype=torch.bool)
     starts[1:] = flat[1:] != flat[:-1]
     starts[::seq] = True
-    cu_seqlens = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([rows * seq], device=documents.device)]).to(torch.int32)
+    cu_seqlens = torch.cat([torch.nonzero(starts).flatten(), torch.tensor([rows * seq], device=documents.device)]).to(
+        torch.int32
+    )
     max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
     out = {key: batch[key].reshape(1, rows * seq) for key in ("tokens", "labels", "loss_mask", "position_ids")}
-    out["packed_seq_params"] = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
-                                               max_seqlen_q=max_seqlen, max_seqlen_kv=max_seqlen)
+    out["packed_seq_params"] = PackedSeqParams(
+        qkv_format="thd",
+        cu_seqlens_q=cu_seqlens,
+        cu_seqlens_kv=cu_seqlens,
+        max_seqlen_q=max_seqlen,
+        max_seqlen_kv=max_seqlen,
+    )
     return out
 
 
@@ -75,8 +82,9 @@ def _to_device(batch: Dict[str, object]) -> Dict[str, object]:
 
 def _forward_step(settings: LossSettings, data_iterator: Iterator[Dict[str, object]], model):
     batch = _to_device(next(data_iterator))
-    logits = model(batch["tokens"], batch["position_ids"], None, labels=None,
-                   packed_seq_params=batch.get("packed_seq_params"))
+    logits = model(
+        batch["tokens"], batch["position_ids"], None, labels=None, packed_seq_params=batch.get("packed_seq_params")
+    )
     return logits, partial(_loss, settings, batch["labels"], batch["loss_mask"])
 
 
@@ -103,10 +111,12 @@ def forward_backward(
     from megatron.core.utils import get_model_config
 
     if not getattr(get_model_config(model_chunks[0]), "calculate_per_token_loss", False):
-        raise ValueError("forward_backward needs TransformerConfig.calculate_per_token_loss=True (models.gpt."
-                         "transformer_config sets it, before DDP is built): without it megatron divides each "
-                         "micro-batch's loss by its tokens and by the number of micro-batches, and DDP averages "
-                         "over data-parallel ranks, which weighs tokens unevenly")
+        raise ValueError(
+            "forward_backward needs TransformerConfig.calculate_per_token_loss=True (models.gpt."
+            "transformer_config sets it, before DDP is built): without it megatron divides each "
+            "micro-batch's loss by its tokens and by the number of micro-batches, and DDP averages "
+            "over data-parallel ranks, which weighs tokens unevenly"
+        )
     settings = loss if loss is not None else LossSettings()
     if batches and "document_ids" in batches[0]:
         batches = [packed_micro_batch(batch) for batch in batches]

@@ -60,7 +60,11 @@ class Trainer:
 
     def setup_model_and_optimizer(self) -> None:
         """Process groups, this rank's model chunks in megatron DDP, and the megatron optimizer."""
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
 
         from megatron_soda.models.gpt import transformer_config
         from megatron_soda.training import parallel
@@ -71,18 +75,27 @@ class Trainer:
         parallel.initialize(plan.layout, seed=t.seed)
         dtype = torch.bfloat16 if t.bf16 else torch.float32
         model_config = transformer_config(
-            plan.shape, tensor_parallel=plan.layout.tensor, pipeline_parallel=plan.layout.pipeline,
-            virtual_pipeline_parallel=plan.layout.virtual_pipeline, params_dtype=dtype,
-            init_method_std=self.config.model.init_method_std, attention_backend=self.config.model.attention_backend,
-            fp8_format=t.fp8_format, fp8_recipe=t.fp8_recipe,
+            plan.shape,
+            tensor_parallel=plan.layout.tensor,
+            pipeline_parallel=plan.layout.pipeline,
+            virtual_pipeline_parallel=plan.layout.virtual_pipeline,
+            params_dtype=dtype,
+            init_method_std=self.config.model.init_method_std,
+            attention_backend=self.config.model.attention_backend,
+            fp8_format=t.fp8_format,
+            fp8_recipe=t.fp8_recipe,
         )
-        chunks = parallel.build_model_chunks(plan.shape, model_config, attention_backend=self.config.model.attention_backend)
-        ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
-                                                   use_distributed_optimizer=plan.distributed_optimizer)
+        chunks = parallel.build_model_chunks(
+            plan.shape, model_config, attention_backend=self.config.model.attention_backend
+        )
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, use_distributed_optimizer=plan.distributed_optimizer
+        )
         self.model = [DistributedDataParallel(model_config, ddp_config, module=chunk) for chunk in chunks]
         model_config.finalize_model_grads_func = finalize_model_grads
-        self.optimizer = build_megatron_optimizer(self.model, self.config.optimizer, bf16=t.bf16,
-                                                  use_distributed_optimizer=plan.distributed_optimizer)
+        self.optimizer = build_megatron_optimizer(
+            self.model, self.config.optimizer, bf16=t.bf16, use_distributed_optimizer=plan.distributed_optimizer
+        )
         self.loss_settings = LossSettings(z_loss_weight=t.z_loss_weight, layout=plan.vocab)
 
     def setup_data(self) -> None:
@@ -92,14 +105,25 @@ class Trainer:
         plan, d, t = self.plan, self.config.data, self.config.training
         eval_samples = self.config.eval.eval_samples if self.config.eval.eval_interval else 0
         self.train_data, self.valid_data, _ = build_gpt_datasets(
-            BlendConfig(plan.prefixes, plan.weights, seq_length=t.seq_length, seed=t.seed, split=d.split,
-                        layout=plan.vocab, packed_rows=d.packed_data, reset_attention_mask=d.reset_attention_mask,
-                        eod_mask_loss=d.eod_mask_loss, cache_dir=d.data_cache_path),
+            BlendConfig(
+                plan.prefixes,
+                plan.weights,
+                seq_length=t.seq_length,
+                seed=t.seed,
+                split=d.split,
+                layout=plan.vocab,
+                packed_rows=d.packed_data,
+                reset_attention_mask=d.reset_attention_mask,
+                eod_mask_loss=d.eod_mask_loss,
+                cache_dir=d.data_cache_path,
+            ),
             (plan.train_iters * t.global_batch_size, eval_samples, 0),
         )
         if self.config.eval.eval_interval and self.valid_data is None:
-            raise ValueError(f"--eval-interval {self.config.eval.eval_interval} needs a validation split; "
-                             f"--split {d.split} gives none")
+            raise ValueError(
+                f"--eval-interval {self.config.eval.eval_interval} needs a validation split; "
+                f"--split {d.split} gives none"
+            )
         self._log_mix(achieved_mix(self.train_data, plan.train_iters * t.global_batch_size))
 
     def load_checkpoint(self) -> None:
@@ -110,17 +134,26 @@ class Trainer:
         ckpt, plan = self.config.checkpoint, self.plan
         if plan.resume is not None:
             finetune = ckpt.finetune
-            state = checkpointing.load_checkpoint(ckpt.load, self.model, self.optimizer,
-                                                  load_optimizer=ckpt.load_optim and not finetune,
-                                                  load_rng=ckpt.load_rng and not finetune)
+            state = checkpointing.load_checkpoint(
+                ckpt.load,
+                self.model,
+                self.optimizer,
+                load_optimizer=ckpt.load_optim and not finetune,
+                load_rng=ckpt.load_rng and not finetune,
+            )
             if finetune:
                 restored = "weights only (--finetune): iteration, data, optimizer and schedule start at 0"
             else:
                 self.iteration, self.consumed_samples = state["iteration"], state["consumed_samples"]
-                parts = ["weights", "optimizer state" if ckpt.load_optim and not plan.resume["model_only"]
-                         else "no optimizer state (fresh)",
-                         "RNG states" if state["rng_restored"] else "no RNG states",
-                         f"iteration {self.iteration}", f"{self.consumed_samples} consumed samples"]
+                parts = [
+                    "weights",
+                    "optimizer state"
+                    if ckpt.load_optim and not plan.resume["model_only"]
+                    else "no optimizer state (fresh)",
+                    "RNG states" if state["rng_restored"] else "no RNG states",
+                    f"iteration {self.iteration}",
+                    f"{self.consumed_samples} consumed samples",
+                ]
                 restored = ", ".join(parts)
             logger.info("loaded %s (iteration %d): %s", plan.resume["path"], plan.resume["iteration"], restored)
         if self.train_data is not None:
@@ -131,13 +164,19 @@ class Trainer:
 
         from megatron_soda.training.logger import RunLogger
 
-        reporting = (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-                     and parallel_state.get_tensor_model_parallel_rank() == 0
-                     and parallel_state.get_data_parallel_rank() == 0)
+        reporting = (
+            parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+            and parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_data_parallel_rank() == 0
+        )
         resumed = self.iteration if (self.plan.resume is not None and not self.config.checkpoint.finetune) else None
-        self.log = RunLogger(active=reporting, metrics_file=self.config.logging.metrics_file,
-                             tensorboard_dir=self.config.logging.tensorboard_dir, run=self.plan.record(),
-                             resumed_at=resumed)
+        self.log = RunLogger(
+            active=reporting,
+            metrics_file=self.config.logging.metrics_file,
+            tensorboard_dir=self.config.logging.tensorboard_dir,
+            run=self.plan.record(),
+            resumed_at=resumed,
+        )
 
     # ---- one step -------------------------------------------------------------------------------
 
@@ -148,9 +187,15 @@ class Trainer:
         from megatron_soda.training.data import micro_batches
 
         d, t = self.config.data, self.config.training
-        return micro_batches(dataset, first_sample, num_samples, t.micro_batch_size,
-                             parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),
-                             self.plan.vocab.eos_id if d.reset_attention_mask else None)
+        return micro_batches(
+            dataset,
+            first_sample,
+            num_samples,
+            t.micro_batch_size,
+            parallel_state.get_data_parallel_rank(),
+            parallel_state.get_data_parallel_world_size(),
+            self.plan.vocab.eos_id if d.reset_attention_mask else None,
+        )
 
     def _forward_backward(self, batches, forward_only: bool = False) -> Dict[str, float]:
         from megatron.core import parallel_state
@@ -158,9 +203,14 @@ class Trainer:
         from megatron_soda.training.loss import combine_metrics
         from megatron_soda.training.step import forward_backward
 
-        results = forward_backward(self.model, batches, seq_length=self.config.training.seq_length,
-                                   micro_batch_size=self.config.training.micro_batch_size,
-                                   forward_only=forward_only, loss=self.loss_settings)
+        results = forward_backward(
+            self.model,
+            batches,
+            seq_length=self.config.training.seq_length,
+            micro_batch_size=self.config.training.micro_batch_size,
+            forward_only=forward_only,
+            loss=self.loss_settings,
+        )
         return _from_last_stage(combine_metrics(results, parallel_state.get_data_parallel_group()))
 
     def train_step(self, batches: List[Dict[str, torch.Tensor]]) -> Dict[str, float]:
@@ -181,10 +231,14 @@ class Trainer:
         loss, grad_norm = metrics["lm loss"], float("nan")
         if not math.isfinite(loss):
             if self.config.training.nan_policy == "stop":
-                raise FloatingPointError(f"iteration {self.iteration + 1}: loss is {loss}; stopping (--nan-policy "
-                                         "stop). Resume from the last checkpoint with a lower --lr or --nan-policy skip.")
+                raise FloatingPointError(
+                    f"iteration {self.iteration + 1}: loss is {loss}; stopping (--nan-policy "
+                    "stop). Resume from the last checkpoint with a lower --lr or --nan-policy skip."
+                )
             self.skipped_iterations += 1
-            logger.warning("iteration %d: loss is %s; skipping the update (--nan-policy skip)", self.iteration + 1, loss)
+            logger.warning(
+                "iteration %d: loss is %s; skipping the update (--nan-policy skip)", self.iteration + 1, loss
+            )
         else:
             _, norm, _ = self.optimizer.step()
             grad_norm = float(norm) if norm is not None else float("nan")
@@ -236,10 +290,18 @@ class Trainer:
 
         start = time.time()
         path = checkpointing.save_checkpoint(
-            self.config.checkpoint.save, self.iteration, self.model, self.optimizer,
-            {"schedule": self.plan.schedule.__dict__}, self.consumed_samples,
-            {"model": record_for(self.plan.shape), "vocab_size": self.plan.vocab.vocab_size,
-             "padded_vocab_size": self.plan.shape.padded_vocab_size()})
+            self.config.checkpoint.save,
+            self.iteration,
+            self.model,
+            self.optimizer,
+            {"schedule": self.plan.schedule.__dict__},
+            self.consumed_samples,
+            {
+                "model": record_for(self.plan.shape),
+                "vocab_size": self.plan.vocab.vocab_size,
+                "padded_vocab_size": self.plan.shape.padded_vocab_size(),
+            },
+        )
         logger.info("saved checkpoint at iteration %d to %s (%.1f s)", self.iteration, path, time.time() - start)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -282,8 +344,9 @@ class Trainer:
                 values["data mix"] = {name: round(float(c) / total, 4) for name, c in zip(names, self._mix_counts)}
             if peak is not None:
                 values["MFU"] = mfu(rate / plan.world_size, plan.shape, t.seq_length, peak)
-            self.log.log(self.iteration, plan.train_iters, values,
-                         console=self.iteration % self.config.logging.log_interval == 0)
+            self.log.log(
+                self.iteration, plan.train_iters, values, console=self.iteration % self.config.logging.log_interval == 0
+            )
             exiting = t.exit_interval is not None and self.iteration % t.exit_interval == 0
             last = self.iteration == plan.train_iters
             if interval and (self.iteration % interval == 0 or last):
@@ -323,7 +386,8 @@ def _from_last_stage(values: Dict[str, float]) -> Dict[str, float]:
     from megatron.core import parallel_state
 
     last = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-    tensor = torch.tensor([float(v) if last else 0.0 for v in values.values()], dtype=torch.float64,
-                          device=device_info().current())
+    tensor = torch.tensor(
+        [float(v) if last else 0.0 for v in values.values()], dtype=torch.float64, device=device_info().current()
+    )
     torch.distributed.all_reduce(tensor, group=parallel_state.get_pipeline_model_parallel_group())
     return dict(zip(values, tensor.tolist()))
