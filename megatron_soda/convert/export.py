@@ -7,8 +7,10 @@ layer at a time (dist checkpointing assembles each from whatever shards it was s
 and RNG state in the checkpoint are not read.
 
 The output directory holds ``config.json``, ``generation_config.json``, the weights (sharded at
-``max_shard_size``) and, given a SODA tokenizer directory, its files; ``AutoModelForCausalLM`` and
-``AutoTokenizer`` load it offline. It appears under its name only once complete (``hf_files``).
+``max_shard_size``) and, given a SODA tokenizer directory, that tokenizer set up for Hugging Face users
+(``tokenizer.builder.save_hf_tokenizer``: pad token, ``model_max_length``, BOS as training puts it).
+``AutoModelForCausalLM``, ``AutoTokenizer`` and ``pipeline("text-generation")`` load it offline, without
+warnings. It appears under its name only once complete (``hf_files``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from megatron_soda.checks import check_at_least, check_dir, check_output_dir
 from megatron_soda.convert import hf_config
 from megatron_soda.convert.hf_files import (
     INDEX_FILE,
@@ -43,9 +46,10 @@ from megatron_soda.convert.names import (
     tensor_maps,
     to_hf,
 )
-from megatron_soda.flags import check_at_least, check_dir, check_output_dir, flag
+from megatron_soda.flags import flag
 from megatron_soda.models.presets import ModelShape
 from megatron_soda.models.shape_record import Record, shape_from_record
+from megatron_soda.tokenizer.layout import VocabLayout
 
 MODEL_FILES = ("config.json", "generation_config.json", INDEX_FILE)
 """Files of the export itself; a tokenizer directory's files of these names are not copied."""
@@ -113,14 +117,22 @@ class ExportPlan:
     """Its ``extra["model"]``."""
     shape: ModelShape
     dtype: torch.dtype
-    bos_token_id: Optional[int]
-    eos_token_id: Optional[int]
+    layout: Optional[VocabLayout]
+    """The vocabulary's layout (special ids), from --tokenizer, else SODA's for its vocabulary size, else None."""
     items: List[Tuple[TensorMap, Optional[int]]]
     """Checkpoint tensors (per layer for stacks) in output order."""
     metadata: Dict[str, Any]
     """The checkpoint's tensor metadata (global shape and dtype per key)."""
     shards: List[List[str]]
     """Hugging Face tensor names per output file."""
+
+    @property
+    def bos_token_id(self) -> Optional[int]:
+        return self.layout.bos_id if self.layout else None
+
+    @property
+    def eos_token_id(self) -> Optional[int]:
+        return self.layout.eos_id if self.layout else None
 
     def mapping_lines(self) -> List[str]:
         """``megatron-name shape -> HF-name shape`` for every tensor, and the files they go to."""
@@ -151,16 +163,15 @@ def resolve_checkpoint(load, iteration: Optional[int]) -> dict:
     return read_checkpoint_info(load, iteration)
 
 
-def _vocabulary(tokenizer: Optional[str]) -> Tuple[Optional[int], Optional[int], Optional[int]]:
-    """(vocabulary size, bos id, eos id) of a SODA tokenizer directory; all None without one."""
+def _vocabulary(tokenizer: Optional[str]) -> Optional[VocabLayout]:
+    """The layout of a SODA tokenizer directory (checked); None without one."""
     if tokenizer is None:
-        return None, None, None
+        return None
     from megatron_soda.tokenizer import load_soda_tokenizer
 
     if not Path(tokenizer).is_dir():
         raise ConversionError(f"--tokenizer {tokenizer}: give the directory tools/build_tokenizer.py wrote")
-    layout = load_soda_tokenizer(tokenizer).layout
-    return layout.vocab_size, layout.bos_id, layout.eos_id
+    return load_soda_tokenizer(tokenizer).layout
 
 
 def plan_export(config: ExportConfig) -> ExportPlan:
@@ -181,7 +192,8 @@ def plan_export(config: ExportConfig) -> ExportPlan:
             f"{path}: its extra state names no model (extra has {sorted(extra)}); "
             f"it was not saved by megatron_soda.pretrain or tools/convert_checkpoint.py"
         )
-    vocab_size, bos, eos = _vocabulary(config.tokenizer)
+    layout = _vocabulary(config.tokenizer)
+    vocab_size = layout.vocab_size if layout else None
     recorded = extra.get("vocab_size")  # stored by imports; training stores the padded size only
     if vocab_size is not None and recorded is not None and vocab_size != recorded:
         raise ConversionError(
@@ -189,8 +201,8 @@ def plan_export(config: ExportConfig) -> ExportPlan:
             f"{vocab_size}: pass the tokenizer the model was trained with"
         )
     shape = shape_from_record(extra["model"], vocab_size or recorded, str(path))
-    if vocab_size is None and shape.vocab_size == SODA_LAYOUT.vocab_size:
-        bos, eos = SODA_LAYOUT.bos_id, SODA_LAYOUT.eos_id
+    if layout is None and shape.vocab_size == SODA_LAYOUT.vocab_size:
+        layout = SODA_LAYOUT
     hf_config.check_convertible(shape, str(path))
     metadata = dist_checkpointing.load_tensors_metadata(str(path))
     _check_tensors(path, metadata, shape, extra)
@@ -199,7 +211,7 @@ def plan_export(config: ExportConfig) -> ExportPlan:
     items = ordered_items(shape)
     sizes = [(name, tensor_bytes(s, dtype)) for m, layer in items for name, s in hf_shapes(m, shape, layer).items()]
     shards = plan_shards(sizes, parse_size(config.max_shard_size))
-    return ExportPlan(path, extra["model"], shape, dtype, bos, eos, items, metadata, shards)
+    return ExportPlan(path, extra["model"], shape, dtype, layout, items, metadata, shards)
 
 
 def _check_tensors(path: Path, metadata: Dict[str, Any], shape: ModelShape, extra: dict) -> None:
@@ -301,11 +313,16 @@ def write_export(plan: ExportPlan, config: ExportConfig) -> Path:
         _write_json(
             scratch / "config.json", hf_config.hf_config(shape, plan.dtype, plan.bos_token_id, plan.eos_token_id)
         )
+        stops = [plan.layout.text_end_id, plan.layout.audio_end_id] if plan.layout else None
         _write_json(
-            scratch / "generation_config.json", hf_config.generation_config(plan.bos_token_id, plan.eos_token_id)
+            scratch / "generation_config.json",
+            hf_config.generation_config(plan.bos_token_id, plan.eos_token_id, stops),
         )
         if config.tokenizer is not None:
+            from megatron_soda.tokenizer.builder import save_hf_tokenizer
+
             _copy_tokenizer(Path(config.tokenizer), scratch)
+            save_hf_tokenizer(config.tokenizer, scratch, model_max_length=shape.max_position_embeddings)
     return output
 
 
@@ -314,7 +331,14 @@ def _write_json(path: Path, value: dict) -> None:
 
 
 def _copy_tokenizer(source: Path, target: Path) -> None:
-    """The tokenizer directory's files (already checked by ``load_soda_tokenizer``), model files excepted."""
+    """The tokenizer directory's other files (``save_hf_tokenizer`` writes the Hugging Face ones), model
+    files excepted."""
+    from megatron_soda.tokenizer.builder import HF_TOKENIZER_FILES
+
     for entry in sorted(source.iterdir()):
-        if entry.is_file() and entry.name not in MODEL_FILES and not entry.name.endswith(".safetensors"):
+        if (
+            entry.is_file()
+            and entry.name not in MODEL_FILES + HF_TOKENIZER_FILES
+            and not entry.name.endswith(".safetensors")
+        ):
             shutil.copy2(entry, target / entry.name)

@@ -7,14 +7,23 @@ SODA's is 1e-5, transformers' Qwen3 default 1e-6.
 
 RoPE: Llama-3 frequency scaling converts with all four settings (factor, low/high-frequency factors,
 original context); ``models/gpt.py`` gives megatron-core's rotary embedding every one of them.
+transformers (4 and 5) warns on every load of a config whose ``original_max_position_embeddings`` is not
+below ``max_position_embeddings`` (SODA's 8192 > 4096). Llama-3 scaling depends on the original context
+and the two frequency factors only through their ratios (the band edges ``original / low_freq_factor``,
+``original / high_freq_factor`` and the smoothing ``(original / wavelength - low) / (high - low)``), so the
+export writes the three divided by the same power of two (8192, 1, 4 -> 2048, 0.25, 1): bit-identical
+frequencies, since halving is exact in floating point, and no warning (``transformers_rope_scaling``).
+The trained values are kept beside them under ``TRAINED_ROPE_KEY``, which transformers ignores and the
+import reads back, so a round trip gives the same shape (and preset) again.
 """
 
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -63,27 +72,70 @@ def check_convertible(shape: ModelShape, where: str) -> None:
         raise ConversionError(f"{where}: cannot convert this model: it has {'; '.join(problems)}")
 
 
-def _rope_fields(shape: ModelShape) -> Tuple[dict, Optional[dict]]:
-    """(``rope_parameters`` for transformers 5, ``rope_scaling`` for transformers 4)."""
+TRAINED_ROPE_KEY = "megatron_soda_rope_scaling"
+"""config.json key holding the Llama-3 settings the model was trained with, written when the transformers
+fields carry an equivalent rewrite of them (``transformers_rope_scaling``)."""
+
+
+def same_frequencies(a: RopeScaling, b: RopeScaling) -> bool:
+    """Whether two Llama-3 settings give the same frequencies at every head dimension and theta: equal factor
+    and equal band edges ``original / low_freq_factor``, ``original / high_freq_factor`` (exactly)."""
+    return (
+        a.factor == b.factor
+        and Fraction(a.original_max_position) / Fraction(a.low_freq_factor)
+        == Fraction(b.original_max_position) / Fraction(b.low_freq_factor)
+        and Fraction(a.original_max_position) / Fraction(a.high_freq_factor)
+        == Fraction(b.original_max_position) / Fraction(b.high_freq_factor)
+    )
+
+
+def transformers_rope_scaling(rope: RopeScaling, max_position_embeddings: int) -> RopeScaling:
+    """``rope`` as transformers accepts it without a warning: ``original_max_position`` below
+    ``max_position_embeddings``. When it is not, the original context and both frequency factors are divided
+    by the smallest power of two that brings it below; every quantity transformers' (and megatron-core's)
+    Llama-3 formula computes from them is then the same float, so the frequencies are bit-identical. Returned
+    unchanged if already accepted, or if no power of two divides the original context far enough (then
+    transformers warns; nothing else changes)."""
+    original, divisor = rope.original_max_position, 1
+    while original // divisor >= max_position_embeddings and original % (2 * divisor) == 0:
+        divisor *= 2
+    if original // divisor >= max_position_embeddings:
+        return rope
+    return RopeScaling(
+        factor=rope.factor,
+        low_freq_factor=rope.low_freq_factor / divisor,
+        high_freq_factor=rope.high_freq_factor / divisor,
+        original_max_position=original // divisor,
+    )
+
+
+def _rope_fields(shape: ModelShape) -> Tuple[dict, Optional[dict], Optional[dict]]:
+    """(``rope_parameters`` for transformers 5, ``rope_scaling`` for transformers 4, the trained settings if
+    those two carry an equivalent rewrite of them, else None)."""
     rope = shape.rope_scaling
     if rope is None:
-        return {"rope_type": "default", "rope_theta": shape.rotary_base}, None
-    scaling = {
-        "rope_type": "llama3",
+        return {"rope_type": "default", "rope_theta": shape.rotary_base}, None, None
+    written = transformers_rope_scaling(rope, shape.max_position_embeddings)
+    scaling = {"rope_type": "llama3", **_llama3_values(written)}
+    trained = _llama3_values(rope) if written != rope else None
+    return {**scaling, "rope_theta": shape.rotary_base}, scaling, trained
+
+
+def _llama3_values(rope: RopeScaling) -> dict:
+    return {
         "factor": rope.factor,
         "low_freq_factor": rope.low_freq_factor,
         "high_freq_factor": rope.high_freq_factor,
         "original_max_position_embeddings": rope.original_max_position,
     }
-    return {**scaling, "rope_theta": shape.rotary_base}, scaling
 
 
 def hf_config(
     shape: ModelShape, dtype: torch.dtype, bos_token_id: Optional[int] = None, eos_token_id: Optional[int] = None
 ) -> dict:
     """config.json of ``Qwen3ForCausalLM`` for ``shape`` (the real, unpadded vocabulary)."""
-    rope_parameters, rope_scaling = _rope_fields(shape)
-    return {
+    rope_parameters, rope_scaling, trained = _rope_fields(shape)
+    config = {
         "architectures": ["Qwen3ForCausalLM"],
         "model_type": "qwen3",
         "vocab_size": shape.vocab_size,
@@ -114,11 +166,26 @@ def hf_config(
         "torch_dtype": dtype_name(dtype),
         "transformers_version": _transformers_version(),
     }
+    if trained is not None:
+        config[TRAINED_ROPE_KEY] = trained
+    return config
 
 
-def generation_config(bos_token_id: Optional[int], eos_token_id: Optional[int]) -> dict:
-    """generation_config.json: the special ids only; sampling settings belong to the task, not the model."""
-    return {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "transformers_version": _transformers_version()}
+def generation_config(
+    bos_token_id: Optional[int], eos_token_id: Optional[int], stop_token_ids: Optional[List[int]] = None
+) -> dict:
+    """generation_config.json: the special ids, and greedy decoding stated (transformers' default).
+
+    ``eos_token_id`` is the list of ids ``generate`` stops at: ``eos_token_id`` (``<|end_of_text|>``) first,
+    then ``stop_token_ids`` (SODA's segment ends). ``pad_token_id`` is ``eos_token_id``, as the exported
+    tokenizer pads (the embedding has only the real vocabulary: no row to spare for a new pad token).
+    Sampling settings belong to the task; ``do_sample=True`` and its knobs are arguments to ``generate``.
+    """
+    config = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id}
+    if eos_token_id is not None:
+        stops = [eos_token_id, *(i for i in stop_token_ids or () if i != eos_token_id)]
+        config.update(eos_token_id=stops if len(stops) > 1 else eos_token_id, pad_token_id=eos_token_id)
+    return {**config, "do_sample": False, "transformers_version": _transformers_version()}
 
 
 def _transformers_version() -> str:
@@ -155,6 +222,7 @@ def shape_from_hf_config(directory) -> Tuple[ModelShape, Optional[torch.dtype]]:
         raise ConversionError(f"{path}: cannot convert: {'; '.join(problems)}")
     heads = config.num_attention_heads
     theta, rope = _read_rope(config, path)
+    rope = _trained_rope(raw, rope, path)
     try:
         shape = ModelShape(
             num_layers=config.num_hidden_layers,
@@ -211,3 +279,21 @@ def _read_rope(config, path: Path) -> Tuple[float, Optional[RopeScaling]]:
     except KeyError as missing:
         raise ConversionError(f"{path}: llama3 RoPE parameters lack {missing}") from None
     return float(theta), rope
+
+
+def _trained_rope(raw: dict, rope: Optional[RopeScaling], path: Path) -> Optional[RopeScaling]:
+    """The trained Llama-3 settings an export recorded under ``TRAINED_ROPE_KEY``, if they give the same
+    frequencies as the ones transformers reads (else those: the config was edited after the export)."""
+    trained = raw.get(TRAINED_ROPE_KEY)
+    if rope is None or not isinstance(trained, dict):
+        return rope
+    try:
+        recorded = RopeScaling(
+            factor=float(trained["factor"]),
+            low_freq_factor=float(trained["low_freq_factor"]),
+            high_freq_factor=float(trained["high_freq_factor"]),
+            original_max_position=int(trained["original_max_position_embeddings"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ConversionError(f"{path}: {TRAINED_ROPE_KEY} is not a set of Llama-3 RoPE settings: {trained}") from None
+    return recorded if same_frequencies(recorded, rope) else rope

@@ -175,7 +175,10 @@ def staged_directory(output, overwrite: bool) -> Iterator[Path]:
     scratch.mkdir()
     try:
         yield scratch
+        mode = 0o666 & ~_umask()  # what open() gives; safetensors writes its files 0600
         for entry in scratch.iterdir():
+            if entry.is_file():
+                entry.chmod(mode)
             fsync_path(entry)
         fsync_path(scratch)
     except BaseException:
@@ -191,6 +194,12 @@ def staged_directory(output, overwrite: bool) -> Iterator[Path]:
     fsync_path(output.parent)
     if old is not None:
         shutil.rmtree(old)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output(output: Path, overwrite: bool) -> None:

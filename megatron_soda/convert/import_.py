@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from megatron_soda.checks import check_at_least, check_dir, check_output_dir
 from megatron_soda.convert import hf_config
 from megatron_soda.convert.hf_files import HFTensors
 from megatron_soda.convert.names import (
@@ -30,7 +31,7 @@ from megatron_soda.convert.names import (
     ordered_items,
     to_megatron,
 )
-from megatron_soda.flags import check_at_least, check_dir, check_output_dir, flag
+from megatron_soda.flags import flag
 from megatron_soda.models.presets import ModelShape
 from megatron_soda.models.shape_record import Record, record_for
 

@@ -8,7 +8,9 @@ K x C audio characters (B+4 ..), all as special added tokens that are never norm
 
 The base's post-processor is kept: from Llama 3 the saved tokenizer prepends ``<|begin_of_text|>`` when
 Hugging Face is called with its default ``add_special_tokens=True``, as SODA's released tokenizer does.
-``SodaTokenizer`` never relies on that.
+``SodaTokenizer`` never relies on that. ``save_hf_tokenizer`` writes the copy that goes into a Hugging Face
+export, set up for transformers' users: BOS prepended by default whatever the base (training's sequences
+start with it), ``<|end_of_text|>`` as pad token, a real ``model_max_length``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from tokenizers import AddedToken, Tokenizer
+from tokenizers import AddedToken, Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from megatron_soda.tokenizer.layout import BEGIN_OF_TEXT, END_OF_TEXT, SODA_LAYOUT, SPECIAL_TOKENS, VocabLayout
@@ -106,6 +108,62 @@ def load_soda_tokenizer(
         return SodaTokenizer(hf, layout)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
+
+
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+"""The files Hugging Face saves for a fast tokenizer (``save_hf_tokenizer`` writes them anew)."""
+
+
+def save_hf_tokenizer(path, directory, model_max_length: int) -> SodaTokenizer:
+    """The SODA tokenizer at ``path`` (checked by ``load_soda_tokenizer``), saved into ``directory`` for
+    Hugging Face users, with its layout file; returns it as loaded back from ``directory``.
+
+    - BOS: ``AutoTokenizer.from_pretrained(directory)("hello")`` gives ``<|begin_of_text|>`` then the text's
+      ids, as training's sequences start (``data.formats.render``). A Llama 3 base's post-processor already
+      does that and is kept; any other (the demo's BPE has none) is replaced by Llama 3's template.
+    - ``pad_token`` is ``<|end_of_text|>``: the exported embedding has only the real vocabulary, so a new
+      pad id would have no row; padded positions are masked by ``attention_mask`` anyway.
+    - ``model_max_length``: the model's ``max_position_embeddings`` (the longest sequence trained on).
+    - ``tokenizer_class`` ``PreTrainedTokenizerFast``, which transformers 4 and 5 both load (5 would write
+      its own ``TokenizersBackend``, unknown to 4).
+
+    The specials and audio stay special added tokens, so ``decode(..., skip_special_tokens=True)`` and
+    ``pipeline("text-generation")`` drop them: audio decodes to ``''`` there.
+    """
+    soda = load_soda_tokenizer(path)
+    layout = soda.layout
+    backend = Tokenizer.from_str(soda.hf.backend_tokenizer.to_str())
+    backend.encode_special_tokens = False
+    if not _prepends_bos(backend, layout.bos_id):
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{BEGIN_OF_TEXT} $A",
+            pair=f"{BEGIN_OF_TEXT} $A {BEGIN_OF_TEXT}:1 $B:1",
+            special_tokens=[(BEGIN_OF_TEXT, layout.bos_id)],
+        )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BEGIN_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+    directory = Path(directory)
+    SodaTokenizer(hf, layout).save(directory)
+    config_file = directory / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    saved = load_soda_tokenizer(directory)
+    if saved.layout != layout or not _prepends_bos(saved.hf.backend_tokenizer, layout.bos_id):
+        raise RuntimeError(f"{directory}: the saved tokenizer does not read back as written")
+    return saved
+
+
+def _prepends_bos(backend: Tokenizer, bos_id: int) -> bool:
+    """Whether Hugging Face's default encoding (``add_special_tokens=True``) gives exactly BOS + the text."""
+    text = "hello world"
+    return backend.encode(text).ids == [bos_id] + backend.encode(text, add_special_tokens=False).ids
 
 
 def _load_base(base) -> Tokenizer:
