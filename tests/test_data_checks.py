@@ -7,7 +7,10 @@ import pytest
 
 from megatron_soda import _native
 from megatron_soda.data.indexed_dataset import validate_tokens_once, write_dataset
-from megatron_soda.pretrain import _check_data
+from megatron_soda.tokenizer import VocabLayout
+from megatron_soda.training.plan import check_datasets
+
+VOCAB_800 = VocabLayout(base_size=780, num_codebooks=1, codebook_size=16, bos_id=0, eos_id=1)
 
 
 @pytest.fixture
@@ -61,11 +64,11 @@ def test_only_rank_0_scans_token_ids(tmp_path, monkeypatch, scans):
     prefix = dataset(tmp_path / "d", 900)
     monkeypatch.setenv("MEGATRON_SODA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("RANK", "1")
-    _check_data([prefix], 800, scan_tokens=True)  # the index is fine; ids are rank 0's to check
+    check_datasets([prefix], VOCAB_800, scan_tokens=True)  # the index is fine; ids are rank 0's to check
     assert scans == []
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ValueError, match=f"--data-path {prefix}: .*800"):
-        _check_data([prefix], 800, scan_tokens=True)
+        check_datasets([prefix], VOCAB_800, scan_tokens=True)
     with pytest.raises(ValueError, match="index file is missing"):
-        _check_data([str(tmp_path / "absent")], 800, scan_tokens=True)
+        check_datasets([str(tmp_path / "absent")], VOCAB_800, scan_tokens=True)
     assert not os.path.exists(tmp_path / "cache" / "validated") or not os.listdir(tmp_path / "cache" / "validated")

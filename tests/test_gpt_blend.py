@@ -51,6 +51,14 @@ def test_a_split_without_documents_is_refused_instead_of_hanging(speech_and_text
         build_gpt_datasets(config, (10, 10, 10))
 
 
+@pytest.mark.timeout(60)
+def test_a_split_without_documents_that_asks_for_no_samples_is_not_built(speech_and_text):
+    """The default --split 969,30,1 on a few hundred documents: the empty test split must not hang the run."""
+    config = BlendConfig(list(speech_and_text), [0.5, 0.5], seq_length=64, split="969,30,1")
+    train, valid, test = build_gpt_datasets(config, (10, 4, 0))
+    assert len(train) >= 10 and len(valid) >= 4 and test is None
+
+
 def test_index_cache_needs_a_process_group(speech_and_text, tmp_path):
     config = BlendConfig(list(speech_and_text), seq_length=64, split="90,10,0", cache_dir=str(tmp_path))
     with pytest.raises(ValueError, match="process group"):

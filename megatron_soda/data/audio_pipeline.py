@@ -4,10 +4,11 @@ Output directory::
 
     job.json                    what this job is (config and input fingerprints); a rerun must match it
     rejects_input.jsonl         manifest lines refused before any audio was read
-    shards/tokens_NNNNN.*       rendered sequences (IndexedDataset; one sequence per rendered document)
+    shards/tokens_NNNNN.*       rendered sequences (IndexedDataset; one sequence per rendered document), with
+                                tokens_NNNNN.vocab.json: the tokenizer and vocabulary layout that made them
     shards/codes_NNNNN.*        raw codes, one document per source document, one sequence per utterance,
                                 frame-major audio indices k*C + c, so formats can be re-rendered without
-                                re-encoding (the expensive step)
+                                re-encoding (the expensive step); codes_NNNNN.vocab.json says so
     shards/meta_NNNNN.jsonl     one line per kept utterance (id, text, speaker, recording, seconds, frames,
                                 and `document`: its document's index in the shard's codes dataset)
     shards/rejects_NNNNN.jsonl  utterances refused while decoding, with their reasons
@@ -30,10 +31,11 @@ from typing import List, Optional
 
 import numpy as np
 
+from megatron_soda.checks import check_at_least, check_exists, check_output_dir
 from megatron_soda.codec.config import CodecConfig
 from megatron_soda.data.audio_decode import DecodePool, DecodeTask
 from megatron_soda.data.formats import Utterance, document_orders, render, speech_document
-from megatron_soda.data.indexed_dataset import DatasetWriter
+from megatron_soda.data.indexed_dataset import DatasetWriter, add_vocab_record, vocab_record
 from megatron_soda.data.jobs import (
     ShardedJob,
     content_digest,
@@ -45,7 +47,7 @@ from megatron_soda.data.jobs import (
 )
 from megatron_soda.data.manifest import Reject, group_documents, read_inputs
 from megatron_soda.data.text_pipeline import check_tokenizer, load_tokenizer
-from megatron_soda.flags import check_at_least, check_exists, check_output_dir, flag
+from megatron_soda.flags import flag
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +160,8 @@ class _Progress:
         self.bar.close()
 
 
-def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress) -> None:
+def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress, vocab) -> None:
+    """Encodes, renders and commits shard ``index``; ``vocab`` (``vocab_record``) goes beside its datasets."""
     records = [r for document in documents for r in document]
     tasks = [
         DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records
@@ -221,9 +224,10 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
         token_docs += [render(speech_document(utterances, order, layout), layout).ids for order in orders[number]]
 
     lengths = [len(d) for d in token_docs]
-    with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True) as writer:
+    with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True, vocab=vocab) as writer:
         writer.add_documents(np.concatenate(token_docs) if token_docs else np.zeros(0, np.int64), lengths)
-    with DatasetWriter(job.path("codes", index), layout.num_audio_tokens, overwrite=True) as writer:
+    codes_vocab = {**vocab, "content": "codes"}
+    with DatasetWriter(job.path("codes", index), layout.num_audio_tokens, overwrite=True, vocab=codes_vocab) as writer:
         writer.add_documents(
             np.concatenate(code_tokens) if code_tokens else np.zeros(0, np.int64), code_lengths, utterances_per_doc
         )
@@ -269,6 +273,10 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
         for i in range(0, len(documents), config.documents_per_shard)
     ]
     todo = [i for i in range(len(shards)) if not job.is_committed(i)]
+    vocab = vocab_record(layout, config.tokenizer)  # beside every dataset written: what its ids mean
+    for i in set(range(len(shards))) - set(todo):  # shards committed by code that wrote no record
+        add_vocab_record(job.path("tokens", i), vocab)
+        add_vocab_record(job.path("codes", i), {**vocab, "content": "codes"})
     logger.info(
         "%d utterances in %d documents, %d shards (%d to do), %d input rejects",
         len(records),
@@ -284,7 +292,9 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
         try:
             for i in todo:
                 docs = [documents[d] for d in shards[i]]
-                _process_shard(job, i, docs, [orders[d] for d in shards[i]], codec, tokenizer, pool, config, progress)
+                _process_shard(
+                    job, i, docs, [orders[d] for d in shards[i]], codec, tokenizer, pool, config, progress, vocab
+                )
         finally:
             progress.close()
             pool.close()

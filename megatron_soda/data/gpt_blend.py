@@ -127,6 +127,11 @@ def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
         create_attention_mask=False,
     )
     _check_splits_have_documents(config, gpt_config.split_matrix, num_samples)
+    # A split asked for no samples is not built at all: megatron-core would still build it, and on a
+    # split without documents (a small dataset's 1-in-1000 test share) its epoch count never ends.
+    gpt_config.split_matrix = [
+        bounds if wanted else None for bounds, wanted in zip(gpt_config.split_matrix, num_samples)
+    ]
     dataset_class = PackedRowDataset if config.packed_rows else GPTDataset
     return BlendedMegatronDatasetBuilder(dataset_class, list(num_samples), lambda: True, gpt_config).build()
 

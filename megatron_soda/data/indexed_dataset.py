@@ -6,19 +6,27 @@ after everything is fsynced. So a prefix whose ``.idx`` exists is complete; a ki
 only ``*.tmp-<pid>-<n>`` files behind. Reading is megatron-core's job
 (``megatron.core.datasets.indexed_dataset.IndexedDataset``); this module never imports torch, so
 preprocessing runs on machines without a GPU stack.
+
+Beside a dataset written with a vocabulary (``DatasetWriter(vocab=vocab_record(layout, tokenizer))``, as
+preprocessing does, and carried by ``merge_datasets`` and ``tools/pack_dataset.py``) lies
+``<prefix>.vocab.json``: which ``VocabLayout`` and tokenizer made its ids, so that training can refuse a
+run whose vocabulary differs (``training.plan.check_datasets``). It is written before the ``.idx`` commit
+and bound to the dataset's counts, so it never makes a half-written dataset look complete, and a stale
+one (an overwrite killed before its commit) is ignored.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
 from megatron_soda._native import _C
 
 PathLike = Union[str, os.PathLike]
+T = TypeVar("T")
 
 # megatron-core's DType codes (megatron.core.datasets.indexed_dataset.DType).
 DTYPE_CODES = {
@@ -78,7 +86,8 @@ class DatasetWriter:
     complete and readable until the new one is fully written.
 
     Token ids must lie in ``[0, vocab_size)``; the stored dtype follows ``dtype_for_vocab`` unless
-    ``dtype`` says otherwise.
+    ``dtype`` says otherwise. ``vocab`` (a ``vocab_record``) is written beside the dataset as
+    ``<prefix>.vocab.json`` just before the commit; without it, an old record at ``prefix`` is removed.
     """
 
     def __init__(
@@ -89,9 +98,16 @@ class DatasetWriter:
         dtype=None,
         overwrite: bool = False,
         buffer_bytes: int = 16 << 20,
+        vocab: Optional[dict] = None,
     ):
         self.prefix = _prefix(prefix)
+        if vocab is not None and record_id_range(vocab) != vocab_size:
+            raise ValueError(
+                f"{self.prefix}: vocab_size {vocab_size} does not fit {describe_vocab(vocab)} (given as "
+                f"vocab), whose ids lie below {record_id_range(vocab)}"
+            )
         self.dtype = np.dtype(dtype) if dtype is not None else dtype_for_vocab(vocab_size)
+        self._vocab = vocab
         self._writer = _C.DatasetWriter(self.prefix, dtype_code(self.dtype), int(vocab_size), overwrite, buffer_bytes)
 
     def add_documents(self, tokens, lengths, sequences_per_document=None) -> None:
@@ -122,8 +138,19 @@ class DatasetWriter:
         self._writer.append_dataset(_prefix(prefix))
 
     def finalize(self) -> None:
-        """Makes the dataset visible: fsync, rename ``.bin``, then ``.idx`` (commit), fsync the directory."""
-        self._writer.finalize()
+        """Makes the dataset visible: fsync, (vocabulary record,) rename ``.bin``, then ``.idx`` (commit),
+        fsync the directory."""
+        if self._vocab is None and not os.path.exists(vocab_path(self.prefix)):
+            self._writer.finalize()
+            return
+        record = bind_vocab_record(
+            self._vocab,
+            dtype=self.dtype,
+            tokens=self.num_tokens,
+            sequences=self.num_sequences,
+            documents=self.num_documents,
+        )
+        commit_with_vocab_record(self.prefix, record, self._writer.finalize)
 
     def abort(self) -> None:
         """Discards everything written; the prefix is left as it was."""
@@ -160,9 +187,10 @@ def write_dataset(
     sequences_per_document=None,
     overwrite: bool = False,
     dtype=None,
+    vocab: Optional[dict] = None,
 ) -> None:
     """Writes one complete dataset from a flat token array in a single call."""
-    with DatasetWriter(prefix, vocab_size, dtype=dtype, overwrite=overwrite) as writer:
+    with DatasetWriter(prefix, vocab_size, dtype=dtype, overwrite=overwrite, vocab=vocab) as writer:
         writer.add_documents(tokens, lengths, sequences_per_document)
 
 
@@ -174,6 +202,10 @@ def merge_datasets(
     Every input is validated first (structure, not token ids), so a damaged shard stops the merge
     before anything is written. The layout matches megatron-core's ``IndexedDatasetBuilder.add_index``;
     the bytes are copied by the kernel, never through Python; the output is finalized atomically.
+
+    The inputs' vocabulary records (``<prefix>.vocab.json``) must agree, or all be absent: datasets of
+    different vocabularies (or one without a record among recorded ones) are refused, naming both. The
+    output gets the common record.
     """
     inputs = [_prefix(p) for p in inputs]
     if not inputs:
@@ -187,14 +219,42 @@ def merge_datasets(
             raise ValueError(f"cannot merge a damaged dataset: {report}")
         if report.dtype != reports[0].dtype:
             raise ValueError(f"{report.prefix}: dtype {report.dtype} differs from {inputs[0]}'s {reports[0].dtype}")
+    record = _common_vocab_record(inputs, reports)
+    record = bind_vocab_record(
+        record,
+        dtype=reports[0].dtype,
+        tokens=sum(r.num_tokens for r in reports),
+        sequences=sum(r.num_sequences for r in reports),
+        documents=sum(r.num_documents for r in reports),
+    )
     code = dtype_code(reports[0].dtype)
     writer = _C.DatasetWriter(out, code, _C.dtype_capacity(code), overwrite)
     try:
         for prefix in _progress(inputs, progress, desc=f"merging into {out}", unit="shard"):
             writer.append_dataset(prefix)
-        writer.finalize()
+        commit_with_vocab_record(out, record, writer.finalize)
     finally:
         writer.abort()  # a no-op after finalize; removes the temporaries otherwise
+
+
+def _common_vocab_record(inputs: Sequence[str], reports) -> Optional[dict]:
+    """The vocabulary record all inputs share (None: none has one); ValueError naming two that differ."""
+    records = [read_vocab_record(p, r) for p, r in zip(inputs, reports)]
+
+    def what(prefix, record):
+        if record is None:
+            return f"{prefix} has no vocabulary record ({vocab_path(prefix)}: made by older code or another tool)"
+        return f"{vocab_path(prefix)} records {describe_vocab(record)}"
+
+    for prefix, record in zip(inputs[1:], records[1:]):
+        first = records[0]
+        if (record is None) != (first is None) or (first is not None and not same_vocabulary(first, record)):
+            raise ValueError(
+                f"cannot merge datasets of different vocabularies: {what(inputs[0], first)}, but "
+                f"{what(prefix, record)}; merge only datasets made with one tokenizer (rerunning the "
+                f"preprocessing command that made a shard adds its record)"
+            )
+    return records[0]
 
 
 def _progress(items, enabled: bool, **kwargs):
@@ -283,14 +343,220 @@ def validate_tokens_once(prefix: PathLike, vocab_size: int, cache_dir: PathLike)
 
 
 def find_datasets(paths: Iterable[PathLike]) -> list[str]:
-    """Expands files and directories into the sorted list of complete dataset prefixes under them."""
+    """Expands files and directories into the sorted list of complete dataset prefixes under them.
+
+    A path whose ``.idx`` exists is that dataset's prefix, even where a directory of the same name sits
+    beside it: megatron-core's GPTDataset keeps its index cache in ``<prefix>/cache/`` by default, so a
+    dataset that has been trained on has one. Only a directory with no ``.idx`` of its name is searched.
+    """
     prefixes = []
     for path in map(os.fspath, paths):
-        if os.path.isdir(path):
+        bare = path.rstrip("/" + os.sep) or path
+        if os.path.isdir(path) and not os.path.isfile(bare + ".idx"):
             for root, _, files in os.walk(path):
                 prefixes += [os.path.join(root, f[:-4]) for f in files if f.endswith(".idx")]
         elif path.endswith(".idx"):
             prefixes.append(path[:-4])
         else:
-            prefixes.append(path)
+            prefixes.append(bare)
     return sorted(prefixes)
+
+
+# ---- vocabulary records (``<prefix>.vocab.json``) ------------------------------------------------
+
+VOCAB_SUFFIX = ".vocab.json"
+VOCAB_FORMAT = "megatron-soda vocabulary record 1"
+_LAYOUT_KEYS = ("vocab_size", "base_size", "audio_offset", "num_codebooks", "codebook_size", "special_ids")
+
+
+def vocab_path(prefix: PathLike) -> str:
+    """Where the vocabulary record of the dataset at ``prefix`` lives."""
+    return _prefix(prefix) + VOCAB_SUFFIX
+
+
+def tokenizer_fingerprint(directory: PathLike) -> Optional[str]:
+    """sha256 of a tokenizer directory's id -> token table (``tokenizer.json``: model vocabulary and added
+    tokens), or None without a ``tokenizer.json``.
+
+    The table, not the files' bytes: the same vocabulary saved again (another ``tokenizer_config.json``,
+    another library version) keeps its fingerprint, while a BPE retrained to the same size changes it.
+    """
+    import hashlib
+    import json
+
+    path = os.path.join(os.fspath(directory), "tokenizer.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        spec = json.loads(raw)
+        vocab = spec["model"]["vocab"]
+        table = dict(enumerate(entry[0] for entry in vocab)) if isinstance(vocab, list) else {}
+        if isinstance(vocab, dict):
+            table = {int(i): token for token, i in vocab.items()}
+        table.update({int(t["id"]): t["content"] for t in spec.get("added_tokens") or ()})
+    except (ValueError, KeyError, TypeError, IndexError):  # not the usual layout: the file itself
+        return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(json.dumps(sorted(table.items()), ensure_ascii=False).encode()).hexdigest()
+
+
+def vocab_record(layout, tokenizer: Optional[PathLike] = None, *, content: str = "tokens") -> dict:
+    """What a dataset's ids mean: the ``VocabLayout`` and the tokenizer (path, fingerprint) that made them.
+
+    ``content`` is ``"tokens"`` (ids in ``[0, vocab_size)``) or ``"codes"`` (a preprocessing job's raw
+    codec codes, ``k * codebook_size + c``). Give it to ``DatasetWriter(vocab=...)``, which binds it to
+    the dataset it commits (``dataset``: dtype and counts) and writes it beside the ``.bin``/``.idx``.
+    """
+    if content not in ("tokens", "codes"):
+        raise ValueError(f"content must be 'tokens' or 'codes', got {content!r}")
+    return {
+        "format": VOCAB_FORMAT,
+        "content": content,
+        "vocab_size": int(layout.vocab_size),
+        "base_size": int(layout.base_size),
+        "audio_offset": int(layout.audio_offset),
+        "num_codebooks": int(layout.num_codebooks),
+        "codebook_size": int(layout.codebook_size),
+        "special_ids": {
+            "begin_of_text": int(layout.bos_id),
+            "end_of_text": int(layout.eos_id),
+            "text_start": int(layout.text_start_id),
+            "text_end": int(layout.text_end_id),
+            "audio_start": int(layout.audio_start_id),
+            "audio_end": int(layout.audio_end_id),
+        },
+        "tokenizer": None
+        if tokenizer is None
+        else {"path": os.path.abspath(os.fspath(tokenizer)), "vocab_sha256": tokenizer_fingerprint(tokenizer)},
+    }
+
+
+def record_id_range(record: dict) -> int:
+    """The ids a dataset with this record may hold: ``[0, result)``."""
+    return record["vocab_size"] if record["content"] == "tokens" else record["num_codebooks"] * record["codebook_size"]
+
+
+def same_vocabulary(a: dict, b: dict) -> bool:
+    """Whether two records give ids the same meaning: same content, layout and (where both know it) tokenizer."""
+    if a["content"] != b["content"] or any(a[key] != b[key] for key in _LAYOUT_KEYS):
+        return False
+    fingerprints = [(r.get("tokenizer") or {}).get("vocab_sha256") for r in (a, b)]
+    return None in fingerprints or fingerprints[0] == fingerprints[1]
+
+
+def describe_vocab(record: dict, made_by: Optional[str] = None) -> str:
+    """A record in words: ``a 16,690-id vocabulary (base 302, audio from 306: 8 x 2,048 codes; tokenizer T, ...)``;
+    ``made_by`` replaces what is said of the tokenizer."""
+    tokenizer = record.get("tokenizer") or {}
+    if made_by is None:
+        made_by = f"tokenizer {tokenizer['path']}" if tokenizer.get("path") else "tokenizer not recorded"
+        if tokenizer.get("vocab_sha256"):
+            made_by += f", vocabulary sha256 {tokenizer['vocab_sha256'][:12]}"
+    what = "a " if record["content"] == "tokens" else "raw codec codes for a "
+    return (
+        f"{what}{record['vocab_size']:,}-id vocabulary (base {record['base_size']:,}, audio from "
+        f"{record['audio_offset']:,}: {record['num_codebooks']} x {record['codebook_size']:,} codes; {made_by})"
+    )
+
+
+def bind_vocab_record(record: Optional[dict], **dataset) -> Optional[dict]:
+    """``record`` bound to the dataset it will describe (``dtype``, ``tokens``, ``sequences``, ``documents``).
+
+    A reader ignores a record whose binding disagrees with the dataset beside it: the trace of an overwrite
+    killed between writing the new record and committing the new ``.idx``.
+    """
+    if record is None:
+        return None
+    bound = {key: value for key, value in record.items() if key != "dataset"}
+    bound["dataset"] = {key: (str(value) if key == "dtype" else int(value)) for key, value in dataset.items()}
+    return bound
+
+
+def read_vocab_record(prefix: PathLike, report: Optional["ValidationReport"] = None) -> Optional[dict]:
+    """The vocabulary record beside a complete dataset, or None: no record (older code, megatron's own tools),
+    or a stale one (its binding disagrees with the dataset). ``report``: the dataset's ``validate_dataset``
+    report if at hand (index only; made here otherwise). A record that cannot be read raises ValueError.
+    """
+    import json
+
+    path = vocab_path(prefix)
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable vocabulary record ({error})") from None
+    if not isinstance(record, dict) or record.get("format") != VOCAB_FORMAT:
+        raise ValueError(f"{path}: not a vocabulary record of this version (format {VOCAB_FORMAT!r})")
+    missing = [key for key in ("content", *_LAYOUT_KEYS, "dataset") if key not in record]
+    if missing:
+        raise ValueError(f"{path}: vocabulary record without {', '.join(missing)}")
+    report = report if report is not None else validate_dataset(prefix)
+    actual = {
+        "dtype": str(report.dtype),
+        "tokens": report.num_tokens,
+        "sequences": report.num_sequences,
+        "documents": report.num_documents,
+    }
+    if not report.ok or any(actual.get(key) != value for key, value in (record["dataset"] or {}).items()):
+        return None
+    return record
+
+
+def add_vocab_record(prefix: PathLike, record: dict) -> bool:
+    """Puts ``record`` (a ``vocab_record``) beside the complete dataset at ``prefix`` if it has none; whether
+    it did. For datasets committed before records existed, by a caller that knows what made them (a resumed
+    preprocessing job, whose fingerprint pins its tokenizer); the result equals what a writer leaves."""
+    import json
+
+    from megatron_soda.data.jobs import write_atomic
+
+    if os.path.exists(vocab_path(prefix)):
+        return False
+    report = validate_dataset(prefix)
+    if not report.ok:
+        return False
+    bound = bind_vocab_record(
+        record,
+        dtype=report.dtype,
+        tokens=report.num_tokens,
+        sequences=report.num_sequences,
+        documents=report.num_documents,
+    )
+    write_atomic(vocab_path(prefix), json.dumps(bound, indent=2) + "\n")
+    return True
+
+
+def commit_with_vocab_record(prefix: PathLike, record: Optional[dict], commit: Callable[[], T]) -> T:
+    """Runs ``commit`` (which renames the dataset's ``.idx`` into place) with ``record`` beside it.
+
+    The record (bound by ``bind_vocab_record``) is written atomically and durably *before* the commit, so a
+    dataset never appears without it, and a record beside no ``.idx`` (a killed job) describes nothing.
+    With ``record`` None an old record at ``prefix`` is removed first. If ``commit`` raises, the old record
+    (or its absence) is restored.
+    """
+    from megatron_soda.data.jobs import fsync_path, write_atomic
+
+    path = vocab_path(prefix)
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = None
+    if record is not None:
+        import json
+
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
+    elif old is not None:
+        os.remove(path)
+        fsync_path(os.path.dirname(os.path.abspath(path)))
+    try:
+        return commit()
+    except BaseException:
+        if old is not None:
+            write_atomic(path, old)
+        elif record is not None and os.path.exists(path):
+            os.remove(path)
+        raise

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron_soda._native import _C
-from megatron_soda.data.indexed_dataset import PathLike, _prefix
+from megatron_soda.data.indexed_dataset import (
+    PathLike,
+    _prefix,
+    bind_vocab_record,
+    commit_with_vocab_record,
+    read_vocab_record,
+    validate_dataset,
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +74,15 @@ def pack_dataset(
     """Packs the sequences of a complete dataset into rows of ``row_length`` tokens at ``output``.
 
     The source holds one sequence per document (as GPT data is written); the output is finalized
-    atomically like any dataset this package writes.
+    atomically like any dataset this package writes, with the source's vocabulary record beside it
+    (packing keeps every token, so the record is bound to the source's token count).
     """
-    return PackingPlan._from_native(
-        _C.pack_dataset(_prefix(source), _prefix(output), int(row_length), int(seed), overwrite)
+    report = validate_dataset(source)
+    record = bind_vocab_record(read_vocab_record(source, report), dtype=report.dtype, tokens=report.num_tokens)
+    return commit_with_vocab_record(
+        output,
+        record,
+        lambda: PackingPlan._from_native(
+            _C.pack_dataset(_prefix(source), _prefix(output), int(row_length), int(seed), overwrite)
+        ),
     )

@@ -3,7 +3,8 @@
 Each document is rendered as ``<|begin_of_text|>text<|end_of_text|>`` (plain text, no text markers).
 Inputs are JSONL (one object per line, text under ``text_key``) or parquet (a string column). Bad
 lines (not UTF-8, not JSON, no text) go to the rejects with their reason. Output layout and resume
-follow ``jobs.ShardedJob``: ``shards/tokens_NNNNN.*``, ``shards/rejects_NNNNN.jsonl``, ``report.json``.
+follow ``jobs.ShardedJob``: ``shards/tokens_NNNNN.*`` (with ``tokens_NNNNN.vocab.json``, the tokenizer and
+vocabulary layout that made them), ``shards/rejects_NNNNN.jsonl``, ``report.json``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Iterator, List, Tuple, Union
 
 import numpy as np
 
+from megatron_soda.checks import check_at_least, check_dir, check_file, check_output_dir
 from megatron_soda.data.formats import render, text_document
-from megatron_soda.data.indexed_dataset import DatasetWriter
+from megatron_soda.data.indexed_dataset import DatasetWriter, add_vocab_record, vocab_record
 from megatron_soda.data.jobs import ShardedJob, content_digest, file_fingerprint, summarize, write_atomic
 from megatron_soda.data.manifest import Reject, is_encodable, read_jsonl
-from megatron_soda.flags import check_at_least, check_dir, check_file, check_output_dir, flag
+from megatron_soda.flags import flag
 
 
 def check_tokenizer(flag_name: str, path: str) -> None:
@@ -120,6 +122,7 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
     tokenizer = load_tokenizer("--tokenizer", config.tokenizer)  # before the output directory is claimed
     job = ShardedJob(config.output_dir, fingerprint, config.overwrite)
     layout = tokenizer.layout
+    vocab = vocab_record(layout, config.tokenizer)
     records = read_texts(config.inputs, config.text_key)
     index = 0
     with tqdm(unit="doc", desc="preprocess_text", disable=not config.progress) as bar:
@@ -127,12 +130,14 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
             chunk = list(islice(records, config.documents_per_shard))
             if not chunk:
                 break
-            if not job.is_committed(index):
+            if job.is_committed(index):
+                add_vocab_record(job.path("tokens", index), vocab)  # committed by code that wrote none
+            else:
                 docs = [
                     render(text_document(tokenizer.encode_text(t)), layout).ids for _, t in chunk if isinstance(t, str)
                 ]
                 rejects = [r for _, r in chunk if isinstance(r, Reject)]
-                with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True) as writer:
+                with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True, vocab=vocab) as writer:
                     writer.add_documents(
                         np.concatenate(docs) if docs else np.zeros(0, np.int64), [len(d) for d in docs]
                     )
