@@ -330,6 +330,7 @@ def write_results_section(path: str, section: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
+        allow_abbrev=False,
         description=(
             "Benchmark megatron_soda's IndexedDataset writer against megatron-core's IndexedDatasetBuilder "
             "and a raw sequential write (all fsynced, interleaved repetitions), merge_datasets against a "

@@ -8,7 +8,7 @@ Measures, in one run, with Mimi at SODA's settings (the default ``MimiConfig``: 
    at several ``max_batch_seconds``, with torch's default threads and with 1 thread (a true per-core figure);
 2. decode + resample only (the worker side): ``audio_decode.decode`` over the corpus, in one process;
 3. the whole pipeline: ``preprocess_audio`` on the demo corpus (decode workers, encode, tokenize, write the
-   datasets; tokenizer from ``tools/build_tokenizer.py --train-bpe``), a fresh output directory each run,
+   datasets; tokenizer from ``tools/build_tokenizer.py --input``), a fresh output directory each run,
    runs of the settings interleaved, and where its wall time goes (codec calls and pool waits timed inside);
 4. codec decode (codes -> audio, what detokenize runs).
 
@@ -365,7 +365,7 @@ def parse_args(argv=None):
     floats = lambda s: [float(x) for x in s.split(",") if x]
     settings = lambda s: [(int(x.split(":")[0]), float(x.split(":")[1])) for x in s.split(",") if x]
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        allow_abbrev=False, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--codec-path", help="real Mimi weights (local dir or hub id); default: random weights")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
@@ -417,7 +417,7 @@ def main(argv=None) -> int:
             [
                 sys.executable,
                 os.path.join(REPO, "tools", "build_tokenizer.py"),
-                "--train-bpe",
+                "--input",
                 os.path.join(CORPUS, "text.jsonl"),
                 os.path.join(CORPUS, "manifest.jsonl"),
                 "--output",

@@ -672,7 +672,7 @@ def default_backends() -> List[str]:
 
 def parse_args(argv=None) -> BenchConfig:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        allow_abbrev=False, description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     p.add_argument("--model", default="soda-600m", choices=list(PRESETS))
     p.add_argument("--seq-length", type=int, default=4096)

@@ -19,14 +19,17 @@ class DeviceInfo:
 
     type: str
     """"cuda" or "cpu"."""
-    name: str
-    """The device's marketing name (``torch.cuda.get_device_name``), "cpu" on the CPU."""
     count: int
     """GPUs this process can see (0 on the CPU)."""
 
     @property
     def cuda(self) -> bool:
         return self.type == "cuda"
+
+    @property
+    def name(self) -> str:
+        """The device's marketing name (asking creates a CUDA context, so it is asked only when needed)."""
+        return torch.cuda.get_device_name() if self.cuda else "cpu"
 
     @property
     def distributed_backend(self) -> str:
@@ -40,7 +43,7 @@ class DeviceInfo:
 
 @lru_cache(maxsize=1)
 def device_info() -> DeviceInfo:
-    """This process's device, decided on first use."""
+    """This process's device, decided on first use (``is_available`` creates no CUDA context)."""
     if torch.cuda.is_available():
-        return DeviceInfo("cuda", torch.cuda.get_device_name(), torch.cuda.device_count())
-    return DeviceInfo("cpu", "cpu", 0)
+        return DeviceInfo("cuda", torch.cuda.device_count())
+    return DeviceInfo("cpu", 0)

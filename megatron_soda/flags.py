@@ -24,9 +24,29 @@ Rules, the same for every tool:
   (e.g. a recipe), which win over the dataclass defaults.
 - Usage errors (unknown flag, bad value, unknown YAML key, a missing required setting) end the program
   with exit code 2 and one line naming the flag or file, as argparse does. ``check=`` runs the tool's
-  own checks of the parsed config (paths, counts, combinations; the ``check_*`` helpers below) before
+  own checks of the parsed config (paths, counts, combinations; ``megatron_soda.checks``) before
   any work: each ``ValueError`` it raises is such a usage error too.
 - ``FlagCommands`` gives a tool subcommands (``convert_checkpoint.py export ...``), one dataclass each.
+- A config may extend another (a tool adding its own flags to a library's config): inherited fields keep
+  their documentation, and ``base_config`` turns the tool's config back into the library's.
+
+The tools in ``tools/`` also share these conventions (``tests/test_tool_style.py`` checks every tool's parser,
+each tool's ``build_parser()``):
+- Outputs: ``--output`` names the one thing a tool makes: a dataset prefix (``.bin``/``.idx`` added), a file,
+  or a directory that is one artifact, used whole by its path (a tokenizer for ``--tokenizer``, a Hugging
+  Face model for ``from_pretrained``). ``--output-dir`` names a directory the tool fills with several
+  outputs of its own naming (a preprocessing job's shards and reports, detokenized clips, a corpus, the
+  demo's steps). Checkpoint directories keep Megatron-LM's names, as pretraining does: ``--save`` writes
+  one, ``--load`` reads one.
+- Inputs: the data a tool reads (manifests, documents, datasets, token sequences, text to train on) is
+  ``--input``, with ``nargs="+"`` where several are allowed; never a positional argument. What a tool
+  works with keeps its own name: ``--load`` (a checkpoint), ``--hf`` (a Hugging Face model),
+  ``--tokenizer``, ``--base`` (a base tokenizer), ``--codec-path``.
+- A long-running tool shows progress bars on stderr; ``--no-progress`` (a ``progress: bool = True``
+  field) turns them off.
+- A tool that prints a summary takes ``--json PATH``: the same summary as one JSON object, written to PATH,
+  or with ``--json -`` printed on stdout in place of the text (``megatron_soda.tool_json``).
+- Every flag has help text (its field's docstring), and ``--help`` exits 0.
 """
 
 from __future__ import annotations
@@ -34,7 +54,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import typing
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -105,7 +124,16 @@ def _element(kind):
 
 
 def field_docs(cls) -> Dict[str, str]:
-    """The string literal under each field of a dataclass (its documentation), whitespace folded."""
+    """The string literal under each field of a dataclass (its documentation), whitespace folded; inherited
+    fields keep their base class's."""
+    docs: Dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object and dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls) -> Dict[str, str]:
     import ast
     import inspect
     import textwrap
@@ -339,10 +367,16 @@ class FlagParser:
         values: Dict[str, Any] = {}
         by_dest = {leaf.dest: leaf for leaf in self.leaves}
 
+        sections = {leaf.path[:k] for leaf in self.leaves for k in range(1, len(leaf.path))}
+
         def walk(node: dict, prefix: Tuple[str, ...]) -> None:
             for key, value in node.items():
                 key = str(key)
-                dotted = ".".join(prefix + (key.replace("-", "_"),))
+                section = prefix + (key.replace("-", "_"),)
+                if isinstance(value, dict) and section in sections:  # a section, even where a flag has its name
+                    walk(value, section)
+                    continue
+                dotted = ".".join(section)
                 leaf = by_dest.get(dotted) or (
                     None
                     if prefix
@@ -370,6 +404,10 @@ class FlagParser:
                 if not isinstance(value, bool):
                     raise ValueError("expected true or false")
                 return value
+            if isinstance(value, bool):
+                raise ValueError("expected a value, not true or false")
+            if _caster(leaf) is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError("expected a whole number")
             cast = _caster(leaf)
             if _is_list(leaf.kind) or leaf.spec["nargs"]:
                 items = value if isinstance(value, list) else str(value).split()
@@ -471,68 +509,6 @@ class FlagCommands:
 # ---- checks for ``check=``: each raises ValueError naming the flag and what to do --------------------
 
 
-def check_at_least(flag_name: str, value: Optional[float], minimum: float) -> None:
-    """A count or size no smaller than ``minimum`` (None passes: an unset optional setting)."""
-    if value is not None and value < minimum:
-        raise ValueError(f"{flag_name} must be >= {minimum}, got {value}")
-
-
-def check_exists(flag_name: str, path: str, hint: str = "") -> None:
-    """An input that must exist, a file or a directory."""
-    if not os.path.exists(path):
-        raise ValueError(f"{flag_name} {path}: no such file or directory{hint}")
-
-
-def check_file(flag_name: str, path: str, hint: str = "") -> None:
-    """An input file that must exist and be readable."""
-    if not os.path.exists(path):
-        raise ValueError(f"{flag_name} {path}: no such file{hint}")
-    if os.path.isdir(path):
-        raise ValueError(f"{flag_name} {path} is a directory; give a file{hint}")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"{flag_name} {path}: not readable (check its permissions)")
-
-
-def check_dir(flag_name: str, path: str, holding: Sequence[str] = (), hint: str = "") -> None:
-    """An input directory that must exist and hold the files ``holding`` names."""
-    if not os.path.exists(path):
-        raise ValueError(f"{flag_name} {path}: no such directory{hint}")
-    if not os.path.isdir(path):
-        raise ValueError(f"{flag_name} {path} is a file; give a directory{hint}")
-    for name in holding:
-        if not os.path.exists(os.path.join(path, name)):
-            raise ValueError(f"{flag_name} {path} holds no {name}{hint}")
-
-
-def _check_creatable(flag_name: str, path: str, directory: str) -> None:
-    """``directory`` (where ``path`` goes) exists or can be made: its nearest existing parent is writable."""
-    parent = os.path.abspath(directory)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag_name} {path}: cannot create it under {parent} (not a writable directory)")
-
-
-def check_output_dir(flag_name: str, path: str) -> None:
-    """A directory to write: not an existing file, and creatable (its nearest existing parent writable)."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag_name} {path} is a file; give a directory")
-    _check_creatable(flag_name, path, path)
-
-
-def check_output_file(flag_name: str, path: str, prefix_of: Sequence[str] = ()) -> None:
-    """A file to write, or with ``prefix_of`` (``(".bin", ".idx")``) the prefix of the files ``path + suffix``:
-    a name, not a directory, in a directory that exists or can be made."""
-    if not path or path.endswith(("/", os.sep)) or (not prefix_of and os.path.isdir(path)):
-        raise ValueError(
-            f"{flag_name} {path!r} is a directory; give a file name"
-            + (" (a prefix such as out/speech)" if prefix_of else "")
-        )
-    if prefix_of and path.endswith(tuple(prefix_of)):
-        raise ValueError(f"{flag_name} {path}: give the prefix, without {' or '.join(prefix_of)}")
-    _check_creatable(flag_name, path, os.path.dirname(os.path.abspath(path)))
-
-
 def json_object(text: str) -> Dict[str, Any]:
     """``parse=`` for a flag holding a JSON object (``'{"num_hidden_layers": 2}'``)."""
     try:
@@ -554,6 +530,12 @@ def as_flat_dict(config) -> Dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+def base_config(cls, config):
+    """``config`` as a ``cls``, one of its dataclass bases: a tool's config may extend a library's with flags
+    of the tool's own (``--json``), which the library must not see (e.g. in a job's fingerprint)."""
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls) if f.init})
 
 
 def usage_error(prog: str, message: str) -> int:

@@ -1,4 +1,4 @@
-"""The one import guard for optional CUDA-only accelerators: Transformer Engine, flash-attn, apex.
+"""The one import guard for optional packages: CUDA accelerators (Transformer Engine, flash-attn, apex), wandb.
 
 Nothing else in megatron_soda imports these packages. Code asks ``available(name)`` to choose a
 path, or ``require(name, feature)`` to fail with a message that says how to get it.
@@ -16,6 +16,7 @@ PACKAGES = {
     "transformer_engine": ("transformer_engine.pytorch", "pip install 'megatron-soda[gpu]' (needs CUDA)"),
     "flash_attn": ("flash_attn", "pip install 'megatron-soda[gpu]' (source build, needs CUDA)"),
     "apex": ("apex", "build NVIDIA apex from source (see README, GPU extras)"),
+    "wandb": ("wandb", "pip install wandb"),
 }
 
 

@@ -14,20 +14,28 @@ or devices. Runs on CPU too (gloo), where tests drive real TP/PP with it.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
 
 from megatron_soda.training.config import TrainConfig
-from megatron_soda.training.plan import describe, parse_train_config, plan_run
+from megatron_soda.training.plan import RunPlan, describe, parse_train_config, plan_run
 
 logger = logging.getLogger("megatron_soda.pretrain")
 
 
 def pretrain(config: TrainConfig) -> None:
     """Trains the run ``config`` describes (library entry: checks, builds, trains, closes)."""
-    plan = plan_run(config)
+    train(plan_run(config))
+
+
+def train(plan: RunPlan) -> None:
+    """Builds and trains a checked run."""
     from megatron_soda.training.trainer import Trainer  # megatron-core: after every check
 
-    logger.info("recipe: %s", config.recipe or "none: the flags and defaults alone")
+    if int(os.environ.get("RANK", 0)) == 0:
+        for line in describe(plan):
+            logger.info("%s", line)
     trainer = Trainer(plan)
     try:
         trainer.setup()
@@ -36,17 +44,40 @@ def pretrain(config: TrainConfig) -> None:
         trainer.close()
 
 
+def quiet_logs(verbose: bool) -> None:
+    """The run's own lines on rank 0; megatron-core's config dumps and known import notices only with --verbose."""
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(
+        level=logging.INFO if verbose or rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    if verbose:
+        return
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    for notice in (
+        ".*Transformer Engine and Apex are not installed.*",
+        ".*Apex is not installed.*",
+        ".*tp_group is None, using default tp group.*",
+        ".*flex_attention called without torch.compile.*",
+    ):
+        warnings.filterwarnings("ignore", message=notice)
+    if rank != 0:
+        warnings.simplefilter("ignore")  # the same warnings would come once per rank
+
+
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_train_config(argv, prog="pretrain", description=__doc__.split("\n\n")[0])
-    try:
-        if config.dry_run:
-            print("\n".join(describe(plan_run(config, check_data=False))))
-            return 0
-        pretrain(config)
+    quiet_logs(config.logging.verbose)
+    try:  # usage errors: everything plan_run refuses is the invocation's fault, named in one line
+        plan = plan_run(config, check_data=not config.dry_run)
     except (ValueError, ImportError, FileNotFoundError) as error:
         print(f"pretrain: error: {error}", file=sys.stderr)
         return 2
+    if config.dry_run:
+        print("\n".join(describe(plan)))
+        return 0
+    train(plan)  # a failure from here on is not a usage error: it keeps its traceback
     return 0
 
 

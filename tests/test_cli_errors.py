@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megatron_soda.checks import check_at_least
 from megatron_soda.data.indexed_dataset import write_dataset
-from megatron_soda.flags import FlagCommands, FlagParser, check_at_least
+from megatron_soda.flags import FlagCommands, FlagParser
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_MESSAGE_LINES = 2
@@ -172,76 +173,83 @@ case("pack-seq-length-0", PACK, "--input {dataset} --output {out}/p --seq-length
 case("pack-output-is-a-directory", PACK, "--input {dataset} --output {empty}/", "--output")
 case("pack-output-under-a-file", PACK, "--input {dataset} --output {file}/p", "--output", "cannot create")
 
-case("merge-missing-input", MERGE, "--output {out}/m {root}/nope", "{root}/nope")
-case("merge-nothing-under-directory", MERGE, "--output {out}/m {empty}", "no datasets found", "{empty}")
-case("merge-output-exists", MERGE, "--output {damaged} {dataset}", "--output", "--overwrite")
-case("merge-output-is-input", MERGE, "--output {dataset} --overwrite {dataset}", "--output", "input")
-case("merge-output-with-suffix", MERGE, "--output {out}/m.idx {dataset}", "--output", ".idx")
-case("merge-output-flag-missing", MERGE, "{dataset}", "--output", "required")
+case("merge-missing-input", MERGE, "--input {root}/nope --output {out}/m", "--input", "{root}/nope")
+case("merge-nothing-under-directory", MERGE, "--input {empty} --output {out}/m", "no datasets found", "{empty}")
+case("merge-output-exists", MERGE, "--input {dataset} --output {damaged}", "--output", "--overwrite")
+case("merge-output-is-input", MERGE, "--input {dataset} --output {dataset} --overwrite", "--output", "input")
+case("merge-output-with-suffix", MERGE, "--input {dataset} --output {out}/m.idx", "--output", ".idx")
+case("merge-output-flag-missing", MERGE, "--input {dataset}", "--output", "required")
+case("merge-input-flag-missing", MERGE, "--output {out}/m", "--input", "required")
+case("merge-json-is-a-directory", MERGE, "--input {dataset} --output {out}/m --json {empty}", "--json", "{empty}")
 
-case("validate-missing-path", VALIDATE, "{root}/nope", "{root}/nope")
-case("validate-nothing-under-directory", VALIDATE, "{empty}", "no datasets found")
-case("validate-vocab-size-0", VALIDATE, "{dataset} --vocab-size 0", "--vocab-size")
-case("validate-vocab-size-not-a-number", VALIDATE, "{dataset} --vocab-size many", "--vocab-size")
-case("validate-bin-given", VALIDATE, "{dataset}.bin", "{dataset}.bin", "prefix")
-case("validate-damaged-exits-1", VALIDATE, "{damaged}", "DAMAGED", "{damaged}.bin", code=1)
+case("validate-missing-path", VALIDATE, "--input {root}/nope", "--input", "{root}/nope")
+case("validate-nothing-under-directory", VALIDATE, "--input {empty}", "no datasets found")
+case("validate-vocab-size-0", VALIDATE, "--input {dataset} --vocab-size 0", "--vocab-size")
+case("validate-vocab-size-not-a-number", VALIDATE, "--input {dataset} --vocab-size many", "--vocab-size")
+case("validate-bin-given", VALIDATE, "--input {dataset}.bin", "{dataset}.bin", "prefix")
+case("validate-damaged-exits-1", VALIDATE, "--input {damaged}", "DAMAGED", "{damaged}.bin", code=1)
+case("validate-positional-path", VALIDATE, "{dataset}", "--input", "required")
 
 DETOK = "--tokenizer {tokenizer} --no-audio"
+STRINGS = "--input {texts} --input-format strings"
 case(
     "detok-tokenizer-missing",
     DETOKENIZE,
-    "--tokenizer {root}/tok --strings {texts} --no-audio",
+    "--tokenizer {root}/tok --input {texts} --input-format strings --no-audio",
     "--tokenizer",
     "{root}/tok",
 )
-case("detok-no-source", DETOKENIZE, DETOK, "--dataset", "--strings", "--ids")
-case("detok-two-sources", DETOKENIZE, DETOK + " --strings {texts} --ids {texts}", "--strings", "--ids")
-case("detok-dataset-missing", DETOKENIZE, DETOK + " --dataset {root}/nope", "--dataset", "{root}/nope")
-case("detok-strings-missing", DETOKENIZE, DETOK + " --strings {root}/nope.txt", "--strings", "{root}/nope.txt")
-case("detok-index-without-dataset", DETOKENIZE, DETOK + " --strings {texts} --index 1", "--index")
-case("detok-negative-index", DETOKENIZE, DETOK + " --dataset {dataset} --index -1", "--index")
+case("detok-no-input", DETOKENIZE, DETOK, "--input", "required")
+case("detok-file-read-as-a-dataset", DETOKENIZE, DETOK + " --input {texts}", "--input", "{texts}", "--input-format")
+case("detok-unknown-input-format", DETOKENIZE, DETOK + " --input {texts} --input-format csv", "--input-format", "'csv'")
+case("detok-dataset-missing", DETOKENIZE, DETOK + " --input {root}/nope", "--input", "{root}/nope")
 case(
-    "detok-output-dir-is-a-file", DETOKENIZE, DETOK + " --strings {texts} --output-dir {file}", "--output-dir", "{file}"
+    "detok-strings-missing",
+    DETOKENIZE,
+    DETOK + " --input {root}/nope.txt --input-format strings",
+    "--input",
+    "{root}/nope.txt",
 )
+case("detok-index-without-dataset", DETOKENIZE, DETOK + " " + STRINGS + " --index 1", "--index")
+case("detok-negative-index", DETOKENIZE, DETOK + " --input {dataset} --index -1", "--index")
+case("detok-output-dir-is-a-file", DETOKENIZE, DETOK + " " + STRINGS + " --output-dir {file}", "--output-dir", "{file}")
 case(
     "detok-codec-without-weights",
     DETOKENIZE,
-    "--tokenizer {tokenizer} --strings {texts} --output-dir {out}",
+    "--tokenizer {tokenizer} " + STRINGS + " --output-dir {out}",
     "--codec-path",
     "--codec-random-init",
 )
 case(
     "detok-bandwidth-for-mimi",
     DETOKENIZE,
-    "--tokenizer {tokenizer} --strings {texts} --output-dir {out} --codec-random-init --bandwidth 6",
+    "--tokenizer {tokenizer} " + STRINGS + " --output-dir {out} --codec-random-init --bandwidth 6",
     "--bandwidth",
 )
 case(
     "detok-bad-device",
     DETOKENIZE,
-    "--tokenizer {tokenizer} --strings {texts} --output-dir {out} --codec-random-init --device gpu7",
+    "--tokenizer {tokenizer} " + STRINGS + " --output-dir {out} --codec-random-init --device gpu7",
     "--device",
     "gpu7",
 )
 
 BUILD = "--output {out}/tok"
-case("build-no-base", BUILD_TOKENIZER, BUILD, "--base", "--train-bpe")
-case("build-both-bases", BUILD_TOKENIZER, BUILD + " --base {file} --train-bpe {texts}", "--base", "--train-bpe")
+case("build-no-base", BUILD_TOKENIZER, BUILD, "--base", "--input")
+case("build-both-bases", BUILD_TOKENIZER, BUILD + " --base {file} --input {texts}", "--base", "--input")
 case("build-base-missing", BUILD_TOKENIZER, BUILD + " --base {root}/llama.json", "--base", "{root}/llama.json")
 case("build-base-directory-without-json", BUILD_TOKENIZER, BUILD + " --base {empty}", "--base", "tokenizer.json")
 case("build-base-not-a-tokenizer", BUILD_TOKENIZER, BUILD + " --base {file}", "--base", "{file}")
 case(
     "build-train-file-missing",
     BUILD_TOKENIZER,
-    BUILD + " --train-bpe {root}/nope.txt",
-    "--train-bpe",
+    BUILD + " --input {root}/nope.txt",
+    "--input",
     "{root}/nope.txt",
 )
-case(
-    "build-bpe-vocab-too-small", BUILD_TOKENIZER, BUILD + " --train-bpe {texts} --bpe-vocab-size 10", "--bpe-vocab-size"
-)
-case("build-codebooks-0", BUILD_TOKENIZER, BUILD + " --train-bpe {texts} --num-codebooks 0", "--num-codebooks")
-case("build-output-is-a-file", BUILD_TOKENIZER, "--train-bpe {texts} --output {file}", "--output", "{file}")
+case("build-bpe-vocab-too-small", BUILD_TOKENIZER, BUILD + " --input {texts} --bpe-vocab-size 10", "--bpe-vocab-size")
+case("build-codebooks-0", BUILD_TOKENIZER, BUILD + " --input {texts} --num-codebooks 0", "--num-codebooks")
+case("build-output-is-a-file", BUILD_TOKENIZER, "--input {texts} --output {file}", "--output", "{file}")
 
 EXPORT = "export --load {checkpoint} --output {out}/hf"
 case("convert-no-command", CONVERT, "", "export", "import")

@@ -130,3 +130,39 @@ def test_soda_preset_with_a_shape_flag_is_a_custom_shape_without_the_recipe():
 def test_finetune_never_takes_the_soda_recipe():
     config = parse_train_config(["--model", "soda-600m", "--finetune", "--load", "x", "--lr", "1e-5"])
     assert config.recipe is None and config.training.train_iters is None and config.optimizer.lr == 1e-5
+
+
+def test_training_yaml_sections_are_sections_even_where_a_flag_has_their_name(tmp_path):
+    """`model:` and `optimizer:` are sections of TrainConfig although --model and --optimizer are flags."""
+    (tmp_path / "run.yaml").write_text(
+        "model:\n  num_layers: 4\n  hidden_size: 64\n  num_attention_heads: 4\noptimizer:\n  lr: 0.001\n"
+        "  name: adamw\ntraining:\n  train_iters: 10\n"
+    )
+    config = parse_train_config(["--config", tmp_path / "run.yaml", "--data-path", "x"])
+    assert (config.model.num_layers, config.optimizer.lr, config.optimizer.name) == (4, 1e-3, "adamw")
+    assert config.training.train_iters == 10 and config.model.preset is None
+
+
+@pytest.mark.parametrize("value", ["true", "2.7"])
+def test_yaml_refuses_a_boolean_or_fraction_for_a_whole_number(tmp_path, capsys, value):
+    (tmp_path / "run.yaml").write_text(f"num_layers: {value}\n")
+    with pytest.raises(SystemExit):
+        FlagParser(Outer, config_file=True).parse(["--config", tmp_path / "run.yaml"])
+    assert "num_layers" in capsys.readouterr().err
+
+
+def test_train_tokens_replace_the_recipes_steps_and_both_together_are_refused():
+    from megatron_soda.training.plan import check_settings
+
+    config = parse_train_config(["--model", "soda-135m", "--train-tokens", "2097152"])
+    assert config.recipe == "soda (soda-135m)" and config.training.num_iterations() == 1  # 512 x 4096 per step
+    both = parse_train_config(["--data-path", "x", "--train-iters", "5", "--train-tokens", "100"])
+    with pytest.raises(ValueError, match="not --train-iters and --train-tokens"):
+        check_settings(both, 1)
+
+
+def test_rope_scaling_flags_switch_and_set_the_llama3_scaling():
+    plain = parse_train_config(["--model", "tiny", "--no-use-rope-scaling"]).model.shape(1000, 128)
+    scaled = parse_train_config(["--model", "tiny", "--rope-scaling-factor", "4"]).model.shape(1000, 128)
+    assert plain.rope_scaling is None and scaled.rope_scaling.factor == 4.0
+    assert scaled.rope_scaling.low_freq_factor == 1.0 and scaled.rope_scaling.original_max_position == 8192

@@ -1,4 +1,4 @@
-"""The import guard for CUDA-only extras, exercised where they are absent."""
+"""The import guard for optional extras, exercised where they are absent."""
 
 import pytest
 

@@ -31,7 +31,7 @@ write_dataset('{tmp_path}/a', tokens, lengths, SODA_LAYOUT.vocab_size)
 merge_datasets('{tmp_path}/m', ['{tmp_path}/a', '{tmp_path}/a'])
 pack_dataset('{tmp_path}/m', '{tmp_path}/p', 4096)
 assert validate_dataset('{tmp_path}/p', SODA_LAYOUT.vocab_size).ok
-sys.argv = ['validate_dataset.py', '{tmp_path}']
+sys.argv = ['validate_dataset.py', '--input', '{tmp_path}']
 import runpy
 try:
     runpy.run_path('tools/validate_dataset.py', run_name='__main__')

@@ -137,7 +137,7 @@ def test_invalid_shapes_are_refused():
 )
 def test_soda_learning_rates_follow_the_width_rule(name, lr):
     recipe = soda_recipe(name)
-    assert float(f"{recipe.learning_rate:.4g}") == lr
+    assert float(f"{recipe.lr:.4g}") == lr
     assert recipe.lr_width == (1024 if name == "soda-135m" else PRESETS[name].hidden_size)
 
 
@@ -147,8 +147,8 @@ def test_soda_recipe_constants():
     assert recipe.tokens_per_step == 512 * 4096
     assert (recipe.warmup_steps, recipe.decay_steps) == (23_841, 47_683)
     assert (recipe.adam_beta1, recipe.adam_beta2, recipe.adam_eps) == (0.98, 0.98, 1e-16)
-    assert (recipe.weight_decay, recipe.adamc_weight_decay, recipe.clip_grad) == (0.033, True, 1.0)
-    assert (recipe.z_loss_weight, recipe.min_learning_rate, recipe.optimizer) == (1e-4, 0.0, "cautious_adamw")
+    assert (recipe.weight_decay, recipe.adamc, recipe.clip_grad) == (0.033, True, 1.0)
+    assert (recipe.z_loss_weight, recipe.min_lr, recipe.optimizer) == (1e-4, 0.0, "cautious")
     with pytest.raises(KeyError, match="soda-4b"):
         soda_recipe("tiny")
 

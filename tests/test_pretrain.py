@@ -10,6 +10,7 @@ from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_
 from megatron_soda.data.indexed_dataset import merge_datasets, write_dataset
 from megatron_soda.data.packing import pack_dataset
 from megatron_soda.data.synthetic import text_documents
+from megatron_soda.device import device_info
 from megatron_soda.models.presets import get_preset
 from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from megatron_soda.training.logger import iteration_records, read_metrics
@@ -37,6 +38,15 @@ def demo_data(tmp_path_factory):
     )
     merge_datasets(root / "speech", [root / "job" / "shards" / f"tokens_{i:05d}" for i in range(report["shards"])])
     return root
+
+
+def small_text_dataset(root):
+    """60 text-only documents beside the speech: with the default split, a test share of none."""
+    if not (root / "text_small.idx").exists():
+        layout = load_soda_tokenizer(root / "tok").layout
+        documents = text_documents(np.random.default_rng(1), 60, layout, (20, 120))
+        write_dataset(root / "text_small", *documents, layout.vocab_size)
+    return root / "text_small"
 
 
 def pretrain(root, run, *args, world=1, model="tiny"):
@@ -118,6 +128,48 @@ def test_metrics_file_describes_the_run_and_a_resume_keeps_one_record_per_iterat
     assert run["tokens_per_iteration"] == 4 * 128 and run["flops_per_token"] > run["six_n_flops_per_token"] > 0
     assert run["layout"]["tensor"] == 1 and run["layout"]["data"] == 1 and run["recipe"] is None
     assert [r["resume"]["iteration"] for r in records if "resume" in r] == [3]
+    # Resuming with another schedule is refused unless asked for, as Megatron-LM's flag says.
+    with pytest.raises(RuntimeError, match="LR schedule differs from the checkpoint's .*total_steps 6 -> 8"):
+        pretrain(demo_data, "longer", "--train-iters", 8, "--load", ckpt)
+    longer = pretrain(demo_data, "longer", "--train-iters", 8, "--load", ckpt, "--override-opt_param-scheduler")
+    assert [line["iteration"] for line in longer] == [7, 8]
+
+
+@pytest.mark.timeout(600)
+def test_no_load_optim_continues_the_run_with_the_weights_and_a_fresh_optimizer(demo_data, tmp_path):
+    whole = pretrain(demo_data, "whole_nlo", "--train-iters", 6)
+    pretrain(demo_data, "first_nlo", "--train-iters", 6, "--exit-interval", 3, "--save", tmp_path / "ckpt")
+    fresh = pretrain(demo_data, "fresh_nlo", "--train-iters", 6, "--load", tmp_path / "ckpt", "--no-load-optim")
+    assert [line["iteration"] for line in fresh] == [4, 5, 6] and fresh[0]["consumed samples"] == 16
+    assert fresh[0]["lm loss"] == whole[3]["lm loss"]  # the same weights and batch: the loss before the step
+    assert fresh[1]["lm loss"] != whole[4]["lm loss"]  # then fresh Adam moments take another step
+
+
+@pytest.mark.timeout(600)
+def test_validation_reads_the_same_sequences_whatever_the_batch(demo_data):
+    """Untrained weights (lr 0), two batch layouts: the fixed validation set gives one per-token loss."""
+    args = [
+        "--train-iters",
+        1,
+        "--lr",
+        0.0,
+        "--lr-warmup-iters",
+        0,
+        "--lr-decay-style",
+        "constant",
+        "--split",
+        "80,20,0",
+        "--eval-interval",
+        1,
+        "--eval-samples",
+        6,
+    ]
+    pretrain(demo_data, "valid_a", *args, "--micro-batch-size", 2, "--global-batch-size", 4)
+    pretrain(demo_data, "valid_b", *args, "--micro-batch-size", 4, "--global-batch-size", 8)
+    a, b = ([r for r in read_metrics(demo_data / f"valid_{k}.jsonl") if "validation lm loss" in r] for k in "ab")
+    assert len(a) == len(b) == 1 and "validation audio loss" in a[0]
+    for key in ("validation lm loss", "validation audio loss"):
+        assert a[0][key] == pytest.approx(b[0][key], rel=1e-6), key
 
 
 def _checkpoint_tensors(path):
@@ -310,6 +362,120 @@ def test_cautious_training_at_tp2_takes_the_tp1_steps(demo_data):
     assert len({line["lm loss"] for line in one}) == 3
 
 
+@pytest.mark.timeout(300)
+def test_the_readme_blend_with_the_default_split_trains_instead_of_hanging(demo_data):
+    """A few hundred documents give the default 969,30,1 split an empty test share: it must not hang."""
+    small_text_dataset(demo_data)
+    lines = pretrain(
+        demo_data,
+        "default_split",
+        "--train-iters",
+        2,
+        "--split",
+        "969,30,1",
+        "--lr-decay-style",
+        "constant",
+        "--data-path",
+        0.95,
+        demo_data / "speech",
+        0.05,
+        demo_data / "text_small",
+    )
+    assert [line["iteration"] for line in lines] == [1, 2]
+
+
+@pytest.mark.timeout(300)
+def test_a_run_logs_what_a_person_reads_and_names_tensorboard_curves_by_dataset(demo_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    small_text_dataset(demo_data)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_soda.pretrain",
+            "--model",
+            "tiny",
+            "--tokenizer",
+            str(demo_data / "tok"),
+            "--data-path",
+            "0.8",
+            str(demo_data / "speech"),
+            "0.2",
+            str(demo_data / "text_small"),
+            "--split",
+            "100,0,0",
+            "--seq-length",
+            "64",
+            "--micro-batch-size",
+            "2",
+            "--global-batch-size",
+            "2",
+            "--train-iters",
+            "4",
+            "--lr-decay-style",
+            "constant",
+            "--log-interval",
+            "2",
+            "--save",
+            str(tmp_path / "ckpt"),
+            "--tensorboard-dir",
+            str(tmp_path / "tb"),
+            "--skip-data-validation",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out, err = result.stdout, result.stderr
+    assert "model: tiny: 2 layers" in err and "recipe: none" in err and "memory per GPU" in err
+    assert "saved checkpoint at iteration 4 to" in err and " GB, " in err
+    assert "Apex is not installed" not in err and "TransformerConfig" not in err  # megatron's notices: --verbose
+    console = [line for line in out.splitlines() if line.startswith("iteration")]
+    assert [line.split("|")[0].split()[1] for line in console] == ["2/", "4/"]  # one line per --log-interval
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0}).Reload()
+    scalars = events.Tags()["scalars"]
+    assert "data mix/speech" in scalars and "data mix/text_small" in scalars and "lm loss" in scalars
+    assert any("arguments" in tag for tag in events.Tags()["tensors"])
+
+
+@pytest.mark.timeout(600)
+def test_prefetching_threads_change_no_number(demo_data):
+    args = ["--train-iters", 3, "--lr-decay-style", "constant"]
+    plain = pretrain(demo_data, "plain", *args, "--num-workers", 0)
+    threads = pretrain(demo_data, "threads", *args, "--num-workers", 3)
+    assert [(r["lm loss"], r["consumed samples"]) for r in threads] == [
+        (r["lm loss"], r["consumed samples"]) for r in plain
+    ]
+
+
+@pytest.mark.skipif(device_info().cuda, reason="the refusal is for machines without CUDA")
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--recompute-activations"],
+        ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"],
+    ],
+)
+def test_recomputation_is_refused_without_cuda_but_planned(flags):
+    config = parse_train_config(["--data-path", "x", "--train-iters", "10", *flags])
+    with pytest.raises(ValueError, match="needs CUDA: megatron-core's activation checkpointing"):
+        plan_run(config, 1, check_data=False)
+    planned = plan_run(parse_train_config(["--dry-run", "--train-iters", "10", *flags]), 1)
+    assert planned.config.training.recompute in ("selective", "full")
+
+
 @pytest.mark.timeout(600)
 def test_packed_rows_train_at_tp2(demo_data):
     pack_dataset(demo_data / "speech", demo_data / "speech_packed", 128, overwrite=True)
@@ -373,6 +539,7 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
     config = parse_train_config(
         ["--model", "soda-600m", "--data-path", "0.95", "speech", "0.05", "text", "--lr", "1e-3"]
     )
+    assert parse_train_config(["--model", "soda-600m", "--train-samples", "1024"]).training.num_iterations() == 2
     t, o = config.training, config.optimizer
     assert (t.global_batch_size, t.seq_length, t.train_iters) == (512, 4096, 238_419)
     assert (o.adam_beta1, o.adam_beta2, o.adam_eps, o.weight_decay) == (0.98, 0.98, 1e-16, 0.033)
@@ -390,6 +557,29 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--num-layers", "3"], 1, "a custom shape needs --hidden-size, --num-attention-heads"),
         (["--model", "soda-9b"], 1, "--model: unknown model preset 'soda-9b'"),
         (["--finetune"], 1, "--finetune needs --load"),
+        (["--fp16"], 1, "--fp16 is not supported"),
+        (["--recompute-granularity", "full"], 1, "needs --recompute-method"),
+        (["--recompute-method", "block"], 1, "apply to --recompute-granularity full"),
+        (["--sequence-parallel"], 1, "needs --tensor-model-parallel-size > 1"),
+        (["--eval-interval", "5", "--split", "100,0,0"], 1, "--eval-interval 5 needs validation data"),
+        (["--train-samples", "8"], 1, "not --train-iters and --train-samples"),
+        (["--lr-decay-style", "wsd", "--lr-decay-fraction", "0"], 1, "set --lr-decay-fraction or --lr-wsd-decay-iters"),
+        (
+            [
+                "--model",
+                "ablation-30m",
+                "--pipeline-model-parallel-size",
+                "4",
+                "--num-layers-per-virtual-pipeline-stage",
+                "1",
+                "--global-batch-size",
+                "6",
+                "--micro-batch-size",
+                "1",
+            ],
+            4,
+            "needs a multiple of --pipeline-model-parallel-size 4 micro-batches per step",
+        ),
         (["--packed-data", "--reset-attention-mask"], 1, "--reset-attention-mask is for GPTDataset rows"),
         (["--attention-backend", "local", "--packed-data"], 1, "--attention-backend local cannot keep documents apart"),
         (
@@ -403,6 +593,14 @@ def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):
     config = parse_train_config(["--data-path", "x", "--train-iters", "1", *argv])
     with pytest.raises((ValueError, ImportError), match=message):
         plan_run(config, world, check_data=False)
+
+
+@pytest.mark.skipif(device_info().cuda, reason="the refusal is for machines without CUDA")
+def test_bf16_without_cuda_is_refused_up_front_but_may_be_planned():
+    config = parse_train_config(["--data-path", "x", "--train-iters", "10", "--bf16"])
+    with pytest.raises(ValueError, match="--bf16 needs CUDA"):
+        plan_run(config, 1, check_data=False)
+    assert plan_run(parse_train_config(["--bf16", "--dry-run", "--train-iters", "10"]), 1).config.training.bf16
 
 
 def test_load_of_an_empty_directory_without_a_model_is_refused(demo_data, tmp_path):

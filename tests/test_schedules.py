@@ -106,3 +106,13 @@ def test_apply_lr_sets_every_group_and_keeps_the_adamc_peak():
     opt = CautiousAdamW(groups, lr=1e-3, adamc=True)
     apply_lr(opt, 4e-4)
     assert [(g["lr"], g["max_lr"]) for g in opt.param_groups] == [(4e-4, 1e-3), (4e-4, 1e-3)]
+
+
+def test_decay_end_holds_min_lr_after_it_as_megatron_lr_decay_iters_does():
+    cosine = LRSchedule(total_steps=10, lr=1.0, min_lr=0.1, style="cosine", warmup_iters=2, decay_end=6)
+    assert cosine.lr_at(1) == 1.0 and cosine.lr_at(5) == pytest.approx(0.1) and cosine.lr_at(9) == pytest.approx(0.1)
+    assert 0.1 < cosine.lr_at(3) < 1.0
+    wsd = LRSchedule(total_steps=10, lr=1.0, min_lr=0.0, style="wsd", decay_iters=2, decay_end=8)
+    assert [round(wsd.lr_at(s), 6) for s in range(10)] == [1.0] * 6 + [0.5, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="decay_end must be in"):
+        LRSchedule(total_steps=10, lr=1.0, style="linear", decay_end=11)

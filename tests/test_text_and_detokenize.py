@@ -47,7 +47,7 @@ def tokenizer_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tok") / "soda"
     result = run_tool(
         "build_tokenizer.py",
-        "--train-bpe",
+        "--input",
         CORPUS / "text.jsonl",
         CORPUS / "manifest.jsonl",
         "--bpe-vocab-size",
@@ -162,8 +162,10 @@ def test_detokenize_cli_reads_strings_and_reports_malformed_ones(tmp_path, token
         "detokenize.py",
         "--tokenizer",
         tokenizer_dir,
-        "--strings",
+        "--input",
         tmp_path / "seqs.txt",
+        "--input-format",
+        "strings",
         "--no-audio",
         "--output-dir",
         tmp_path / "out",

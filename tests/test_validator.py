@@ -81,7 +81,7 @@ def test_accepts_a_dataset_with_zero_documents(tmp_path):
         report = validate_dataset(prefix, vocab_size=vocab)
         assert report.ok, report
         assert (report.num_documents, report.num_sequences, report.num_tokens) == (0, 0, 0)
-    assert run_cli(prefix).returncode == 0
+    assert run_cli("--input", prefix).returncode == 0
 
 
 # ------------------------------------------------------------------ damage
@@ -201,7 +201,7 @@ def test_damage_is_reported_with_its_file_and_offset_and_fails_the_cli(valid, da
         assert report.file == valid + suffix
         assert report.offset in (offset if isinstance(offset, set) else {offset}), report
         assert suffix in str(report)
-    result = run_cli(valid, "--vocab-size", VOCAB)
+    result = run_cli("--input", valid, "--vocab-size", VOCAB)
     assert result.returncode != 0
     assert "DAMAGED" in result.stderr and words[0] in result.stderr
 
@@ -216,16 +216,18 @@ def test_token_id_outside_vocabulary_is_caught_only_when_vocab_size_is_given(val
     sequence = int(np.searchsorted(np.cumsum(LENGTHS), position, side="right"))
     assert f"sequence {sequence} " in report.error
     assert (report.file, report.offset) == (bin_path, 4 * position)
-    assert run_cli(valid, "--vocab-size", VOCAB).returncode != 0
+    assert run_cli("--input", valid, "--vocab-size", VOCAB).returncode != 0
     if value >= 0:  # structurally the dataset is fine: without a vocabulary there is nothing to refuse
         assert validate_dataset(valid).ok
-        assert run_cli(valid).returncode == 0
+        assert run_cli("--input", valid).returncode == 0
 
 
 def test_cli_passes_a_valid_dataset_and_prints_a_json_report(valid):
-    result = run_cli(valid, "--vocab-size", VOCAB, "--json")
+    result = run_cli("--input", valid, "--vocab-size", VOCAB, "--json", "-")
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["damaged"]) == (1, 0)
+    (report,) = summary["datasets"]
     assert report["ok"] is True and report["prefix"] == valid
     assert (report["num_documents"], report["num_sequences"], report["num_tokens"]) == (D - 1, N, sum(LENGTHS))
     assert report["dtype"] == "int32"
@@ -233,8 +235,8 @@ def test_cli_passes_a_valid_dataset_and_prints_a_json_report(valid):
 
 def test_cli_fails_when_one_of_several_datasets_is_damaged(valid, tmp_path):
     other = build(tmp_path / "other", np.int32, [[[1, 2, 3]]])
-    assert run_cli(valid, other).returncode == 0
+    assert run_cli("--input", valid, other).returncode == 0
     resize(f"{other}.bin", -4)
-    result = run_cli(valid, other)
+    result = run_cli("--input", valid, other)
     assert result.returncode != 0
     assert "1 of 2 datasets OK" in result.stdout

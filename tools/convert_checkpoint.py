@@ -11,13 +11,17 @@
 Runs as one process (no torchrun): dist checkpoints reshard on load, so a checkpoint saved at TP=8 x PP=4
 exports here, and an imported one loads at the TP/PP given (checked now). --dry-run checks everything and
 prints the tensor mapping (megatron name and shape -> Hugging Face name and shape) without writing. Outputs
-appear under their name only once complete.
+appear under their name only once complete. Checkpoint directories take Megatron-LM's --load / --save, as
+pretraining does; --json writes the summary (and the tensor mapping) as JSON.
 """
 
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Optional
 
-from megatron_soda.flags import FlagCommands
+from megatron_soda.flags import FlagCommands, flag
+from megatron_soda.tool_json import check_json_path, write_json
 
 EXPORT_HELP = "megatron dist checkpoint -> Hugging Face Qwen3ForCausalLM directory"
 EXPORT_TEXT = (
@@ -31,13 +35,31 @@ IMPORT_TEXT = (
 )
 
 
+def with_json(base):
+    """``base`` (the library's config of a command) with the tool's ``--json`` flag added."""
+
+    @dataclass
+    class Command(base):
+        json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
+        """also write the summary and tensor mapping as one JSON object to PATH ("-": to stdout, in place of
+        the text)."""
+
+        def check(self) -> None:
+            base.check(self)
+            check_json_path(self.json)
+
+    return Command
+
+
 def build_parser() -> FlagCommands:
+    # Imported here: the conversion modules load torch.
     from megatron_soda.convert import ExportConfig, ImportConfig
 
+    export, import_ = with_json(ExportConfig), with_json(ImportConfig)
     return FlagCommands(
         {
-            "export": (ExportConfig, EXPORT_HELP, EXPORT_TEXT, ExportConfig.check),
-            "import": (ImportConfig, IMPORT_HELP, IMPORT_TEXT, ImportConfig.check),
+            "export": (export, EXPORT_HELP, EXPORT_TEXT, export.check),
+            "import": (import_, IMPORT_HELP, IMPORT_TEXT, import_.check),
         },
         prog=os.path.basename(__file__),
         description=__doc__,
@@ -54,12 +76,25 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"convert_checkpoint {command}: error: {error}", file=sys.stderr)
         return 2
-    if config.dry_run:
-        print("\n".join(plan.mapping_lines()))
-        print("dry run: nothing written")
-    else:
-        target = config.output if command == "export" else config.save
-        print(f"{command}: wrote {target}")
+    target_flag = "output" if command == "export" else "save"
+    target = getattr(config, target_flag)
+    mapping = plan.mapping_lines()
+    if config.json != "-":
+        if config.dry_run:
+            print("\n".join(mapping))
+            print("dry run: nothing written")
+        else:
+            print(f"{command}: wrote {target}")
+    write_json(
+        config.json,
+        {
+            "command": command,
+            "dry_run": config.dry_run,
+            target_flag: target,
+            "tensors": len(plan.items),
+            "mapping": mapping,
+        },
+    )
     return 0
 
 

@@ -23,17 +23,18 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from megatron_soda.checks import check_at_least, check_file, check_output_dir
 from megatron_soda.codec import CodecConfig
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 from megatron_soda.data.indexed_dataset import merge_datasets, validate_dataset
 from megatron_soda.data.packing import pack_dataset
 from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
-from megatron_soda.flags import FlagParser, check_at_least, check_file, check_output_dir
+from megatron_soda.flags import FlagParser, flag
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo_corpus"
 
@@ -46,8 +47,8 @@ def step(title: str) -> None:
 class DemoConfig:
     output_dir: str = "demo_out"
     """where to write (replaced)."""
-    corpus: str = str(CORPUS)
-    """directory holding manifest.jsonl and text.jsonl."""
+    corpus: str = field(default=str(CORPUS), metadata=flag("--input"))
+    """the corpus: a directory holding manifest.jsonl and text.jsonl."""
     seq_length: int = 4096
     """packed row / sample length."""
     workers: int = 2
@@ -58,16 +59,18 @@ class DemoConfig:
     def check(self) -> None:
         check_output_dir("--output-dir", self.output_dir)
         for name in ("manifest.jsonl", "text.jsonl"):
-            check_file("--corpus", os.path.join(self.corpus, name))
+            check_file("--input", os.path.join(self.corpus, name))
         check_at_least("--seq-length", self.seq_length, 2)
         check_at_least("--workers", self.workers, 0)
         check_at_least("--train-iters", self.train_iters, 1)
 
 
+def build_parser() -> FlagParser:
+    return FlagParser(DemoConfig, prog=os.path.basename(__file__), description=__doc__, check=DemoConfig.check)
+
+
 def main(argv=None) -> int:
-    args = FlagParser(DemoConfig, prog=os.path.basename(__file__), description=__doc__, check=DemoConfig.check).parse(
-        argv
-    )
+    args = build_parser().parse(argv)
     corpus = Path(args.corpus)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Token sequences -> transcripts and wav files (one clip per audio segment).
 
-    python tools/detokenize.py --tokenizer tokenizers/soda --dataset data/speech/shards/tokens_00000 --index 0 1 \\
+    python tools/detokenize.py --tokenizer tokenizers/soda --input data/speech/shards/tokens_00000 --index 0 1 \\
         --codec mimi --codec-path kyutai/mimi --output-dir out/
-    python tools/detokenize.py --tokenizer tokenizers/soda --strings generated.txt --no-audio
+    python tools/detokenize.py --tokenizer tokenizers/soda --input generated.txt --input-format strings --no-audio
 
-Sources: sequences of a dataset (--dataset with --index), lines of a file in the PUA string form
-(--strings), or lines of a file of JSON id lists (--ids). Without a codec (--no-audio) only the
+--input is read as --input-format says: sequences of a dataset (with --index), lines of a file in the PUA
+string form (strings), or lines of a file of JSON id lists (ids). Without a codec (--no-audio) only the
 transcripts are written.
 """
 
@@ -14,83 +14,103 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Literal, Optional
 
+from megatron_soda.checks import check_at_least, check_file, check_output_dir
 from megatron_soda.codec.cli import CodecConfig, check_codec
 from megatron_soda.data.text_pipeline import check_tokenizer, load_tokenizer
-from megatron_soda.flags import FlagParser, check_at_least, check_file, check_output_dir, flag
+from megatron_soda.flags import FlagParser, flag
+from megatron_soda.tool_json import check_json_path, write_json
 
 
 @dataclass
 class DetokenizeConfig:
     tokenizer: str
     """SODA tokenizer directory (tools/build_tokenizer.py)."""
-    dataset: Optional[str] = None
-    """source: a dataset prefix (.bin/.idx); one of --dataset, --strings, --ids."""
-    strings: Optional[str] = None
-    """source: a file of sequences in the PUA string form, one per line."""
-    ids: Optional[str] = None
-    """source: a file of JSON lists of token ids, one per line."""
+    input: str
+    """the sequences: a dataset prefix (no .bin/.idx), or a file of sequences (see --input-format)."""
+    input_format: Literal["dataset", "strings", "ids"] = "dataset"
+    """what --input is: dataset (an IndexedDataset prefix), strings (one sequence per line in the PUA string
+    form) or ids (one JSON list of token ids per line)."""
     index: Optional[List[int]] = field(default=None, metadata=flag(nargs="*"))
-    """sequence indices of --dataset (default: the first 10)."""
+    """sequence indices of a dataset --input (default: the first 10)."""
     output_dir: str = "detokenized"
     """where .txt and .wav files go."""
     audio: bool = True
     """decode audio segments to wav with the codec (--no-audio: transcripts only, no codec)."""
+    progress: bool = True
+    """show a progress bar over the sequences."""
+    json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
+    """also write the summary as one JSON object to PATH ("-": to stdout, in place of the text)."""
     codec: CodecConfig = field(default_factory=CodecConfig)
 
     def check(self) -> None:
         check_tokenizer("--tokenizer", self.tokenizer)
-        sources = [name for name in ("dataset", "strings", "ids") if getattr(self, name) is not None]
-        if len(sources) != 1:
-            given = f" (got {', '.join('--' + name for name in sources)})" if sources else ""
-            raise ValueError(f"give exactly one source: --dataset, --strings or --ids{given}")
-        if self.dataset is not None:
-            if self.dataset.endswith((".bin", ".idx")):
-                raise ValueError(f"--dataset {self.dataset}: give the dataset prefix, without .bin or .idx")
+        if self.input_format == "dataset":
+            if self.input.endswith((".bin", ".idx")):
+                raise ValueError(f"--input {self.input}: give the dataset prefix, without .bin or .idx")
+            if os.path.isfile(self.input) and not os.path.isfile(self.input + ".idx"):
+                raise ValueError(
+                    f"--input {self.input} is a file, not a dataset prefix: give --input-format strings or ids "
+                    "for a file of sequences"
+                )
             for suffix in (".idx", ".bin"):
-                check_file("--dataset", self.dataset + suffix)
-        elif self.index is not None:
-            raise ValueError("--index selects sequences of --dataset; lines of --strings/--ids are all read")
-        for name in ("strings", "ids"):
-            if getattr(self, name) is not None:
-                check_file("--" + name, getattr(self, name))
+                check_file("--input", self.input + suffix)
+        else:
+            if self.index is not None:
+                raise ValueError(
+                    f"--index selects sequences of a dataset; lines of --input-format {self.input_format} are all read"
+                )
+            check_file("--input", self.input)
         for index in self.index or ():
             check_at_least("--index", index, 0)
         check_output_dir("--output-dir", self.output_dir)
+        check_json_path(self.json)
         if self.audio:
             check_codec(self.codec)
 
 
 def read_sequences(config: DetokenizeConfig, tokenizer):
-    if config.dataset:
+    """(name, ids) for every sequence --input holds, in order."""
+    if config.input_format == "dataset":
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        dataset = IndexedDataset(config.dataset)
+        dataset = IndexedDataset(config.input)
         for index in config.index or range(min(len(dataset), 10)):
             if index >= len(dataset):
-                raise ValueError(f"--index {index}: --dataset {config.dataset} has {len(dataset)} sequences")
+                raise ValueError(f"--index {index}: --input {config.input} has {len(dataset)} sequences")
             yield f"seq{index}", list(dataset[index])
-    elif config.strings:
-        with open(config.strings, encoding="utf-8", newline="\n") as f:
+    elif config.input_format == "strings":
+        with open(config.input, encoding="utf-8", newline="\n") as f:
             for number, line in enumerate(f):
                 if line.rstrip("\n"):
                     yield f"line{number}", tokenizer.string_to_ids(line.rstrip("\n"))
     else:
-        with open(config.ids, encoding="utf-8") as f:
+        with open(config.input, encoding="utf-8") as f:
             for number, line in enumerate(f):
                 if line.strip():
                     try:
                         yield f"line{number}", json.loads(line)
                     except json.JSONDecodeError as error:
-                        raise ValueError(f"--ids {config.ids} line {number + 1}: not a JSON list of ids ({error})")
+                        raise ValueError(f"--input {config.input} line {number + 1}: not a JSON list of ids ({error})")
+
+
+def _total(config: DetokenizeConfig) -> Optional[int]:
+    """How many sequences a progress bar counts to (None: unknown before reading)."""
+    return len(config.index) if config.input_format == "dataset" and config.index else None
+
+
+def build_parser() -> FlagParser:
+    return FlagParser(
+        DetokenizeConfig, prog=os.path.basename(__file__), description=__doc__, check=DetokenizeConfig.check
+    )
 
 
 def main(argv=None) -> int:
-    parser = FlagParser(
-        DetokenizeConfig, prog=os.path.basename(__file__), description=__doc__, check=DetokenizeConfig.check
-    )
+    parser = build_parser()
     config = parser.parse(argv)
+    from tqdm import tqdm
+
     from megatron_soda.data.detokenize import detokenize, write_detokenized
 
     try:
@@ -102,20 +122,34 @@ def main(argv=None) -> int:
             codec = load_codec(config.codec)
     except (ValueError, OSError) as error:
         parser.error(str(error))
+    text = config.json != "-"
+    sequences = []
     failures = 0
     try:
-        for name, ids in read_sequences(config, tokenizer):
-            try:
-                result = detokenize(ids, tokenizer, codec)
-            except ValueError as error:
-                print(f"{name}: {error}", file=sys.stderr)
-                failures += 1
-                continue
-            paths = write_detokenized(result, config.output_dir, name)
-            print(f"{name}: {len(result.texts)} text and {len(result.clips)} audio segments -> {', '.join(paths)}")
+        with tqdm(
+            total=_total(config), unit="seq", desc="detokenize", disable=not config.progress, file=sys.stderr
+        ) as bar:
+            for name, ids in read_sequences(config, tokenizer):
+                bar.update()
+                try:
+                    result = detokenize(ids, tokenizer, codec)
+                except ValueError as error:
+                    tqdm.write(f"{name}: {error}", file=sys.stderr)
+                    sequences.append({"name": name, "error": str(error)})
+                    failures += 1
+                    continue
+                paths = write_detokenized(result, config.output_dir, name)
+                sequences.append(
+                    {"name": name, "texts": len(result.texts), "audio_segments": len(result.clips), "files": paths}
+                )
+                if text:
+                    tqdm.write(
+                        f"{name}: {len(result.texts)} text and {len(result.clips)} audio segments -> {', '.join(paths)}"
+                    )
     except (ValueError, OSError) as error:
         print(f"detokenize: error: {error}", file=sys.stderr)
         return 1
+    write_json(config.json, {"output_dir": config.output_dir, "sequences": sequences, "failures": failures})
     return 1 if failures else 0
 
 

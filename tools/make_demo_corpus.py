@@ -19,7 +19,7 @@ recording (groups utterances into one document), index (order within the recordi
 within the audio file; only for segments of long recordings), duration (seconds), language ("en").
 
 Needs the espeak-ng program (Debian/Ubuntu: apt-get install espeak-ng). The shipped corpus does not:
-tests and `make demo` only read it.
+tests and `make demo` only read it. --json writes the closing summary as JSON too.
 """
 
 import json
@@ -32,14 +32,17 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from megatron_soda.flags import FlagParser, check_at_least, check_output_dir
+from megatron_soda.checks import check_at_least, check_output_dir
+from megatron_soda.flags import FlagParser, flag
+from megatron_soda.tool_json import check_json_path, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 ESPEAK_RATE = 22050  # espeak-ng's output sample rate
@@ -758,6 +761,10 @@ class CorpusConfig:
     """espeak-ng executable, looked up on PATH."""
     jobs: int = os.cpu_count() or 1
     """parallel espeak-ng processes (the CPU count by default)."""
+    progress: bool = True
+    """show a progress bar over the utterances spoken."""
+    json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
+    """also write the summary as one JSON object to PATH ("-": to stdout, in place of the text)."""
 
     def check(self) -> None:
         check_at_least("--recordings", self.recordings, 1)
@@ -780,12 +787,15 @@ class CorpusConfig:
         out = Path(self.output_dir)
         if out.is_dir() and any(out.iterdir()) and not self.overwrite:
             raise ValueError(f"--output-dir {out} exists and is not empty; pass --overwrite to replace it")
+        check_json_path(self.json)
+
+
+def build_parser() -> FlagParser:
+    return FlagParser(CorpusConfig, prog=os.path.basename(__file__), description=__doc__, check=CorpusConfig.check)
 
 
 def main(argv=None) -> int:
-    args = FlagParser(
-        CorpusConfig, prog=os.path.basename(__file__), description=__doc__, check=CorpusConfig.check
-    ).parse(argv)
+    args = build_parser().parse(argv)
 
     exe = shutil.which(args.espeak)
     if exe is None:
@@ -815,8 +825,11 @@ def main(argv=None) -> int:
         rec = recordings[r]
         return speak_until_fits(exe, rec["topic"], templates, rec["speakers"][u], rec["rate"], args.sample_rate, seed)
 
+    from tqdm import tqdm
+
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        results = dict(zip([(r, u) for r, u, _, _ in jobs], pool.map(work, jobs)))
+        spoken = tqdm(pool.map(work, jobs), total=len(jobs), unit="utt", desc="espeak-ng", disable=not args.progress)
+        results = dict(zip([(r, u) for r, u, _, _ in jobs], spoken))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -915,12 +928,23 @@ def main(argv=None) -> int:
         if tmp.exists():
             shutil.rmtree(tmp)
 
-    print(
-        f"wrote {out}: {stats['utterances']} utterances in {stats['recordings']} recordings "
-        f"({files} audio files), {stats['seconds']:.1f} s of audio, {len(stats['speakers'])} voices, "
-        f"{args.text_documents} text documents, {total / 1e6:.2f} MB, espeak-ng {version}, "
-        f"{time.time() - started:.1f} s"
+    elapsed = time.time() - started
+    if args.json != "-":
+        print(
+            f"wrote {out}: {stats['utterances']} utterances in {stats['recordings']} recordings "
+            f"({files} audio files), {stats['seconds']:.1f} s of audio, {len(stats['speakers'])} voices, "
+            f"{args.text_documents} text documents, {total / 1e6:.2f} MB, espeak-ng {version}, {elapsed:.1f} s"
+        )
+    summary = dict(output_dir=str(out), audio_files=files, megabytes=total / 1e6, espeak_ng=version, seconds=elapsed)
+    summary.update(
+        utterances=stats["utterances"],
+        recordings=stats["recordings"],
+        long_recordings=stats["long"],
+        audio_seconds=stats["seconds"],
+        speakers=sorted(stats["speakers"]),
+        text_documents=stats["text_docs"],
     )
+    write_json(args.json, summary)
     return 0
 
 

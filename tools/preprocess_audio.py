@@ -8,37 +8,52 @@ Inputs are JSONL manifests (audio, text, optional id, speaker, recording, start,
 language) or directories of audio with same-named .txt transcripts. Utterances of one `recording` form
 a document, rendered text-first and audio-first (SODA). Bad records (unreadable, corrupt, empty,
 NaN, absurd duration, missing transcript, non-UTF-8) go to rejects files with their reason. A killed
-job rerun with the same command continues from the last committed shard.
+job rerun with the same command continues from the last committed shard. The report (also
+<output-dir>/report.json) is printed as JSON; --json writes it to a file too.
 """
 
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Optional
 
-from megatron_soda.flags import FlagParser
+from megatron_soda.flags import FlagParser, base_config, flag
+from megatron_soda.tool_json import check_json_path, write_json
 
 
-def parse_args(argv=None):
+def build_parser() -> FlagParser:
     # Imported here, not at the top: spawned decode workers re-import this module and must stay lean.
     from megatron_soda.data.audio_pipeline import AudioPreprocessConfig
 
+    @dataclass
+    class AudioPreprocessTool(AudioPreprocessConfig):
+        json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
+        """also write the report as one JSON object to PATH ("-": stdout only, printed once)."""
+
+        def check(self) -> None:
+            AudioPreprocessConfig.check(self)
+            check_json_path(self.json)
+
     return FlagParser(
-        AudioPreprocessConfig, prog=os.path.basename(__file__), description=__doc__, check=AudioPreprocessConfig.check
-    ).parse(argv)
+        AudioPreprocessTool, prog=os.path.basename(__file__), description=__doc__, check=AudioPreprocessTool.check
+    )
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = parse_args(argv)
-    from megatron_soda.data.audio_pipeline import preprocess_audio
+    config = build_parser().parse(argv)
+    from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 
     try:
-        report = preprocess_audio(config)
+        report = preprocess_audio(base_config(AudioPreprocessConfig, config))
     except (ValueError, OSError) as error:
         print(f"preprocess_audio: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(report, indent=2))
+    if config.json != "-":
+        print(json.dumps(report, indent=2))
+    write_json(config.json, report)
     return 0
 
 

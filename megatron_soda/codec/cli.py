@@ -7,8 +7,8 @@ flags, before torch or any weights are loaded. Torch-free.
 
 from __future__ import annotations
 
+from megatron_soda.checks import check_at_least
 from megatron_soda.codec.config import CodecConfig
-from megatron_soda.flags import check_at_least
 
 __all__ = ["CodecConfig", "check_codec"]
 

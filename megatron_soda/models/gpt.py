@@ -131,11 +131,15 @@ def transformer_config(
     attention_backend: str = "auto",
     fp8_format: Optional[str] = None,
     fp8_recipe: str = "delayed",
+    recompute_granularity: Optional[str] = None,
+    recompute_method: Optional[str] = None,
+    recompute_num_layers: Optional[int] = None,
 ) -> TransformerConfig:
     """megatron-core's config for ``shape``; fusions that need CUDA kernels stay off without CUDA.
 
     ``fp8_format`` (e4m3 | hybrid) turns on FP8 through Transformer Engine's ``fp8_recipe``; megatron-core
     then runs every layer under TE's FP8 autocast. It needs TE's linear layers, so not ``local``.
+    ``recompute_*`` are megatron-core's activation recomputation settings (Megatron-LM's flags).
 
     ``calculate_per_token_loss`` is always on: the loss is the global batch's per-token mean
     (``training/step.py``); DDP reads it when built from this config (it then sums gradients over
@@ -178,6 +182,9 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         calculate_per_token_loss=True,
         attention_backend=_TE_BACKENDS.get(backend, AttnBackend.local if backend == "local" else AttnBackend.auto),
+        recompute_granularity=recompute_granularity,
+        recompute_method=recompute_method,
+        recompute_num_layers=recompute_num_layers,
         **({"fp8": fp8_format, "fp8_recipe": fp8_recipe} if fp8_format is not None else {}),
     )
 

@@ -167,7 +167,7 @@ _LR_WIDTH = {"soda-135m": 1024, "soda-600m": 1024, "soda-1.7b": 2048, "soda-4b":
 class TrainingRecipe:
     """SODA's pretraining hyperparameters for one size (Levanter semantics, SODA.md)."""
 
-    learning_rate: float
+    lr: float
     """Peak lr, from the width rule."""
     lr_width: int
     """Width the lr rule was evaluated at (1024 for the 135M model, whose hidden size is 512)."""
@@ -177,13 +177,13 @@ class TrainingRecipe:
     """Tokens per sequence."""
     train_tokens: int = 500_000_000_000
     """Token budget; every suite size trains on 500B tokens."""
-    min_learning_rate: float = 0.0
+    min_lr: float = 0.0
     """lr at the end of the decay."""
-    warmup_fraction: float = 0.1
+    lr_warmup_fraction: float = 0.1
     """Linear warmup from 0 over this fraction of the steps."""
-    decay_fraction: float = 0.2
-    """Linear decay to ``min_learning_rate`` over this last fraction (warmup-stable-decay)."""
-    optimizer: str = "cautious_adamw"
+    lr_decay_fraction: float = 0.2
+    """Linear decay to ``min_lr`` over this last fraction (warmup-stable-decay)."""
+    optimizer: str = "cautious"
     """AdamW whose update is masked where its sign disagrees with the gradient's, then rescaled."""
     adam_beta1: float = 0.98
     """First-moment decay."""
@@ -193,7 +193,7 @@ class TrainingRecipe:
     """Adam epsilon."""
     weight_decay: float = 0.033
     """Decoupled decay lambda; not applied to norms, embeddings and biases."""
-    adamc_weight_decay: bool = True
+    adamc: bool = True
     """AdamC: the decay coefficient follows the schedule, lambda * lr_t / lr_max (weight_decay/lr constant)."""
     clip_grad: float = 1.0
     """Global gradient-norm clip."""
@@ -212,12 +212,12 @@ class TrainingRecipe:
     @property
     def warmup_steps(self) -> int:
         """Truncated like Levanter's fraction-to-steps conversion."""
-        return int(self.warmup_fraction * self.train_steps)
+        return int(self.lr_warmup_fraction * self.train_steps)
 
     @property
     def decay_steps(self) -> int:
         """Truncated like Levanter's fraction-to-steps conversion."""
-        return int(self.decay_fraction * self.train_steps)
+        return int(self.lr_decay_fraction * self.train_steps)
 
 
 def soda_learning_rate(width: int, global_batch_size: int = 512) -> float:
@@ -230,4 +230,4 @@ def soda_recipe(preset_name: str) -> TrainingRecipe:
     if preset_name not in _LR_WIDTH:
         raise KeyError(f"SODA trained no {preset_name!r}; recipes exist for: {', '.join(_LR_WIDTH)}")
     width = _LR_WIDTH[preset_name]
-    return TrainingRecipe(learning_rate=soda_learning_rate(width), lr_width=width)
+    return TrainingRecipe(lr=soda_learning_rate(width), lr_width=width)

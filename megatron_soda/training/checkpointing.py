@@ -462,6 +462,7 @@ def load_checkpoint(
         "scheduler_state": info["scheduler_state"],
         "extra": info["extra"],
         "rng_restored": rng_restored,
+        "optimizer_restored": load_optimizer,
     }
 
 

@@ -15,18 +15,19 @@ from typing import Any, Dict, List, Optional
 
 from megatron_soda.flags import flag
 
-SHAPE_FLAGS = (
+SHAPE_FIELDS = (
     "num_layers",
     "hidden_size",
     "num_attention_heads",
     "num_query_groups",
     "kv_channels",
     "ffn_hidden_size",
-    "untie_embeddings_and_output_weights",
     "max_position_embeddings",
     "rotary_base",
     "norm_epsilon",
 )
+"""ModelConfig fields named as the ``ModelShape`` fields they set."""
+SHAPE_FLAGS = SHAPE_FIELDS + ("untie_embeddings_and_output_weights", "use_rope_scaling", "rope_scaling_factor")
 """ModelConfig fields that describe a shape (given any of them, the model is a custom shape)."""
 
 
@@ -36,7 +37,8 @@ class ModelConfig:
 
     preset: Optional[str] = field(default=None, metadata=flag("--model"))
     """a preset (soda-135m, soda-600m, soda-1.7b, soda-4b, ablation-*, tiny); default: the --load checkpoint's
-    model, else the shape flags, else tiny. Shape flags given with a preset change that preset's shape."""
+    model, else the shape flags, else tiny. Shape flags given with a preset change that preset's shape (the
+    run is then no SODA preset and takes no recipe)."""
     num_layers: Optional[int] = None
     """Transformer layers of a custom shape."""
     hidden_size: Optional[int] = None
@@ -57,6 +59,10 @@ class ModelConfig:
     """RoPE theta; default 500000 (SODA)."""
     norm_epsilon: Optional[float] = None
     """RMSNorm epsilon; default 1e-5 (SODA)."""
+    use_rope_scaling: Optional[bool] = None
+    """Llama-3 RoPE frequency scaling (default on, as SODA: factor 8, low/high 1/4, original context 8192)."""
+    rope_scaling_factor: Optional[float] = None
+    """the Llama-3 scaling factor; default 8 (SODA)."""
     init_method_std: float = 0.02
     """Standard deviation of the normal weight initialization."""
     attention_backend: str = "auto"
@@ -69,54 +75,59 @@ class ModelConfig:
 
     def shape(self, vocab_size: int, seq_length: int):
         """The ``ModelShape`` these settings describe, over ``vocab_size``; ValueError naming the flag."""
-        from megatron_soda.models.presets import LLAMA3_ROPE_SCALING, ModelShape, get_preset
+        from megatron_soda.models.presets import ModelShape, get_preset
 
         if self.preset is not None:
             try:
                 base = get_preset(self.preset, vocab_size=vocab_size)
             except KeyError as error:
                 raise ValueError(f"--model: {error.args[0]}") from None
-            changes = {
-                name: getattr(self, name)
-                for name in SHAPE_FLAGS
-                if name != "untie_embeddings_and_output_weights" and getattr(self, name) is not None
-            }
-            if self.untie_embeddings_and_output_weights is not None:
-                changes["tie_embeddings"] = not self.untie_embeddings_and_output_weights
-            try:
-                return replace(base, **changes)
-            except ValueError as error:
-                raise ValueError(f"--model {self.preset} with shape flags: {error}") from None
-        missing = [
-            f"--{name.replace('_', '-')}"
-            for name in ("num_layers", "hidden_size", "num_attention_heads")
-            if getattr(self, name) is None
-        ]
-        if missing:
-            raise ValueError(f"a custom shape needs {', '.join(missing)} (or --model PRESET)")
-        heads = self.num_attention_heads
-        if self.kv_channels is None and self.hidden_size % heads:
-            raise ValueError(
-                f"--hidden-size {self.hidden_size} is not a multiple of --num-attention-heads {heads}; "
-                f"give --kv-channels"
-            )
-        try:
-            return ModelShape(
+        else:
+            missing = [
+                f"--{name.replace('_', '-')}"
+                for name in ("num_layers", "hidden_size", "num_attention_heads")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"a custom shape needs {', '.join(missing)} (or --model PRESET)")
+            heads = self.num_attention_heads
+            if self.kv_channels is None and self.hidden_size % heads:
+                raise ValueError(
+                    f"--hidden-size {self.hidden_size} is not a multiple of --num-attention-heads {heads}; "
+                    f"give --kv-channels"
+                )
+            # Megatron-LM's defaults where a flag is left out: GQA off, head dim hidden / heads, 4h MLP, tied.
+            base = ModelShape(
                 num_layers=self.num_layers,
                 hidden_size=self.hidden_size,
                 num_attention_heads=heads,
-                num_query_groups=self.num_query_groups or heads,
-                kv_channels=self.kv_channels or self.hidden_size // heads,
-                ffn_hidden_size=self.ffn_hidden_size or 4 * self.hidden_size,
+                num_query_groups=heads,
+                kv_channels=self.hidden_size // heads if self.hidden_size % heads == 0 else 1,
+                ffn_hidden_size=4 * self.hidden_size,
                 vocab_size=vocab_size,
-                tie_embeddings=not self.untie_embeddings_and_output_weights,
-                norm_epsilon=self.norm_epsilon if self.norm_epsilon is not None else 1e-5,
-                rotary_base=self.rotary_base if self.rotary_base is not None else 500_000.0,
-                rope_scaling=LLAMA3_ROPE_SCALING,
-                max_position_embeddings=self.max_position_embeddings or seq_length,
+                tie_embeddings=True,
+                max_position_embeddings=seq_length,
             )
+        changes = {name: getattr(self, name) for name in SHAPE_FIELDS if getattr(self, name) is not None}
+        if self.untie_embeddings_and_output_weights is not None:
+            changes["tie_embeddings"] = not self.untie_embeddings_and_output_weights
+        rope = base.rope_scaling
+        if self.use_rope_scaling is False:
+            rope = None
+        elif rope is None and (self.use_rope_scaling or self.rope_scaling_factor is not None):
+            from megatron_soda.models.presets import LLAMA3_ROPE_SCALING
+
+            rope = LLAMA3_ROPE_SCALING
+        if rope is not None and self.rope_scaling_factor is not None:
+            rope = replace(rope, factor=self.rope_scaling_factor)
+        elif rope is None and self.rope_scaling_factor is not None:
+            raise ValueError("--rope-scaling-factor needs RoPE scaling; drop --no-use-rope-scaling")
+        changes["rope_scaling"] = rope
+        try:
+            return replace(base, **changes)
         except ValueError as error:
-            raise ValueError(f"custom shape: {error}") from None
+            where = f"--model {self.preset} with shape flags" if self.preset else "custom shape"
+            raise ValueError(f"{where}: {error}") from None
 
 
 @dataclass
@@ -137,6 +148,8 @@ class DataConfig:
     """GPTDataset rows (documents joined by EOD) attend within each document only."""
     eod_mask_loss: bool = False
     """no loss where the input token is EOD (GPTDataset rows; default: EOD is learned)."""
+    num_workers: int = 2
+    """threads that read the next step's samples while this step computes (0: read in the step)."""
     skip_data_validation: bool = False
     """do not scan token ids against the vocabulary (each index is still checked); the scan runs on rank 0 once
     per unchanged dataset, remembered under $MEGATRON_SODA_CACHE (default ~/.cache/megatron_soda)."""
@@ -156,10 +169,24 @@ class TrainingConfig:
     """optimizer steps of the whole run (the LR schedule spans them)."""
     train_tokens: Optional[int] = None
     """alternative to --train-iters: iterations = ceil(tokens / (global batch x seq length))."""
+    train_samples: Optional[int] = None
+    """alternative to --train-iters: iterations = ceil(samples / global batch)."""
     z_loss_weight: float = 0.0
     """weight of the z-loss, mean(logsumexp(logits)^2) per loss token."""
     bf16: bool = False
     """bf16 parameters and activations, fp32 master weights and gradient reduction (CUDA)."""
+    fp16: bool = False
+    """refused: SODA trains in bf16 (fp16 would need loss scaling, which this trainer does not do); use --bf16."""
+    recompute_activations: bool = False
+    """recompute each layer's attention core in backward (Megatron-LM's shorthand for --recompute-granularity
+    selective)."""
+    recompute_granularity: Optional[str] = field(default=None, metadata=flag(choices=("full", "selective")))
+    """activation recomputation: full (keep only each recomputed layer's input) or selective (attention core)."""
+    recompute_method: Optional[str] = field(default=None, metadata=flag(choices=("uniform", "block")))
+    """full recompute: uniform (every layer, in groups of --recompute-num-layers) or block (the first
+    --recompute-num-layers layers of each pipeline stage)."""
+    recompute_num_layers: Optional[int] = None
+    """full recompute: layers per recomputed group (uniform) or recomputed layers per stage (block)."""
     fp8_format: Optional[str] = field(default=None, metadata=flag(choices=("e4m3", "hybrid")))
     """FP8 linear layers through Transformer Engine (needs TE)."""
     fp8_recipe: str = field(default="delayed", metadata=flag(choices=("delayed", "tensorwise", "mxfp8", "blockwise")))
@@ -169,19 +196,26 @@ class TrainingConfig:
     nan_policy: str = field(default="stop", metadata=flag(choices=("stop", "skip")))
     """what a NaN/inf loss does: stop the run, or skip that update."""
     exit_interval: Optional[int] = None
-    """stop after this many iterations (saving first when --save is set); the schedule still spans
-    --train-iters, so a later --load continues the same run."""
+    """stop after the first iteration whose number is a multiple of this (saving first when --save is set), as
+    Megatron-LM does; the schedule still spans --train-iters, so a later --load continues the same run."""
 
     @property
     def tokens_per_iteration(self) -> int:
         return self.global_batch_size * self.seq_length
+
+    @property
+    def recompute(self) -> Optional[str]:
+        """The recompute granularity in force (--recompute-activations means selective)."""
+        return self.recompute_granularity or ("selective" if self.recompute_activations else None)
 
     def num_iterations(self) -> int:
         if self.train_iters is not None:
             return self.train_iters
         if self.train_tokens is not None:
             return math.ceil(self.train_tokens / self.tokens_per_iteration)
-        raise ValueError("give --train-iters or --train-tokens")
+        if self.train_samples is not None:
+            return math.ceil(self.train_samples / self.global_batch_size)
+        raise ValueError("give --train-iters, --train-tokens or --train-samples")
 
 
 @dataclass
@@ -224,6 +258,13 @@ class ScheduleConfig:
     """share of the run spent warming up."""
     lr_decay_fraction: Optional[float] = 0.2
     """wsd only: share of the run spent decaying to --min-lr."""
+    lr_wsd_decay_iters: Optional[int] = None
+    """wsd only: steps spent decaying to --min-lr (replaces --lr-decay-fraction)."""
+    lr_decay_iters: Optional[int] = None
+    """the step at which the decay ends (the lr then stays at --min-lr); default: the last step."""
+    override_opt_param_scheduler: bool = field(default=False, metadata=flag("--override-opt_param-scheduler"))
+    """on --load, train with this run's schedule even where it differs from the checkpoint's (which is
+    otherwise refused, naming the difference)."""
 
 
 @dataclass
@@ -236,6 +277,9 @@ class ParallelConfig:
     """pipeline stages (must divide the layers)."""
     num_layers_per_virtual_pipeline_stage: Optional[int] = None
     """layers per model chunk for the interleaved 1F1B schedule."""
+    sequence_parallel: bool = False
+    """split the sequence over tensor-parallel ranks outside attention and MLP (norms, dropout, residuals):
+    less activation memory at TP > 1 (NCCL)."""
     use_distributed_optimizer: Optional[bool] = None
     """shard optimizer state over data-parallel ranks (megatron's distributed optimizer; CUDA only);
     default: on with CUDA."""
@@ -268,6 +312,14 @@ class LoggingConfig:
     """console line every this many iterations."""
     tensorboard_dir: Optional[str] = None
     """write tensorboard scalars here."""
+    verbose: bool = False
+    """every rank's log and megatron-core's own INFO lines and import-time notices (default: rank 0, the run)."""
+    wandb_project: Optional[str] = None
+    """log to Weights & Biases under this project (needs wandb; WANDB_MODE=offline writes locally, no network)."""
+    wandb_exp_name: Optional[str] = None
+    """the Weights & Biases run name."""
+    wandb_save_dir: Optional[str] = None
+    """where Weights & Biases keeps its local files (default: ./wandb)."""
     metrics_file: Optional[str] = None
     """JSON lines: the run's description first, then one record per iteration (one rank writes it)."""
 
@@ -307,26 +359,47 @@ class TrainConfig:
         iters = self.training.num_iterations()
         s = self.schedule
         if s.lr_warmup_iters is not None:
-            warmup, warmup_flag = {"warmup_iters": s.lr_warmup_iters}, f"--lr-warmup-iters {s.lr_warmup_iters}"
+            warmup = {"warmup_iters": s.lr_warmup_iters}
         else:
             warmup = {"warmup_fraction": s.lr_warmup_fraction or 0.0}
-            warmup_flag = f"--lr-warmup-fraction {s.lr_warmup_fraction}"
-        decay = {"decay_fraction": s.lr_decay_fraction or 0.0} if s.lr_decay_style == "wsd" else {}
+        decay = {}
+        if s.lr_decay_style == "wsd":
+            decay = (
+                {"decay_iters": s.lr_wsd_decay_iters}
+                if s.lr_wsd_decay_iters is not None
+                else {"decay_fraction": s.lr_decay_fraction or 0.0}
+            )
         try:
             return LRSchedule(
                 total_steps=iters,
                 lr=self.optimizer.lr,
                 min_lr=self.optimizer.min_lr,
                 style=s.lr_decay_style,
+                decay_end=s.lr_decay_iters,
                 **warmup,
                 **decay,
             )
         except ValueError as error:
+            given = {**warmup, **decay, "decay_end": s.lr_decay_iters}
+            settings = ", ".join(f"{_SCHEDULE_FLAGS[k]} {v}" for k, v in given.items() if v is not None)
+            message = str(error)
+            for name, flag_name in _SCHEDULE_FLAGS.items():
+                message = message.replace(name, flag_name)
             raise ValueError(
-                f"--lr-decay-style {s.lr_decay_style} over {iters} iterations with {warmup_flag}, "
-                f"--lr-decay-fraction {s.lr_decay_fraction}, --lr {self.optimizer.lr}, "
-                f"--min-lr {self.optimizer.min_lr}: {error}"
+                f"--lr-decay-style {s.lr_decay_style} over {iters} iterations ({settings}, --lr {self.optimizer.lr}, "
+                f"--min-lr {self.optimizer.min_lr}): {message}"
             ) from None
+
+
+_SCHEDULE_FLAGS = {
+    "warmup_fraction": "--lr-warmup-fraction",
+    "warmup_iters": "--lr-warmup-iters",
+    "decay_fraction": "--lr-decay-fraction",
+    "decay_iters": "--lr-wsd-decay-iters",
+    "decay_end": "--lr-decay-iters",
+    "total_steps": "--train-iters",
+}
+"""``LRSchedule``'s argument names -> the flags that set them, for error messages."""
 
 
 def recipe_defaults(preset: Optional[str]) -> Dict[str, Any]:
@@ -340,20 +413,20 @@ def recipe_defaults(preset: Optional[str]) -> Dict[str, Any]:
     except KeyError:
         return {}
     return {
-        "optimizer.lr": recipe.learning_rate,
-        "optimizer.min_lr": recipe.min_learning_rate,
+        "optimizer.lr": recipe.lr,
+        "optimizer.min_lr": recipe.min_lr,
         "training.global_batch_size": recipe.global_batch_size,
         "training.seq_length": recipe.seq_length,
         "training.train_iters": recipe.train_steps,
         "schedule.lr_decay_style": "wsd",
-        "schedule.lr_warmup_fraction": recipe.warmup_fraction,
-        "schedule.lr_decay_fraction": recipe.decay_fraction,
-        "optimizer.name": "cautious",
+        "schedule.lr_warmup_fraction": recipe.lr_warmup_fraction,
+        "schedule.lr_decay_fraction": recipe.lr_decay_fraction,
+        "optimizer.name": recipe.optimizer,
         "optimizer.adam_beta1": recipe.adam_beta1,
         "optimizer.adam_beta2": recipe.adam_beta2,
         "optimizer.adam_eps": recipe.adam_eps,
         "optimizer.weight_decay": recipe.weight_decay,
-        "optimizer.adamc": recipe.adamc_weight_decay,
+        "optimizer.adamc": recipe.adamc,
         "optimizer.clip_grad": recipe.clip_grad,
         "training.z_loss_weight": recipe.z_loss_weight,
     }

@@ -36,6 +36,15 @@ def _format(key: str, value: Any) -> str:
     return f"{key}: {value}"
 
 
+def _averages(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Each key's mean over the records that have it (floats), or its last value (counts, mixes)."""
+    out: Dict[str, Any] = {}
+    for key in dict.fromkeys(k for r in records for k in r):
+        values = [r[key] for r in records if key in r]
+        out[key] = sum(values) / len(values) if all(isinstance(v, float) for v in values) else values[-1]
+    return out
+
+
 class RunLogger:
     """Console, tensorboard and metrics-file output on the one rank that reports (``active``)."""
 
@@ -47,18 +56,38 @@ class RunLogger:
         tensorboard_dir: Optional[str] = None,
         run: Optional[Dict[str, Any]] = None,
         resumed_at: Optional[int] = None,
+        arguments: Optional[Dict[str, Any]] = None,
+        wandb: Optional[Dict[str, Optional[str]]] = None,
     ):
         self.active = active
         self.writer = None
         self.metrics = None
+        self.wandb = None
+        self.window: List[Dict[str, Any]] = []
+        """Training records since the last console line (the console shows their averages)."""
         if not active:
             return
         if tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(tensorboard_dir)
+            if arguments:
+                table = "\n".join(f"| {k} | {v} |" for k, v in arguments.items())
+                self.writer.add_text("arguments", "| setting | value |\n|---|---|\n" + table, 0)
         if metrics_file:
             self.metrics = self._open_metrics(metrics_file, run or {}, resumed_at)
+        if wandb and wandb.get("project"):
+            from megatron_soda import optional
+
+            module = optional.require("wandb", "--wandb-project")
+            if wandb.get("dir"):
+                os.makedirs(wandb["dir"], exist_ok=True)
+            self.wandb = module.init(
+                project=wandb["project"],
+                name=wandb.get("name"),
+                dir=wandb.get("dir"),
+                config={**(arguments or {}), "run": run or {}},
+            )
 
     @staticmethod
     def _open_metrics(path: str, run: Dict[str, Any], resumed_at: Optional[int]):
@@ -66,10 +95,13 @@ class RunLogger:
         if resumed_at is not None and os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 for line in f:
-                    if line.strip():
+                    try:
                         record = json.loads(line)
-                        if record.get("iteration", 0) <= resumed_at:
-                            kept.append(line if line.endswith("\n") else line + "\n")
+                    except ValueError:  # blank, or the half-written last line of a killed run
+                        continue
+                    if record.get("iteration", 0) <= resumed_at:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             if not kept:
@@ -80,12 +112,18 @@ class RunLogger:
         os.replace(tmp, path)
         return open(path, "a", encoding="utf-8")
 
-    def log(self, iteration: int, total: int, values: Dict[str, Any], console: bool) -> None:
+    def log(self, iteration: int, total: int, values: Dict[str, Any], console: bool, average: bool = False) -> None:
+        """Writes one record; ``console`` prints a line, of the averages since the last one with ``average``
+        (training records, as Megatron-LM prints them), else of ``values`` (validation)."""
         if not self.active:
             return
+        if average:
+            self.window.append(values)
         if console:
+            shown = _averages(self.window) if average else values
+            self.window = [] if average else self.window
             parts = [f"iteration {iteration:8d}/{total:8d}"] + [
-                _format(k, v) for k, v in values.items() if not isinstance(v, (list, dict))
+                _format(k, v) for k, v in shown.items() if not isinstance(v, (list, dict))
             ]
             print(" | ".join(parts), flush=True)
         if self.writer is not None:
@@ -98,9 +136,15 @@ class RunLogger:
         if self.metrics is not None:
             self.metrics.write(json.dumps({"iteration": iteration, **values}) + "\n")
             self.metrics.flush()
+        if self.wandb is not None:
+            flat = {f"{k}/{name}": v for k, d in values.items() if isinstance(d, dict) for name, v in d.items()}
+            flat.update({k: v for k, v in values.items() if isinstance(v, (int, float))})
+            self.wandb.log(flat, step=iteration)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()

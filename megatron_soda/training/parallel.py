@@ -51,11 +51,8 @@ class ParallelLayout:
             )
 
 
-def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
-    """Starts torch.distributed (if needed) and megatron-core's model-parallel groups; seeds every RNG."""
-    from megatron.core import parallel_state, tensor_parallel
-
-    cpu_compat.install()
+def check_runs_here(layout: ParallelLayout) -> None:
+    """Refuses a layout this machine cannot run correctly (before any process group exists)."""
     if cpu_compat.needed() and layout.virtual_pipeline and layout.pipeline == 2:
         # Measured: at PP=2 both pipeline neighbours are one rank, and gloo matches that pair's
         # untagged messages in posting order, so an activation and a gradient of one shape can swap
@@ -64,6 +61,14 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
             "interleaved pipelining (--num-layers-per-virtual-pipeline-stage) with "
             "--pipeline-model-parallel-size 2 gives wrong gradients on gloo (CPU); use 4 or more stages"
         )
+
+
+def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
+    """Starts torch.distributed (if needed) and megatron-core's model-parallel groups; seeds every RNG."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    check_runs_here(layout)
+    cpu_compat.install()
     if not dist.is_initialized():
         backend = device_info().distributed_backend
         if device_info().cuda:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+from megatron_soda.checks import check_output_dir, check_output_file
 from megatron_soda.flags import FlagParser
 from megatron_soda.training.config import SHAPE_FLAGS, ModelConfig, TrainConfig, recipe_defaults
 
@@ -42,10 +43,12 @@ class RunPlan:
 
     @property
     def distributed_optimizer(self) -> bool:
-        from megatron_soda.device import device_info
-
+        """--use-distributed-optimizer, by default on wherever it shards something: DP > 1 on GPUs
+        (and in a --dry-run, which plans for GPUs wherever it runs)."""
         chosen = self.config.parallel.use_distributed_optimizer
-        return device_info().cuda if chosen is None else chosen
+        if chosen is not None:
+            return chosen
+        return self.data_parallel > 1 and (self.config.dry_run or _cuda())
 
     def record(self) -> Dict[str, Any]:
         """The run in plain data: the first line of the metrics file."""
@@ -126,6 +129,8 @@ def parse_train_config(
     defaults = {} if finetune or custom else recipe_defaults(preset)
     if defaults:
         defaults["recipe"] = f"soda ({preset})"
+        if {"training.train_tokens", "training.train_samples"} & set(given):  # the run's length, otherwise said
+            defaults.pop("training.train_iters")
     return parser.build(given, defaults)
 
 
@@ -193,28 +198,53 @@ def _read_resume(config: TrainConfig) -> Optional[Dict[str, Any]]:
         if config.checkpoint.finetune:
             raise ValueError(f"--finetune needs a checkpoint in --load {load}; found none")
         return None
-    return checkpointing.read_checkpoint_info(load)
+    info = checkpointing.read_checkpoint_info(load)
+    wants_optimizer = config.checkpoint.load_optim and not config.checkpoint.finetune
+    if wants_optimizer and info["optimizer_metadata"] is None and not info["model_only"]:
+        raise ValueError(
+            f"--load {load}: the checkpoint holds no optimizer state; pass --no-load-optim (continue with a fresh "
+            f"optimizer) or --finetune"
+        )
+    return info
 
 
-def _check_output_path(flag_name: str, path: Optional[str]) -> None:
-    """A directory the run will write: refused now if it is a file or cannot be created, not after training."""
-    if not path:
+_SCHEDULE_FIELDS = ("total_steps", "lr", "min_lr", "style", "warmup_steps", "decay_steps", "decay_end")
+"""What makes two LR schedules the same schedule (the fields it was given may differ: fraction or steps)."""
+
+
+def _check_same_schedule(schedule, resume: Dict[str, Any], load: str) -> None:
+    """A resumed run continues the checkpoint's schedule unless --override-opt_param-scheduler says otherwise."""
+    saved = (resume.get("scheduler_state") or {}).get("schedule")
+    if not saved:  # weights-only checkpoints (imports) carry no schedule
         return
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag_name} {path} is a file; give a directory")
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag_name} {path}: cannot create it under {parent} (not a writable directory)")
+    saved = {"decay_end": saved.get("total_steps"), **saved}  # checkpoints from before --lr-decay-iters
+    differ = [
+        f"{k} {saved.get(k)} -> {getattr(schedule, k)}"
+        for k in _SCHEDULE_FIELDS
+        if saved.get(k) != getattr(schedule, k)
+    ]
+    if differ:
+        raise ValueError(
+            f"--load {load}: this run's LR schedule differs from the checkpoint's ({'; '.join(differ)}); give the "
+            f"original run's flags, or --override-opt_param-scheduler to continue with this schedule"
+        )
 
 
-def _check_output_file(flag_name: str, path: Optional[str]) -> None:
-    if not path:
-        return
-    if os.path.isdir(path):
-        raise ValueError(f"{flag_name} {path} is a directory; give a file name")
-    _check_output_path(flag_name, os.path.dirname(os.path.abspath(path)))
+def _split_shares(split: str) -> List[float]:
+    try:
+        shares = [float(x) for x in split.replace("/", ",").split(",")]
+    except ValueError:
+        raise ValueError(f"--split {split!r}: give train,valid,test shares such as 969,30,1") from None
+    shares += [0.0] * (3 - len(shares))
+    if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError(f"--split {split!r}: give three non-negative train,valid,test shares such as 969,30,1")
+    return shares
+
+
+def _cuda() -> bool:
+    from megatron_soda.device import device_info
+
+    return device_info().cuda
 
 
 def check_settings(config: TrainConfig, world_size: int) -> None:
@@ -261,41 +291,140 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
             "--attention-backend local cannot keep documents apart (no packed rows); drop "
             "--packed-data / --reset-attention-mask or choose another backend"
         )
+    if t.bf16 and not config.dry_run and not _cuda():
+        raise ValueError(
+            "--bf16 needs CUDA: megatron-core's bf16 optimizer keeps its master weights in CUDA "
+            "tensors; train in fp32 on the CPU (drop --bf16), or use --dry-run to plan a GPU run"
+        )
+    if config.logging.wandb_project:
+        from megatron_soda import optional
+
+        optional.require("wandb", "--wandb-project")
     if config.checkpoint.finetune and not config.checkpoint.load:
         raise ValueError("--finetune needs --load (the checkpoint whose weights to start from)")
-    _check_output_path("--save", config.checkpoint.save)
-    _check_output_path("--tensorboard-dir", config.logging.tensorboard_dir)
-    _check_output_file("--metrics-file", config.logging.metrics_file)
+    for flag_name, path in (("--save", config.checkpoint.save), ("--tensorboard-dir", config.logging.tensorboard_dir)):
+        if path:
+            check_output_dir(flag_name, path)
+    if config.logging.metrics_file:
+        check_output_file("--metrics-file", config.logging.metrics_file)
+    lengths = [
+        name
+        for name, value in (
+            ("--train-iters", t.train_iters),
+            ("--train-tokens", t.train_tokens),
+            ("--train-samples", t.train_samples),
+        )
+        if value is not None
+    ]
+    if len(lengths) > 1:
+        raise ValueError(f"give one of --train-iters, --train-tokens or --train-samples, not {' and '.join(lengths)}")
+    if t.fp16:
+        raise ValueError("--fp16 is not supported: SODA trains in bf16, which needs no loss scaling; use --bf16")
+    if t.recompute_activations and t.recompute_granularity not in (None, "selective"):
+        raise ValueError("--recompute-activations means --recompute-granularity selective; give one of the two")
+    if (t.recompute_method or t.recompute_num_layers) and t.recompute != "full":
+        raise ValueError("--recompute-method and --recompute-num-layers apply to --recompute-granularity full")
+    if t.recompute == "full" and (t.recompute_method is None or t.recompute_num_layers is None):
+        raise ValueError(
+            "--recompute-granularity full needs --recompute-method (uniform or block) and "
+            "--recompute-num-layers (e.g. uniform 1: every layer)"
+        )
+    if p.sequence_parallel and tp == 1:
+        raise ValueError(
+            "--sequence-parallel splits over tensor-parallel ranks: it needs --tensor-model-parallel-size > 1"
+        )
+    if config.eval.eval_interval and _split_shares(config.data.split)[1] == 0:
+        raise ValueError(
+            f"--eval-interval {config.eval.eval_interval} needs validation data, but --split "
+            f"{config.data.split} gives none; give it a validation share (e.g. 98,2,0)"
+        )
+    vp = p.num_layers_per_virtual_pipeline_stage
+    if vp is not None and (t.global_batch_size // (t.micro_batch_size * dp)) % pp:
+        raise ValueError(
+            f"interleaved pipelining (--num-layers-per-virtual-pipeline-stage) needs a multiple of "
+            f"--pipeline-model-parallel-size {pp} micro-batches per step; --global-batch-size "
+            f"{t.global_batch_size} / (--micro-batch-size {t.micro_batch_size} x data-parallel {dp}) gives "
+            f"{t.global_batch_size // (t.micro_batch_size * dp)}"
+        )
+    if not config.dry_run and not _cuda():
+        if p.sequence_parallel:
+            raise ValueError("--sequence-parallel needs CUDA (its reduce-scatter has no gloo implementation)")
+        if t.recompute:
+            raise ValueError(
+                f"--recompute-granularity {t.recompute} needs CUDA: megatron-core's activation checkpointing saves "
+                f"and restores CUDA RNG states; plan it with --dry-run"
+            )
+        if p.use_distributed_optimizer:
+            raise ValueError("--use-distributed-optimizer needs CUDA (megatron-core's distributed optimizer)")
 
 
-def _check_data(prefixes: List[str], vocab_size: int, scan_tokens: bool) -> None:
-    """Refuses missing, damaged or out-of-vocabulary datasets before any work starts.
+def check_datasets(prefixes: List[str], vocab: Any, scan_tokens: bool, tokenizer: Optional[str] = None) -> None:
+    """Refuses missing, damaged, out-of-vocabulary or other-vocabulary datasets before any work starts.
 
-    Every rank checks each dataset's index (cheap). The token ids (the whole ``.bin``) are scanned by
-    global rank 0 alone, once per unchanged dataset (``validate_tokens_once``, records under
-    ``$MEGATRON_SODA_CACHE`` or ``~/.cache/megatron_soda``): a refusal there ends the job before
-    training starts, without every rank reading the corpus at every restart.
+    ``vocab`` is the run's ``VocabLayout``, ``tokenizer`` its --tokenizer directory (None: SODA's layout).
+    Every rank checks each dataset's index and its vocabulary record (``<prefix>.vocab.json``, left by
+    preprocessing, merging and packing; cheap): a dataset made with another vocabulary is refused, naming
+    the tokenizer that made it (``_check_vocabulary``). A dataset without a record (older code, megatron's
+    own tools) is checked by its ids alone. The token ids (the whole ``.bin``) are scanned by global rank 0
+    alone, once per unchanged dataset (``validate_tokens_once``, records under ``$MEGATRON_SODA_CACHE`` or
+    ``~/.cache/megatron_soda``): a refusal there ends the job before training starts, without every rank
+    reading the corpus at every restart.
     """
-    from megatron_soda.data.indexed_dataset import validate_dataset, validate_tokens_once
+    from megatron_soda.data.indexed_dataset import (
+        read_vocab_record,
+        validate_dataset,
+        validate_tokens_once,
+        vocab_record,
+    )
 
     cache = os.environ.get("MEGATRON_SODA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "megatron_soda"))
     scan = scan_tokens and int(os.environ.get("RANK", 0)) == 0
+    run = None  # the run's own record, made when a dataset first has one to compare
     for prefix in prefixes:
-        if not os.path.exists(prefix + ".idx"):  # the validator's own report, without a cache lookup first
-            raise ValueError(f"--data-path {prefix}: {validate_dataset(prefix)}")
-        report = (
-            validate_tokens_once(prefix, vocab_size, os.path.join(cache, "validated"))
-            if scan
-            else validate_dataset(prefix)
-        )
+        report = validate_dataset(prefix)  # the index (and the validator's own report of a missing one)
         if not report.ok:
             raise ValueError(f"--data-path {prefix}: {report}")
+        try:
+            record = read_vocab_record(prefix, report)
+        except ValueError as error:
+            raise ValueError(f"--data-path {prefix}: {error}") from None
+        if record is not None:
+            run = run or vocab_record(vocab, tokenizer)
+            _check_vocabulary(prefix, record, run, tokenizer)
+        if scan:
+            report = validate_tokens_once(prefix, vocab.vocab_size, os.path.join(cache, "validated"))
+            if not report.ok:
+                raise ValueError(f"--data-path {prefix}: {report}")
+
+
+def _check_vocabulary(prefix: str, record: Dict[str, Any], run: Dict[str, Any], tokenizer: Optional[str]) -> None:
+    """Refuses, in one line naming the dataset, both vocabularies and the fix, a dataset whose recorded
+    vocabulary (``record``) is not the run's (``run``: the ``vocab_record`` of --tokenizer ``tokenizer``)."""
+    from megatron_soda.data.indexed_dataset import describe_vocab, same_vocabulary, vocab_path
+
+    if record["content"] != "tokens":
+        raise ValueError(
+            f"--data-path {prefix} holds {describe_vocab(record)} (recorded in {vocab_path(prefix)}), not token "
+            f"sequences: train on a preprocessing job's tokens_* shards, not its codes_* shards"
+        )
+    if same_vocabulary(record, run):
+        return
+    if tokenizer is None:
+        soda = "SODA's released layout, as no --tokenizer was given"
+        uses = f"this run uses {describe_vocab(run, made_by=soda)}"
+    else:
+        uses = f"--tokenizer {tokenizer} gives {describe_vocab(run)}"
+    made_by = (record.get("tokenizer") or {}).get("path") or "<the tokenizer that made it>"
+    raise ValueError(
+        f"--data-path {prefix} was made with {describe_vocab(record)} (recorded in {vocab_path(prefix)}), "
+        f"but {uses}; pass --tokenizer {made_by} (the tokenizer that made it)"
+    )
 
 
 def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: bool = True) -> RunPlan:
     """The run ``config`` describes, every setting checked; ValueError (naming the flag) otherwise."""
     from megatron_soda.data.gpt_blend import parse_data_path
-    from megatron_soda.training.parallel import ParallelLayout
+    from megatron_soda.training.parallel import ParallelLayout, check_runs_here
 
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     check_settings(config, world_size)
@@ -320,11 +449,15 @@ def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: 
         shape.num_layers // p.pipeline_model_parallel_size // vp if vp else None,
     )
     layout.check(world_size, shape.num_layers, shape.num_attention_heads, shape.num_query_groups)
+    if not config.dry_run:
+        check_runs_here(layout)
     prefixes, weights = parse_data_path(config.data.data_path) if config.data.data_path else ([], None)
     if check_data and not config.dry_run:
         if not prefixes:
             raise ValueError("--data-path is required")
-        _check_data(prefixes, vocab.vocab_size, scan_tokens=not config.data.skip_data_validation)
+        check_datasets(
+            prefixes, vocab, scan_tokens=not config.data.skip_data_validation, tokenizer=config.data.tokenizer
+        )
     import torch  # the backend checks import megatron-core (seconds): after the cheap checks
 
     from megatron_soda.models.gpt import check_fp8, resolve_attention_backend
@@ -334,8 +467,8 @@ def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: 
     check_fp8(t.fp8_format, t.fp8_recipe, config.model.attention_backend)
     train_iters = config.training.num_iterations()
     schedule = config.lr_schedule()
-    if resume is not None and config.checkpoint.finetune:
-        resume = {**resume, "finetune": True}
+    if resume is not None and not config.checkpoint.finetune and not config.schedule.override_opt_param_scheduler:
+        _check_same_schedule(schedule, resume, config.checkpoint.load)
     return RunPlan(config, vocab, shape, layout, world_size, train_iters, schedule, prefixes, weights, resume)
 
 
@@ -378,6 +511,8 @@ def describe(plan: RunPlan) -> List[str]:
         seq_length=t.seq_length,
         bf16=t.bf16,
         distributed_optimizer=plan.distributed_optimizer,
+        recompute_granularity=t.recompute,
+        sequence_parallel=plan.config.parallel.sequence_parallel,
     )
     lines.append("memory per GPU (estimate, busiest pipeline stage):")
     lines += ["  " + line for line in memory.lines()]

@@ -53,6 +53,9 @@ class LRSchedule:
     """"wsd" only: fraction of ``total_steps`` at the end spent decaying linearly to ``min_lr`` (SODA: 0.2)."""
     decay_iters: Optional[int] = None
     """"wsd" only: decay length in updates; replaces ``decay_fraction``."""
+    decay_end: Optional[int] = None
+    """Updates after which the decay is over and ``min_lr`` holds (Megatron-LM's ``--lr-decay-iters``);
+    default ``total_steps``."""
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -61,6 +64,10 @@ class LRSchedule:
             raise ValueError(f"total_steps must be >= 1, got {self.total_steps}")
         if not 0.0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.decay_end is None:
+            self.decay_end = self.total_steps
+        if not 1 <= self.decay_end <= self.total_steps:
+            raise ValueError(f"decay_end must be in [1, total_steps={self.total_steps}], got {self.decay_end}")
         self.warmup_steps = _steps(self.warmup_fraction, self.warmup_iters, self.total_steps, "warmup")
         self.decay_steps = _steps(self.decay_fraction, self.decay_iters, self.total_steps, "decay")
         if self.style != "wsd" and self.decay_steps:
@@ -71,13 +78,13 @@ class LRSchedule:
         if self.style == "wsd":
             if self.decay_steps < 1:
                 raise ValueError("style 'wsd' needs a decay phase: set decay_fraction or decay_iters")
-            if self.warmup_steps + self.decay_steps > self.total_steps:
+            if self.warmup_steps + self.decay_steps > self.decay_end:
                 raise ValueError(
                     f"warmup ({self.warmup_steps}) + decay ({self.decay_steps}) updates exceed "
-                    f"total_steps ({self.total_steps}): lower warmup_fraction or decay_fraction"
+                    f"the {self.decay_end} updates before the decay ends: lower warmup_fraction or decay_fraction"
                 )
         elif self.style != "constant":
-            self.decay_steps = self.total_steps - self.warmup_steps
+            self.decay_steps = self.decay_end - self.warmup_steps
             if self.decay_steps < 1:
                 raise ValueError(f"style '{self.style}' needs at least one update after warmup")
 
@@ -90,7 +97,7 @@ class LRSchedule:
             return self.lr * (done / self.warmup_steps)
         if self.style == "constant":
             return self.lr
-        decay_start = self.total_steps - self.decay_steps  # updates completed when decay begins
+        decay_start = self.decay_end - self.decay_steps  # updates completed when decay begins
         if done <= decay_start:
             return self.lr
         progress = min(1.0, (done - decay_start) / self.decay_steps)

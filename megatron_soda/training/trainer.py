@@ -23,11 +23,13 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 
 from megatron_soda.device import device_info
+from megatron_soda.flags import as_flat_dict
 from megatron_soda.training.plan import RunPlan
 
 logger = logging.getLogger("megatron_soda.trainer")
@@ -79,11 +81,15 @@ class Trainer:
             tensor_parallel=plan.layout.tensor,
             pipeline_parallel=plan.layout.pipeline,
             virtual_pipeline_parallel=plan.layout.virtual_pipeline,
+            sequence_parallel=self.config.parallel.sequence_parallel,
             params_dtype=dtype,
             init_method_std=self.config.model.init_method_std,
             attention_backend=self.config.model.attention_backend,
             fp8_format=t.fp8_format,
             fp8_recipe=t.fp8_recipe,
+            recompute_granularity=t.recompute,
+            recompute_method=t.recompute_method,
+            recompute_num_layers=t.recompute_num_layers,
         )
         chunks = parallel.build_model_chunks(
             plan.shape, model_config, attention_backend=self.config.model.attention_backend
@@ -145,12 +151,11 @@ class Trainer:
                 restored = "weights only (--finetune): iteration, data, optimizer and schedule start at 0"
             else:
                 self.iteration, self.consumed_samples = state["iteration"], state["consumed_samples"]
+                model_only = " (a weights-only checkpoint)" if plan.resume["model_only"] else ""
                 parts = [
                     "weights",
-                    "optimizer state"
-                    if ckpt.load_optim and not plan.resume["model_only"]
-                    else "no optimizer state (fresh)",
-                    "RNG states" if state["rng_restored"] else "no RNG states",
+                    "optimizer state" if state["optimizer_restored"] else f"no optimizer state{model_only}: fresh",
+                    "RNG states" if state["rng_restored"] else f"no RNG states{model_only}: this run's seed",
                     f"iteration {self.iteration}",
                     f"{self.consumed_samples} consumed samples",
                 ]
@@ -170,17 +175,22 @@ class Trainer:
             and parallel_state.get_data_parallel_rank() == 0
         )
         resumed = self.iteration if (self.plan.resume is not None and not self.config.checkpoint.finetune) else None
+        lg = self.config.logging
         self.log = RunLogger(
             active=reporting,
-            metrics_file=self.config.logging.metrics_file,
-            tensorboard_dir=self.config.logging.tensorboard_dir,
+            metrics_file=lg.metrics_file,
+            tensorboard_dir=lg.tensorboard_dir,
+            arguments=as_flat_dict(self.config),
+            wandb={"project": lg.wandb_project, "name": lg.wandb_exp_name, "dir": lg.wandb_save_dir},
             run=self.plan.record(),
             resumed_at=resumed,
         )
 
     # ---- one step -------------------------------------------------------------------------------
 
-    def micro_batches(self, dataset, first_sample: int, num_samples: int) -> List[Dict[str, torch.Tensor]]:
+    def micro_batches(
+        self, dataset, first_sample: int, num_samples: int, executor=None
+    ) -> List[Dict[str, torch.Tensor]]:
         """This data-parallel rank's micro-batches of samples ``[first_sample, first_sample + num_samples)``."""
         from megatron.core import parallel_state
 
@@ -195,6 +205,7 @@ class Trainer:
             parallel_state.get_data_parallel_rank(),
             parallel_state.get_data_parallel_world_size(),
             self.plan.vocab.eos_id if d.reset_attention_mask else None,
+            executor,
         )
 
     def _forward_backward(self, batches, forward_only: bool = False) -> Dict[str, float]:
@@ -240,8 +251,11 @@ class Trainer:
                 "iteration %d: loss is %s; skipping the update (--nan-policy skip)", self.iteration + 1, loss
             )
         else:
-            _, norm, _ = self.optimizer.step()
-            grad_norm = float(norm) if norm is not None else float("nan")
+            success, norm, _ = self.optimizer.step()
+            if not success:  # megatron skipped the update (inf/NaN gradients)
+                self.skipped_iterations += 1
+            # With --clip-grad 0 megatron computes no norm (None or 0.0): not logged rather than misread.
+            grad_norm = float(norm) if norm and self.config.optimizer.clip_grad > 0 else float("nan")
         self.iteration += 1
         self.consumed_samples += self.config.training.global_batch_size
         return {**metrics, "grad norm": grad_norm, "learning rate": lr}
@@ -258,11 +272,15 @@ class Trainer:
         from megatron.core import parallel_state
 
         if self.valid_data is None:
-            raise ValueError("no validation split to evaluate (see --split)")
+            raise ValueError(
+                "no validation data: evaluation needs --eval-interval and a --split with a validation share"
+            )
         t = self.config.training
         wanted = self.config.eval.eval_samples
         dp = parallel_state.get_data_parallel_world_size()
-        chunk = t.micro_batch_size * dp
+        # Interleaved 1F1B needs a multiple of the pipeline size in micro-batches per rank.
+        per_rank = self.plan.layout.pipeline if self.plan.layout.virtual_pipeline else 1
+        chunk = t.micro_batch_size * dp * per_rank
         total = -(-wanted // chunk) * chunk
         batches = self.micro_batches(self.valid_data, 0, total)
         first = parallel_state.get_data_parallel_rank() * (total // dp)
@@ -302,26 +320,46 @@ class Trainer:
                 "padded_vocab_size": self.plan.shape.padded_vocab_size(),
             },
         )
-        logger.info("saved checkpoint at iteration %d to %s (%.1f s)", self.iteration, path, time.time() - start)
+        seconds = time.time() - start
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if _global_rank() == 0 else 0
+        if _global_rank() == 0:
+            logger.info(
+                "saved checkpoint at iteration %d to %s (%.2f GB, %.1f s)", self.iteration, path, size / 1e9, seconds
+            )
 
     # ---- the loop -------------------------------------------------------------------------------
 
     def train(self) -> None:
         """Steps until --train-iters (or --exit-interval), logging, evaluating and saving as configured."""
-        from megatron_soda.data.gpt_blend import samples_per_dataset
-        from megatron_soda.training.flops import mfu, peak_bf16_flops, six_n_flops_per_token, training_flops_per_token
+        from megatron_soda.training.data import Prefetcher
+        from megatron_soda.training.flops import peak_bf16_flops, six_n_flops_per_token, training_flops_per_token
 
-        plan, t, ckpt = self.plan, self.config.training, self.config.checkpoint
-        interval = self.config.eval.eval_interval
+        plan, t = self.plan, self.config.training
         flops_per_token = training_flops_per_token(plan.shape, t.seq_length)
         six_n = six_n_flops_per_token(plan.shape)
         info = device_info()
         peak = peak_bf16_flops(info.name) if info.cuda else None
         names = _dataset_names(plan.prefixes)
+        prefetch = Prefetcher(
+            lambda first, pool: self.micro_batches(self.train_data, first, t.global_batch_size, pool),
+            self.config.data.num_workers,
+        )
+        try:
+            self._train_loop(prefetch, flops_per_token, six_n, peak, names)
+        finally:
+            prefetch.close()
+
+    def _train_loop(self, prefetch, flops_per_token: float, six_n: float, peak: Optional[float], names) -> None:
+        from megatron_soda.data.gpt_blend import samples_per_dataset
+        from megatron_soda.training.flops import mfu
+
+        plan, t, ckpt = self.plan, self.config.training, self.config.checkpoint
+        interval = self.config.eval.eval_interval
         while self.iteration < plan.train_iters:
             start = time.time()
-            batches = self.micro_batches(self.train_data, self.consumed_samples, t.global_batch_size)
             first = self.consumed_samples
+            following = first + t.global_batch_size if self.iteration + 1 < plan.train_iters else None
+            batches = prefetch.get(first, following)
             metrics = self.train_step(batches)
             self._mix_counts = self._mix_counts + samples_per_dataset(self.train_data, first, self.consumed_samples)
             rate = t.tokens_per_iteration / (time.time() - start)
@@ -333,7 +371,7 @@ class Trainer:
                 # Per modality only when the batch had such tokens: a 0 would read as a perfect loss.
                 **{f"{m} loss": metrics[f"{m} loss"] for m in ("audio", "text") if metrics[f"{m} tokens"]},
                 "z loss": metrics["z loss"],
-                "grad norm": metrics["grad norm"],
+                **({"grad norm": metrics["grad norm"]} if math.isfinite(metrics["grad norm"]) else {}),
                 "tokens per second": rate,
                 "TFLOP/s per device": flops_per_token * rate / plan.world_size / 1e12,
                 "6N TFLOP/s per device": six_n * rate / plan.world_size / 1e12,
@@ -344,9 +382,8 @@ class Trainer:
                 values["data mix"] = {name: round(float(c) / total, 4) for name, c in zip(names, self._mix_counts)}
             if peak is not None:
                 values["MFU"] = mfu(rate / plan.world_size, plan.shape, t.seq_length, peak)
-            self.log.log(
-                self.iteration, plan.train_iters, values, console=self.iteration % self.config.logging.log_interval == 0
-            )
+            console = self.iteration % self.config.logging.log_interval == 0 or self.iteration == plan.train_iters
+            self.log.log(self.iteration, plan.train_iters, values, console=console, average=True)
             exiting = t.exit_interval is not None and self.iteration % t.exit_interval == 0
             last = self.iteration == plan.train_iters
             if interval and (self.iteration % interval == 0 or last):
@@ -373,6 +410,10 @@ class Trainer:
         for k, prefix in enumerate(prefixes):
             asked = f"{weights[k] / total:.4f}" if weights else "by size"
             logger.info("data mix: %s asked %s, achieved %.4f of the training samples", prefix, asked, achieved[k])
+
+
+def _global_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def _dataset_names(prefixes: List[str]) -> List[str]:

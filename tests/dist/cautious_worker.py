@@ -127,7 +127,10 @@ def main():
         ddp_config = (DistributedDataParallelConfig(use_distributed_optimizer=True, overlap_grad_reduce=True,
                                                     bucket_size=1) if distopt else DistributedDataParallelConfig())
         model = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
-        settings = OptimizerConfig(name="cautious", lr=1e-2, clip_grad=1.0)
+        settings = OptimizerConfig(  # SODA's hyperparameters, at a larger lr
+            name="cautious", lr=1e-2, adam_beta1=0.98, adam_beta2=0.98, adam_eps=1e-16, weight_decay=0.033,
+            adamc=True, clip_grad=1.0,
+        )
         optimizer = build_megatron_optimizer(model, settings, use_distributed_optimizer=distopt,
                                              bf16=variant == "float16-wrapper")
         wrappers = [type(sub).__name__ for sub in optimizer.chained_optimizers]
