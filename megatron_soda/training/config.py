@@ -280,9 +280,8 @@ class ParallelConfig:
     sequence_parallel: bool = False
     """split the sequence over tensor-parallel ranks outside attention and MLP (norms, dropout, residuals):
     less activation memory at TP > 1 (NCCL)."""
-    use_distributed_optimizer: Optional[bool] = None
-    """shard optimizer state over data-parallel ranks (megatron's distributed optimizer; CUDA only);
-    default: on with CUDA."""
+    use_distributed_optimizer: bool = False
+    """shard optimizer state over data-parallel ranks (megatron's distributed optimizer; CUDA only)."""
 
 
 @dataclass

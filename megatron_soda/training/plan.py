@@ -43,12 +43,8 @@ class RunPlan:
 
     @property
     def distributed_optimizer(self) -> bool:
-        """--use-distributed-optimizer, by default on wherever it shards something: DP > 1 on GPUs
-        (and in a --dry-run, which plans for GPUs wherever it runs)."""
-        chosen = self.config.parallel.use_distributed_optimizer
-        if chosen is not None:
-            return chosen
-        return self.data_parallel > 1 and (self.config.dry_run or _cuda())
+        """--use-distributed-optimizer; off unless asked, as in Megatron-LM (the plan logs which)."""
+        return bool(self.config.parallel.use_distributed_optimizer)
 
     def record(self) -> Dict[str, Any]:
         """The run in plain data: the first line of the metrics file."""
