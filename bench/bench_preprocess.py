@@ -42,7 +42,6 @@ import time
 import numpy as np
 import torch
 
-import megatron_soda.tokenizer as soda_tokenizer
 from megatron_soda.codec.loading import CodecConfig, load_codec
 from megatron_soda.data import audio_pipeline
 from megatron_soda.data.audio_decode import DecodeTask, decode
@@ -189,14 +188,16 @@ class Clock(dict):
 
 
 @contextlib.contextmanager
-def instrumented(clock: Clock, workers: int):
-    """Times codec load, tokenizer load, encode and the wait for decoded audio inside ``preprocess_audio``."""
-    saved = (
-        audio_pipeline.load_codec,
-        audio_pipeline.ProcessPoolExecutor,
-        audio_pipeline.decode,
-        soda_tokenizer.load_soda_tokenizer,
-    )
+def instrumented(clock: Clock):
+    """Times codec load, tokenizer load, encode and the wait for decoded audio inside ``preprocess_audio``.
+
+    Patches the names the pipeline looks up when a job runs: ``codec.loading.load_codec`` (imported
+    inside ``preprocess_audio``), and ``audio_pipeline.DecodePool`` / ``load_tokenizer``. ``DecodePool.map``
+    decodes in this process with no workers, so its wait is the decode time there.
+    """
+    from megatron_soda.codec import loading
+
+    saved = (loading.load_codec, audio_pipeline.DecodePool, audio_pipeline.load_tokenizer)
 
     def load(config):
         codec = clock.wrap(saved[0], "codec load")(config)
@@ -207,19 +208,12 @@ def instrumented(clock: Clock, workers: int):
         def map(self, *a, **k):
             return clock.wrap_iter(super().map(*a, **k), "decode (wait)")
 
-    audio_pipeline.load_codec, audio_pipeline.ProcessPoolExecutor = load, Pool
-    if workers == 0:  # decoded lazily in this process
-        audio_pipeline.decode = clock.wrap(saved[2], "decode (wait)")
-    soda_tokenizer.load_soda_tokenizer = clock.wrap(saved[3], "tokenizer load")
+    loading.load_codec, audio_pipeline.DecodePool = load, Pool
+    audio_pipeline.load_tokenizer = clock.wrap(saved[2], "tokenizer load")
     try:
         yield
     finally:
-        (
-            audio_pipeline.load_codec,
-            audio_pipeline.ProcessPoolExecutor,
-            audio_pipeline.decode,
-            soda_tokenizer.load_soda_tokenizer,
-        ) = saved
+        loading.load_codec, audio_pipeline.DecodePool, audio_pipeline.load_tokenizer = saved
 
 
 def bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threads, cores) -> list[dict]:
@@ -235,7 +229,7 @@ def bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threa
             workers=workers,
             progress=False,
         )
-        with instrumented(clock, workers):
+        with instrumented(clock):
             return preprocess_audio(config)["seconds"], clock
 
     for rep in range(args.repeats):  # interleaved, so drift hits every setting alike
