@@ -40,6 +40,28 @@ def demo_data(tmp_path_factory):
     return root
 
 
+def pretrain_process(*args):
+    """`python -m megatron_soda.pretrain` as a plain process (no launcher variables), with its output."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_soda.pretrain", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def small_text_dataset(root):
     """60 text-only documents beside the speech: with the default split, a test share of none."""
     if not (root / "text_small.idx").exists():
@@ -386,58 +408,39 @@ def test_the_readme_blend_with_the_default_split_trains_instead_of_hanging(demo_
 
 @pytest.mark.timeout(300)
 def test_a_run_logs_what_a_person_reads_and_names_tensorboard_curves_by_dataset(demo_data, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     small_text_dataset(demo_data)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "megatron_soda.pretrain",
-            "--model",
-            "tiny",
-            "--tokenizer",
-            str(demo_data / "tok"),
-            "--data-path",
-            "0.8",
-            str(demo_data / "speech"),
-            "0.2",
-            str(demo_data / "text_small"),
-            "--split",
-            "100,0,0",
-            "--seq-length",
-            "64",
-            "--micro-batch-size",
-            "2",
-            "--global-batch-size",
-            "2",
-            "--train-iters",
-            "4",
-            "--lr-decay-style",
-            "constant",
-            "--log-interval",
-            "2",
-            "--save",
-            str(tmp_path / "ckpt"),
-            "--tensorboard-dir",
-            str(tmp_path / "tb"),
-            "--skip-data-validation",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    result = pretrain_process(
+        "--model",
+        "tiny",
+        "--tokenizer",
+        str(demo_data / "tok"),
+        "--data-path",
+        "0.8",
+        str(demo_data / "speech"),
+        "0.2",
+        str(demo_data / "text_small"),
+        "--split",
+        "100,0,0",
+        "--seq-length",
+        "64",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "2",
+        "--train-iters",
+        "4",
+        "--lr-decay-style",
+        "constant",
+        "--log-interval",
+        "2",
+        "--save",
+        str(tmp_path / "ckpt"),
+        "--tensorboard-dir",
+        str(tmp_path / "tb"),
+        "--skip-data-validation",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     out, err = result.stdout, result.stderr
     assert "model: tiny: 2 layers" in err and "recipe: none" in err and "memory per GPU" in err
     assert "saved checkpoint at iteration 4 to" in err and " GB, " in err
@@ -624,47 +627,28 @@ def test_load_of_an_empty_directory_without_a_model_is_refused(demo_data, tmp_pa
 
 @pytest.mark.timeout(300)
 def test_plain_python_without_a_launcher_trains_as_one_process(demo_data, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "megatron_soda.pretrain",
-            "--model",
-            "tiny",
-            "--tokenizer",
-            str(demo_data / "tok"),
-            "--data-path",
-            str(demo_data / "speech"),
-            "--split",
-            "100,0,0",
-            "--seq-length",
-            "64",
-            "--micro-batch-size",
-            "2",
-            "--global-batch-size",
-            "2",
-            "--train-iters",
-            "2",
-            "--lr-decay-style",
-            "constant",
-            "--metrics-file",
-            str(tmp_path / "m.jsonl"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    pretrain_process(
+        "--model",
+        "tiny",
+        "--tokenizer",
+        str(demo_data / "tok"),
+        "--data-path",
+        str(demo_data / "speech"),
+        "--split",
+        "100,0,0",
+        "--seq-length",
+        "64",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "2",
+        "--train-iters",
+        "2",
+        "--lr-decay-style",
+        "constant",
+        "--metrics-file",
+        str(tmp_path / "m.jsonl"),
     )
-    assert result.returncode == 0, result.stderr[-2000:]
     assert [line["iteration"] for line in iteration_records(tmp_path / "m.jsonl")] == [1, 2]
 
 

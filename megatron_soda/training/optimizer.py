@@ -269,7 +269,10 @@ def _model_params_of(wrapper) -> Dict[torch.Tensor, torch.Tensor]:
 
     if isinstance(wrapper, DistributedOptimizer):
         if not hasattr(wrapper, "shard_fp32_groups"):  # megatron FSDP: no shard groups
-            raise NotImplementedError("cautious masking with megatron FSDP is not supported")
+            raise ValueError(
+                "--optimizer cautious with megatron-core's FSDP is not supported: its shards carry no map back to "
+                "whole tensors; use --optimizer adamw, or the distributed optimizer without FSDP"
+            )
         pairs = chain(
             zip(chain(*wrapper.model_fp32_groups), chain(*wrapper.shard_fp32_groups)),
             zip(chain(*wrapper.model_float16_groups), chain(*wrapper.shard_fp32_from_float16_groups)),
