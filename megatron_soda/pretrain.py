@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
 
+from megatron_soda.logs import quiet_logs
 from megatron_soda.training.config import TrainConfig
 from megatron_soda.training.plan import RunPlan, describe, parse_train_config, plan_run
 
@@ -42,28 +42,6 @@ def train(plan: RunPlan) -> None:
         trainer.train()
     finally:
         trainer.close()
-
-
-def quiet_logs(verbose: bool) -> None:
-    """The run's own lines on rank 0; megatron-core's config dumps and known import notices only with --verbose."""
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(
-        level=logging.INFO if verbose or rank == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    if verbose:
-        return
-    logging.getLogger("megatron").setLevel(logging.WARNING)
-    for notice in (
-        ".*Transformer Engine and Apex are not installed.*",
-        ".*Apex is not installed.*",
-        ".*tp_group is None, using default tp group.*",
-        ".*flex_attention called without torch.compile.*",
-    ):
-        warnings.filterwarnings("ignore", message=notice)
-    if rank != 0:
-        warnings.simplefilter("ignore")  # the same warnings would come once per rank
 
 
 def main(argv=None) -> int:

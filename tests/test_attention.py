@@ -251,3 +251,27 @@ def test_a_backend_must_implement_both_row_kinds():
 
     with pytest.raises(TypeError, match="packed"):
         _module(DenseOnly)
+
+
+@pytest.mark.parametrize("cls", [SDPAttention, FlexAttention])
+@pytest.mark.parametrize("queries", [1, 3])
+def test_a_decode_step_with_fewer_queries_than_cached_keys_attends_as_the_last_rows_of_the_full_row(cls, queries):
+    """Against a KV cache the queries are the row's last positions: causality aligned to the bottom right
+    (SDPA's own is_causal aligns to the top left, where one query would see only the first key)."""
+    q, k, v = _qkv(10, batch=2)
+    full = _reference(q, k, v, torch.ones(10, 10, dtype=torch.bool).tril())
+    with torch.no_grad():
+        out = _module(cls)(q[-queries:], k, v, attention_mask=None)
+    assert out.shape == (queries, 2, HEADS * HEAD_DIM)
+    torch.testing.assert_close(out, full[-queries:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [SDPAttention, FlexAttention])
+def test_a_decode_step_with_a_padding_mask_hides_the_masked_keys(cls):
+    q, k, v = _qkv(10, batch=2)
+    keep = torch.ones(2, 1, 1, 10, dtype=torch.bool)
+    keep[0, ..., :4] = False  # row 0 is left-padded by 4
+    with torch.no_grad():
+        out = _module(cls)(q[-1:], k, v, attention_mask=~keep)
+    expected = _reference(q[-1:], k, v, keep[:, :, 0][:, :, None, :].expand(2, 1, 1, 10))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -12,8 +12,10 @@
 4. samples a 0.95/0.05 speech/text blend with megatron-core's GPTDataset;
 5. detokenizes one sequence back to its transcript and wav clips;
 6. pretrains a tiny Qwen3 model on the blend with megatron-core (one CPU process) and saves a checkpoint;
-7. exports the checkpoint to a Hugging Face Qwen3ForCausalLM directory and continues a transcript with
-   transformers' generate (the continuation is audio tokens; the model is tiny and barely trained).
+7. exports the checkpoint to a Hugging Face Qwen3ForCausalLM directory;
+8. generates: speech from a transcript with our checkpoint (TTS, decoded to a wav by the codec) and a
+   transcript of an utterance through the export (ASR, transformers' generate). The model is tiny and
+   barely trained: the speech is noise and the transcript is not the utterance's.
 """
 
 import json
@@ -22,7 +24,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from megatron_soda.data.indexed_dataset import merge_datasets, validate_dataset
 from megatron_soda.data.packing import pack_dataset
 from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
 from megatron_soda.flags import FlagParser, flag
+from megatron_soda.logs import hide_known_notices
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo_corpus"
 
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
     args = build_parser().parse(argv)
     corpus = Path(args.corpus)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
+    hide_known_notices()
     logging.getLogger("megatron.core").setLevel(logging.ERROR)  # its in-memory index notices
 
     from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
@@ -204,10 +206,7 @@ def main(argv=None) -> int:
     losses = [record["lm loss"] for record in iteration_records(metrics)]
     print(f"loss {losses[0]:.2f} -> {losses[-1]:.2f} over {len(losses)} iterations; checkpoint in {out / 'checkpoint'}")
 
-    step("7. export to Hugging Face and generate with transformers")
-    import torch
-    from transformers import AutoModelForCausalLM
-
+    step("7. export to Hugging Face")
     from megatron_soda.convert import ExportConfig, export_checkpoint
 
     export_checkpoint(
@@ -215,22 +214,40 @@ def main(argv=None) -> int:
             load=str(out / "checkpoint"), output=str(out / "hf"), tokenizer=str(out / "tokenizer"), progress=False
         )
     )
-    layout = tokenizer.layout
-    transcript = json.loads((CORPUS / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[0])["text"]
-    prompt = [
-        layout.bos_id,
-        layout.text_start_id,
-        *tokenizer.encode_text(transcript).tolist(),
-        layout.text_end_id,
-        layout.audio_start_id,
-    ]
-    model = AutoModelForCausalLM.from_pretrained(out / "hf")
-    with torch.no_grad():
-        generated = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt) :].numpy()
-    print(
-        f"{out / 'hf'}: {transcript!r} -> {int(layout.is_audio(generated).sum())} of {len(generated)} new tokens "
-        f"are audio codes: {tokenizer.ids_to_string(generated)[:60]}..."
-    )
+    print(f"{out / 'hf'}: a Qwen3ForCausalLM with its tokenizer (transformers loads it offline)")
+
+    step("8. generate: speech from our checkpoint (TTS), a transcript through the export (ASR)")
+    from megatron_soda.inference.run import GenerateConfig, run_generation
+    from megatron_soda.inference.sampling import SamplingConfig
+
+    first = json.loads((corpus / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    codec = CodecConfig(name="mimi", random_init=True)
+    for task, model, request, new_tokens in (
+        (
+            "tts",
+            {"load": str(out / "checkpoint"), "tokenizer": str(out / "tokenizer")},
+            {"prompt_text": first["text"]},
+            200,
+        ),
+        ("asr", {"hf": str(out / "hf")}, {"prompt_audio": str(corpus / first["audio"])}, 40),
+    ):
+        summary = run_generation(
+            GenerateConfig(
+                task=task,
+                **model,
+                **request,
+                output_dir=str(out / "generated" / task),
+                structured_decoding=True,  # a barely trained model: keep its output well-formed
+                sampling=SamplingConfig(max_new_tokens=new_tokens),
+                progress=False,
+                codec=codec,
+            )
+        )
+        record = json.loads(Path(summary["records"]).read_text(encoding="utf-8").splitlines()[0])
+        said = (
+            f"{record['audio_seconds']} s of speech -> {record.get('wav')}" if task == "tts" else repr(record["text"])
+        )
+        print(f"{task} ({'--load' if 'load' in model else '--hf'}): {record['new_tokens']} tokens, {said}")
 
     print(f"\ndemo finished in {time.time() - start:.1f} s; outputs in {out}/")
     return 0

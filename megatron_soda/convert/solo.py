@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def one_process_group(megatron_parallel: bool = False):
+def one_process_group(megatron_parallel: bool = False, purpose: str = "checkpoint conversion"):
     """Process group (and, with ``megatron_parallel``, megatron-core's TP=1/PP=1 state) for the block.
 
     megatron's parallel state is what ``checkpointing.save_checkpoint`` and model building need; it
@@ -26,7 +26,7 @@ def one_process_group(megatron_parallel: bool = False):
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     elif dist.get_world_size() != 1:
         raise RuntimeError(
-            f"checkpoint conversion runs as one process, but this is rank {dist.get_rank()} of "
+            f"{purpose} runs as one process, but this is rank {dist.get_rank()} of "
             f"{dist.get_world_size()}: run it without torchrun"
         )
     try:

@@ -5,7 +5,9 @@ return ``[s, b, heads * head_dim]``; keys and values keep their query groups (GQ
 repeating them). Two kinds of rows:
 
 - **Dense rows**: causal attention over the whole row, or a given ``attention_mask`` (megatron's
-  convention: True = masked out) in its place.
+  convention: True = masked out) in its place. With a KV cache (generation) a step brings fewer
+  queries than keys: the queries are the *last* positions of the row, so causality is aligned to the
+  bottom right (query i sees keys ``0 .. sk - sq + i``); one query sees every cached key.
 - **Packed rows** (``packed_seq_params`` in megatron's ``thd`` format): the micro-batch flattened to
   ``[t, heads, head_dim]`` with ``cu_seqlens`` marking documents; attention is causal within each
   document and never crosses one. Megatron restarts RoPE positions per document in this format.
@@ -84,7 +86,8 @@ class CoreAttention(MegatronModule, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def dense(self, q, k, v, keep: Optional[torch.Tensor]) -> torch.Tensor:
-        """``[b, heads, s, d]`` in and out; ``keep`` (True = attend) replaces causality when given."""
+        """``q`` ``[b, heads, sq, d]`` against ``k``/``v`` ``[b, groups, sk, d]`` (sk >= sq: a KV cache);
+        ``keep`` (True = attend, ``[b or 1, 1, sq, sk]``) replaces causality when given."""
 
     @abc.abstractmethod
     def packed(self, q, k, v, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
@@ -111,12 +114,16 @@ class SDPAttention(CoreAttention):
     _bounds = _PerMicroBatch()  # document bounds as Python ints: one device sync per micro-batch
 
     def dense(self, q, k, v, keep):
+        queries, keys = q.shape[2], k.shape[2]
+        causal = keep is None and queries == keys  # SDPA's is_causal aligns to the top left
+        if keep is None and queries > 1 and not causal:
+            keep = cached_causality(queries, keys, q.device)
         return F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=keep,
-            is_causal=keep is None,
+            is_causal=causal,
             scale=self.softmax_scale,
             dropout_p=self.dropout_p,
             enable_gqa=k.shape[1] != q.shape[1],
@@ -130,6 +137,13 @@ class SDPAttention(CoreAttention):
             if end > start
         ]
         return torch.cat(pieces)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_causality(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """``[queries, keys]`` True where attending is allowed, for queries at the last positions of the
+    row (bottom-right causality: what a decode step against a KV cache needs)."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
 
 
 def document_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
@@ -151,22 +165,23 @@ def _compiled_on_gpu(function, cuda: bool):
     return _compiled[function]
 
 
-def _block_mask(mask_mod, batch: Optional[int], seq: int, device: torch.device):
+def _block_mask(mask_mod, batch: Optional[int], queries: int, keys: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
     return _compiled_on_gpu(create_block_mask, torch.device(device).type == "cuda")(
-        mask_mod, batch, None, seq, seq, device=device
+        mask_mod, batch, None, queries, keys, device=device
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _causal_block_mask(seq: int, device: torch.device):
-    """The causal block mask of a row length: built once, not once per layer and micro-batch."""
+@functools.lru_cache(maxsize=16)
+def _causal_block_mask(queries: int, keys: int, device: torch.device):
+    """The (bottom-right) causal block mask of a row length: built once, not once per layer and micro-batch."""
+    offset = keys - queries
 
     def mask_mod(b, h, qi, ki):
-        return qi >= ki
+        return qi + offset >= ki
 
-    return _block_mask(mask_mod, None, seq, device)
+    return _block_mask(mask_mod, None, queries, keys, device)
 
 
 def _flex(q, k, v, **kwargs):
@@ -193,16 +208,17 @@ class FlexAttention(CoreAttention):
     _masks = _PerMicroBatch()  # the document block mask of the current micro-batch
 
     def dense(self, q, k, v, keep):
-        batch, _, seq, _ = q.shape
+        batch, _, queries, _ = q.shape
+        keys = k.shape[2]
         if keep is None:
-            block_mask = _causal_block_mask(seq, q.device)
+            block_mask = _causal_block_mask(queries, keys, q.device)
         else:
-            keep = keep.expand(batch, 1, seq, seq)
+            keep = keep.expand(batch, 1, queries, keys)
 
             def mask_mod(b, h, qi, ki):
                 return keep[b, 0, qi, ki]
 
-            block_mask = _block_mask(mask_mod, batch, seq, q.device)
+            block_mask = _block_mask(mask_mod, batch, queries, keys, q.device)
         return self._attend(q, k, v, block_mask)
 
     def packed(self, q, k, v, cu_seqlens, max_seqlen):
@@ -214,14 +230,17 @@ class FlexAttention(CoreAttention):
             def mask_mod(b, h, qi, ki):
                 return (docs[qi] == docs[ki]) & (qi >= ki)
 
-            return _block_mask(mask_mod, None, tokens, q.device)
+            return _block_mask(mask_mod, None, tokens, tokens, q.device)
 
         out = self._attend(*(t.transpose(0, 1).unsqueeze(0) for t in (q, k, v)), self._masks.get(cu_seqlens, build))
         return out[0].transpose(0, 1)
 
 
 class FlashAttention(CoreAttention):
-    """flash-attn 2: ``flash_attn_func`` for causal rows, ``flash_attn_varlen_func`` for packed ones."""
+    """flash-attn 2: ``flash_attn_func`` for causal rows, ``flash_attn_varlen_func`` for packed ones.
+
+    flash-attn (2.1 and later) aligns causality to the bottom right when there are fewer queries than
+    keys, as decode steps against a KV cache need."""
 
     backend = "flash"
 

@@ -55,3 +55,25 @@ def shape_from_record(record: Record, vocab_size: Optional[int], where: str) -> 
             f"the tokenizer {vocab_size}: pass the tokenizer the model was trained with"
         )
     return shape
+
+
+def checkpoint_model_shape(extra: dict, vocab_size: Optional[int], where: str) -> ModelShape:
+    """The model a checkpoint's ``extra`` records, checked against the tokenizer's ``vocab_size``: the
+    vocabulary it was trained with (``extra["vocab_size"]``) and its embedding rows. Two tokenizers
+    whose vocabularies pad to the same rows would otherwise load without a word and mean other ids."""
+    if "model" not in extra:
+        raise ValueError(f"{where}: the checkpoint does not say which model it holds (no extra['model'])")
+    trained = extra.get("vocab_size")
+    if vocab_size is not None and trained is not None and trained != vocab_size:
+        raise ValueError(
+            f"{where} was trained with a vocabulary of {trained} ids, the tokenizer has {vocab_size}: "
+            "pass the tokenizer the model was trained with"
+        )
+    shape = shape_from_record(extra["model"], vocab_size or trained, where)
+    padded = extra.get("padded_vocab_size")
+    if padded is not None and padded != shape.padded_vocab_size():
+        raise ValueError(
+            f"{where}: its embedding has {padded} rows, the model here {shape.padded_vocab_size()}; "
+            "pass the tokenizer it was trained with"
+        )
+    return shape

@@ -150,7 +150,7 @@ def _vocab(config: TrainConfig):
 
 def _model_shape(config: TrainConfig, vocab_size: int, resume: Optional[Dict[str, Any]]):
     """The model to train: the flags' shape, or the --load checkpoint's model; refuses a mismatch."""
-    from megatron_soda.models.shape_record import shape_from_record
+    from megatron_soda.models.shape_record import checkpoint_model_shape
 
     model, load = config.model, config.checkpoint.load
     wanted = model.shape(vocab_size, config.training.seq_length) if (model.preset or model.custom) else None
@@ -166,18 +166,12 @@ def _model_shape(config: TrainConfig, vocab_size: int, resume: Optional[Dict[str
         if wanted is None:
             raise ValueError(f"--load {load}: the checkpoint does not say which model it holds; pass --model")
         return wanted
-    stored = shape_from_record(extra["model"], vocab_size, f"--load {load}")
+    stored = checkpoint_model_shape(extra, vocab_size, f"--load {load}")
     if wanted is not None and wanted != stored:
         described = extra["model"] if isinstance(extra["model"], str) else "its recorded shape"
         raise ValueError(
             f"the model given by flags differs from the model in --load {load} ({described}); "
             f"leave --model and the shape flags out to continue that model"
-        )
-    padded = extra.get("padded_vocab_size")
-    if padded is not None and padded != stored.padded_vocab_size():
-        raise ValueError(
-            f"--load {load}: its embedding has {padded} rows, the model here "
-            f"{stored.padded_vocab_size()}; pass the --tokenizer it was trained with"
         )
     return stored
 
