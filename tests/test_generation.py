@@ -286,6 +286,8 @@ def test_generate_tool_answers_a_manifest_and_reports_the_requests_it_skips(lear
     (record,) = [json.loads(line) for line in open(out / "generations.jsonl")]
     assert record["id"] == "said" and record["text"] == TRANSCRIPT and record["stop"] == "<|text_end|>"
     assert record["problems"] == [] and record["tokens_per_second"] > 0
+    frames = learned["codes"].shape[1]
+    assert record["prompt"] == f"<|begin_of_text|><|audio_start|>[{frames} frames]<|audio_end|><|text_start|>"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["requests"] == 4 and summary["generated"] == 1
     skipped = {s["source"].rsplit(":", 1)[1]: s["message"] for s in summary["skipped"]}

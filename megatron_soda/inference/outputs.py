@@ -35,6 +35,23 @@ def answer_segment(task: Task, generation: Generation, layout):
     return segments[0], problems
 
 
+def describe_prompt(ids, tokenizer) -> str:
+    """A prompt in SODA's string form with each run of audio shown as its length, e.g.
+    ``<|begin_of_text|><|audio_start|>[10 frames]<|audio_end|><|text_start|>``."""
+    layout = tokenizer.layout
+    ids = np.asarray(ids, dtype=np.int64)
+    audio = layout.is_audio(ids)
+    bounds = np.flatnonzero(np.diff(audio.astype(np.int8))) + 1
+    parts = []
+    for run in np.split(ids, bounds):
+        if len(run) and layout.is_audio(run[0]):
+            frames = len(run) / layout.num_codebooks
+            parts.append(f"[{frames:g} frames]")
+        elif len(run):
+            parts.append(tokenizer.ids_to_string(run))
+    return "".join(parts)
+
+
 def finish(
     task: Task,
     generation: Generation,
@@ -51,6 +68,7 @@ def finish(
     kind = TASKS[Task(task)].output
     record = {
         "task": Task(task).value,
+        "prompt": describe_prompt(generation.prompt, tokenizer),
         "prompt_tokens": int(len(generation.prompt)),
         "new_tokens": int(len(generation.ids)),
         "stop": None if generation.stop is None else tokenizer.ids_to_string([generation.stop]),
