@@ -105,7 +105,7 @@ def row(stage, setting, device, threads, cores, audio_s, m: dict) -> dict:
         rate=rate,
         per_core=rate / cores if cores else None,
         best=audio_s / min(m["walls"]),
-        per_cpu_s=audio_s / statistics.median(m["cpus"]),
+        per_cpu_s=audio_s / max(statistics.median(m["cpus"]), 1e-9),  # tiny runs can read 0 s of CPU
     )
 
 
