@@ -25,3 +25,24 @@ def megatron_world():
     parallel.initialize(parallel.ParallelLayout(), seed=7)
     yield
     parallel.destroy()
+
+
+@pytest.fixture(scope="session")
+def learned(tmp_path_factory):
+    """A tiny model trained until it knows one utterance by heart, its tokenizer, the utterance's wav and
+    codes, and the checkpoint's Hugging Face export (``tests/learned.py``); trained once per session."""
+    from tests.learned import train_learned
+
+    return train_learned(tmp_path_factory.mktemp("learned"))
+
+
+@pytest.fixture
+def our_model(learned):
+    """The learned checkpoint loaded for generation and scoring (a world of one for the test)."""
+    from megatron_soda.convert.solo import one_process_group
+    from megatron_soda.inference.engine import MegatronGenerator
+    from megatron_soda.inference.loading import load_megatron_model
+
+    with one_process_group(megatron_parallel=True, purpose="generation"):
+        model, shape, _ = load_megatron_model(learned["root"] / "ckpt", learned["layout"].vocab_size)
+        yield MegatronGenerator(model, learned["layout"], shape.vocab_size)

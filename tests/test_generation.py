@@ -2,91 +2,20 @@
 SODA's prompts, and a model that learned one utterance saying it back (continuation, ASR, TTS, the CLI)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from megatron_soda.codec import CodecConfig
-from megatron_soda.data.formats import Order, Utterance, render, speech_document
-from megatron_soda.data.indexed_dataset import vocab_record, write_dataset
 from megatron_soda.inference.engine import MegatronGenerator
 from megatron_soda.inference.prompts import TASKS, Task, build_prompt, task_sampling
 from megatron_soda.inference.sampling import SamplingConfig, candidates, sample
-from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
+from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
 from megatron_soda.tokenizer.layout import VocabLayout
-from tests.dist import ROOT
+from tests.learned import TRANSCRIPT, run_tool
 from tests.test_preprocess_audio import TINY_MIMI
-from tests.test_pretrain import pretrain_process
 
-TRANSCRIPT = "the cat sat on the mat"
 GREEDY = SamplingConfig(temperature=0.0)
-
-
-def codec():
-    from megatron_soda.codec.loading import load_codec
-
-    return load_codec(CodecConfig(random_init=True, config_overrides=TINY_MIMI))
-
-
-@pytest.fixture(scope="module")
-def learned(tmp_path_factory):
-    """A tiny model trained until it knows one utterance by heart (both orders, as preprocessing renders
-    it), its tokenizer, the utterance's wav and codes, and the checkpoint's Hugging Face export."""
-    import soundfile
-
-    root = tmp_path_factory.mktemp("learned")
-    texts = [TRANSCRIPT, "a dog ran to the park", "hello there"] * 4
-    save_soda_tokenizer(build_soda_tokenizer(train_bpe(texts, vocab_size=280)), root / "tok")
-    tokenizer = load_soda_tokenizer(root / "tok")
-    layout = tokenizer.layout
-    mimi = codec()
-    t = np.arange(int(0.8 * mimi.sample_rate)) / mimi.sample_rate
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
-    soundfile.write(root / "utterance.wav", wave, mimi.sample_rate)
-    codes = mimi.encode([wave])[0]
-    utterance = Utterance(tokenizer.encode_text(TRANSCRIPT), codes)
-    documents = [render(speech_document([utterance], order, layout), layout).ids for order in Order]
-    write_dataset(
-        root / "utterance",
-        np.concatenate(documents * 200),
-        np.array([len(d) for d in documents] * 200),
-        layout.vocab_size,
-        vocab=vocab_record(layout, root / "tok"),
-    )
-    pretrain_process(
-        *("--model", "tiny", "--tokenizer", root / "tok", "--data-path", root / "utterance", "--split", "100,0,0"),
-        *("--seq-length", 128, "--micro-batch-size", 4, "--global-batch-size", 4, "--train-iters", 100),
-        *("--lr", 1e-2, "--lr-warmup-iters", 5, "--save", root / "ckpt", "--skip-data-validation"),
-    )
-    run_tool(
-        "convert_checkpoint", "export", "--load", root / "ckpt", "--tokenizer", root / "tok", "--output", root / "hf"
-    )
-    return {"root": root, "tokenizer": tokenizer, "codes": codes, "layout": layout}
-
-
-def run_tool(name, *args, expect=0):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / f"{name}.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == expect, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture
-def our_model(learned):
-    """The learned checkpoint loaded for generation (a world of one for the block)."""
-    from megatron_soda.convert.solo import one_process_group
-    from megatron_soda.inference.loading import load_megatron_model
-
-    with one_process_group(megatron_parallel=True, purpose="generation"):
-        model, shape, _ = load_megatron_model(learned["root"] / "ckpt", learned["layout"].vocab_size)
-        yield MegatronGenerator(model, learned["layout"], shape.vocab_size)
 
 
 # ---- the decode loop -------------------------------------------------------------------------------
