@@ -59,6 +59,7 @@ TOOLS = {
     "preprocess_text": Style("--output-dir", "a job: shards, rejects, report.json", "several", True, True),
     "pack_dataset": Style("--output", "one dataset prefix", "one", True, True),
     "merge_datasets": Style("--output", "one dataset prefix", "several", True, True),
+    "evaluate": Style("--output-dir", "report.json and one <task>.items.jsonl per task", "several", True, True),
     "generate": Style("--output-dir", "generations.jsonl, one wav per audio answer, summary.json", "one", True, True),
     "detokenize": Style("--output-dir", "a .txt and .wav clips per sequence", "one", True, True),
     "build_tokenizer": Style("--output", "one tokenizer directory, used whole as --tokenizer", "several", False, True),

@@ -7,7 +7,7 @@ import json
 import os
 import time
 from dataclasses import asdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from megatron_soda.evaluation.base import TaskResult
 
@@ -38,13 +38,17 @@ def task_entry(result: TaskResult, output_dir: str) -> dict:
     }
 
 
-def write_report(output_dir: str, model: dict, settings: dict, results: Sequence[TaskResult]) -> dict:
-    """``report.json`` in ``output_dir`` (replaced whole) and the side files; returns the report."""
+def write_report(
+    output_dir: str, model: dict, settings: dict, results: Sequence[TaskResult], failed: Optional[dict] = None
+) -> dict:
+    """``report.json`` in ``output_dir`` (replaced whole) and the side files; returns the report.
+    ``failed``: task -> why it could not run."""
     os.makedirs(output_dir, exist_ok=True)
     report = {
         "model": model,
         "settings": settings,
         "tasks": {result.task: task_entry(result, output_dir) for result in results},
+        "failed": failed or {},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path = os.path.join(output_dir, REPORT_FILE)
@@ -82,6 +86,8 @@ def table(report: dict) -> List[str]:
             shown = {k: v for k, v in metrics.items() if k != "n"}
             for metric, value in shown.items():
                 rows.append((f"  {name}", metric, f"{value:.4f}", str(metrics.get("n", "")), ""))
+    for task, reason in report.get("failed", {}).items():
+        rows.append((task, "failed", reason[:80], "", ""))
     return _aligned(rows)
 
 

@@ -207,7 +207,7 @@ def run_generation(config: GenerateConfig, log=print) -> dict:
             seconds += generations[0].seconds
             for i, generation in zip(batch, generations):
                 request = prompts[i][0]
-                record = finish(task, generation, tokenizer, codec, config.output_dir, _file_name(request, i))
+                record = finish(task, generation, tokenizer, codec, config.output_dir, file_name(request, i))
                 records[i] = {"id": request.id, "source": request.source, **_inputs(request), **record}
             bar.update(len(batch))
 
@@ -239,6 +239,7 @@ def _inputs(request: Request) -> dict:
     }
 
 
-def _file_name(request: Request, index: int) -> str:
+def file_name(request: Request, index: int) -> str:
+    """A file name for the answer to ``request`` (the ``index``-th): its id, made safe, after the index."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.id)[:80]
     return f"{index:05d}_{safe}"

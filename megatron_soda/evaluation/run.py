@@ -1,0 +1,238 @@
+"""One evaluation: a model (our checkpoint or a Hugging Face export) on chosen tasks, each reading its
+public data from a local path, reported as ``report.json`` plus per-item side files.
+``tools/evaluate.py`` is its command line."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+from megatron_soda.checks import check_at_least, check_dir, check_exists, check_output_dir
+from megatron_soda.codec.cli import CodecConfig, check_codec
+from megatron_soda.flags import flag
+from megatron_soda.tool_json import check_json_path
+
+
+def _registry():
+    """Every task, registered by importing the modules that define them."""
+    from megatron_soda.evaluation import generation_tasks, likelihood_tasks  # noqa: F401
+    from megatron_soda.evaluation.base import REGISTRY
+
+    return REGISTRY
+
+
+@dataclass
+class EvaluateConfig:
+    """What ``tools/evaluate.py`` runs; its fields are the tool's flags."""
+
+    tasks: List[str] = field(default_factory=list, metadata=flag(nargs="+"))
+    """tasks to run: swuggy sblimp salmon twuggy tblimp hellaswag asr tts."""
+    input: List[str] = field(default_factory=list, metadata=flag(nargs="+", metavar="KEY=PATH"))
+    """each task's data: KEY=PATH with KEY one of swuggy (sWUGGY, also tWUGGY's), sblimp (also tBLIMP's),
+    salmon, hellaswag, asr (LibriSpeech-style JSONL manifest), tts (Seed-TTS-style list); PATH a local
+    Hugging Face dataset directory, parquet file(s) or JSONL."""
+    load: Optional[str] = None
+    """our checkpoint directory (pretrain's --save; any TP/PP layout, loaded at TP=1)."""
+    ckpt_step: Optional[int] = None
+    """the checkpoint iteration to load (default: the latest)."""
+    hf: Optional[str] = None
+    """a Hugging Face export directory (tools/convert_checkpoint.py export)."""
+    tokenizer: Optional[str] = None
+    """SODA tokenizer directory (default: the --hf directory, which holds its tokenizer when exported with one)."""
+    output_dir: str = "evaluation"
+    """where report.json and one <task>.items.jsonl per task go."""
+    compare: Optional[List[str]] = field(default=None, metadata=flag(nargs="+", metavar="REPORT"))
+    """print these reports (report.json files or their directories) side by side, and nothing else."""
+    codebooks: Optional[List[int]] = field(default=None, metadata=flag(nargs="+"))
+    """score only these codebooks' audio tokens, e.g. 0 (the semantic codebook); default all."""
+    max_tokens: int = 4096
+    """padded tokens per scoring batch."""
+    micro_batch_size: int = 16
+    """prompts generated together (asr, tts)."""
+    limit: Optional[int] = None
+    """items per task at most (the first ones), for a quick look."""
+    asr_model: Optional[str] = None
+    """tts: a local transformers ASR model (e.g. a Whisper directory) that transcribes the generated speech
+    (default: the evaluated model's own ASR mode)."""
+    speaker_model: Optional[str] = None
+    """tts: a local speaker-embedding model (transformers WavLMForXVector) for speaker similarity."""
+    audio_cache: Optional[str] = None
+    """where the codes of encoded evaluation audio are kept per codec (default: $MEGATRON_SODA_CACHE/audio_codes
+    or ~/.cache/megatron_soda/audio_codes), so another checkpoint's evaluation does not re-encode."""
+    seed: int = 1234
+    """sampling seed of the generation tasks."""
+    temperature: Optional[float] = None
+    """asr, tts: sampling temperature (default SODA's: 0.5 for asr, 0.9 for tts; 0 is greedy)."""
+    top_p: Optional[float] = None
+    """asr, tts: nucleus sampling (default SODA's 0.8)."""
+    max_new_tokens: Optional[int] = None
+    """asr, tts: new tokens at most (default SODA's: 200 for asr, 1500 for tts)."""
+    attention_backend: str = field(default="sdpa", metadata=flag(choices=("sdpa", "flex")))
+    """core attention of our model."""
+    bf16: bool = False
+    """run the model in bfloat16 (CUDA only)."""
+    progress: bool = True
+    """show progress bars."""
+    json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
+    """also write the report as one JSON object to PATH ("-": to stdout, in place of the table)."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+
+    @property
+    def tokenizer_dir(self) -> Optional[str]:
+        return self.tokenizer or self.hf
+
+    def data_paths(self) -> Dict[str, str]:
+        paths = {}
+        for entry in self.input:
+            key, sep, path = entry.partition("=")
+            if not sep or not key or not path:
+                raise ValueError(f"--input {entry!r}: give KEY=PATH, e.g. swuggy=/data/sWUGGY")
+            paths[key] = path
+        return paths
+
+    def needs_codec(self) -> bool:
+        audio = {"swuggy", "sblimp", "salmon", "asr", "tts"}
+        return any(task in audio for task in self.tasks)
+
+    def check(self) -> None:
+        check_json_path(self.json)
+        if self.compare is not None:
+            if len(self.compare) < 2:
+                raise ValueError("--compare takes two or more reports")
+            for path in self.compare:
+                check_exists("--compare", path)
+            return
+        registry = _registry()
+        if not self.tasks:
+            raise ValueError(f"--tasks is required: choose from {', '.join(registry)}")
+        unknown = [t for t in self.tasks if t not in registry]
+        if unknown:
+            raise ValueError(f"--tasks {' '.join(unknown)}: unknown; choose from {', '.join(registry)}")
+        paths = self.data_paths()
+        for task in self.tasks:
+            key = registry[task].dataset
+            if key not in paths:
+                raise ValueError(f"--tasks {task} reads --input {key}=PATH, which is not given")
+            check_exists(f"--input {key}=", paths[key])
+        if (self.load is None) == (self.hf is None):
+            raise ValueError("give the model as either --load (our checkpoint) or --hf (a Hugging Face export)")
+        if self.load is not None:
+            check_dir("--load", self.load, hint=" (pretrain's --save directory)")
+        else:
+            check_dir("--hf", self.hf, ("config.json",))
+        if self.ckpt_step is not None and self.load is None:
+            raise ValueError("--ckpt-step selects an iteration of --load; an --hf export has one")
+        if self.tokenizer_dir is None:
+            raise ValueError("--tokenizer is required with --load (an --hf export may hold its own)")
+        check_dir("--tokenizer" if self.tokenizer else "--hf", self.tokenizer_dir, ("tokenizer.json",))
+        check_at_least("--max-tokens", self.max_tokens, 16)
+        check_at_least("--micro-batch-size", self.micro_batch_size, 1)
+        check_at_least("--limit", self.limit, 1)
+        for name, path in (("--asr-model", self.asr_model), ("--speaker-model", self.speaker_model)):
+            if path is not None:
+                check_dir(name, path, ("config.json",))
+        check_output_dir("--output-dir", self.output_dir)
+        from megatron_soda.inference.sampling import SamplingConfig
+
+        SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens).check()
+        if self.needs_codec():
+            check_codec(self.codec)
+        if self.bf16:
+            from megatron_soda.device import device_info
+
+            if not device_info().cuda:
+                raise ValueError("--bf16 needs a CUDA device; evaluate in fp32 on the CPU (drop --bf16)")
+
+
+@contextlib.contextmanager
+def open_model(config: EvaluateConfig, layout):
+    """``(scorer, generator, description)`` of the model ``config`` names, alive for the block."""
+    import torch
+
+    from megatron_soda.device import device_info
+    from megatron_soda.evaluation.scoring import HFScorer, MegatronScorer
+
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    if config.hf is not None:
+        from megatron_soda.inference.hf_engine import HFGenerator, load_hf_model
+
+        model = load_hf_model(config.hf, dtype, device_info().current())
+        yield HFScorer(model), HFGenerator(model, layout), {"form": "hf", "path": config.hf}
+        return
+    from megatron_soda.convert.solo import one_process_group
+    from megatron_soda.inference.engine import MegatronGenerator
+    from megatron_soda.inference.loading import load_megatron_model
+
+    with one_process_group(megatron_parallel=True, purpose="evaluation"):
+        model, shape, info = load_megatron_model(
+            config.load,
+            layout.vocab_size,
+            iteration=config.ckpt_step,
+            attention_backend=config.attention_backend,
+            params_dtype=dtype,
+        )
+        description = {"form": "megatron", "path": config.load, "iteration": info["iteration"]}
+        yield MegatronScorer(model, shape.vocab_size), MegatronGenerator(model, layout, shape.vocab_size), description
+
+
+def default_audio_cache() -> str:
+    root = os.environ.get("MEGATRON_SODA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "megatron_soda"))
+    return os.path.join(root, "audio_codes")
+
+
+def run_evaluation(config: EvaluateConfig, log=print) -> dict:
+    """Runs every task of ``config`` and writes the report; returns it."""
+    from megatron_soda.data.text_pipeline import load_tokenizer
+    from megatron_soda.evaluation.base import EvalContext, EvalSettings
+    from megatron_soda.evaluation.report import write_report
+
+    registry = _registry()
+    tokenizer = load_tokenizer("--tokenizer" if config.tokenizer else "--hf", config.tokenizer_dir)
+    settings = EvalSettings(
+        codebooks=config.codebooks,
+        max_tokens=config.max_tokens,
+        limit=config.limit,
+        progress=config.progress,
+        seed=config.seed,
+    )
+    codec = audio = None
+    codec_identity = None
+    if config.needs_codec():
+        from megatron_soda.codec.loading import load_codec
+        from megatron_soda.evaluation.audio import AudioEncoder
+        from megatron_soda.evaluation.audio import codec_identity as identity_of
+
+        codec = load_codec(config.codec)
+        layout = tokenizer.layout
+        if (codec.num_codebooks, codec.codebook_size) != (layout.num_codebooks, layout.codebook_size):
+            raise ValueError(
+                f"the codec has {codec.num_codebooks} x {codec.codebook_size} codes, the tokenizer "
+                f"{layout.num_codebooks} x {layout.codebook_size}: use the codec the model was trained with"
+            )
+        codec_identity = identity_of(config.codec, codec)
+        audio = AudioEncoder(codec, codec_identity, config.audio_cache or default_audio_cache())
+    paths = config.data_paths()
+    options = {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "asr_model": config.asr_model,
+        "speaker_model": config.speaker_model,
+        "batch_size": config.micro_batch_size,
+        "output_dir": config.output_dir,
+    }
+    results, failed = [], {}
+    with open_model(config, tokenizer.layout) as (scorer, generator, model):
+        context = EvalContext(tokenizer, settings, scorer, generator, audio, codec, options)
+        for task in config.tasks:
+            spec = registry[task]
+            log(f"{task}: {spec.description} ({paths[spec.dataset]})")
+            try:
+                results.append(spec.run(paths[spec.dataset], context))
+            except ValueError as error:  # its data held nothing scorable: the other tasks still run
+                log(f"{task}: failed: {error}")
+                failed[task] = str(error)
+    report_settings = {**asdict(settings), "inputs": paths, "codec": codec_identity, "options": options}
+    return write_report(config.output_dir, model, report_settings, results, failed)
