@@ -560,3 +560,34 @@ def test_the_evaluate_tool_scores_the_checkpoint_and_its_export_alike_and_compar
         np.testing.assert_allclose(*scores, rtol=1e-5, atol=1e-6, err_msg=task)
     compared = run_tool("evaluate", "--compare", tmp_path / "ours", tmp_path / "export").stdout
     assert all(task in compared for task in tasks) and "+0.0000" in compared
+
+
+def test_benchmarks_during_training_at_tp2_pp2_give_the_offline_accuracies(world, tmp_path):
+    """tools/evaluate.py --prepare once, then pretrain --eval-tasks-data at TP=2 x PP=2 from the same
+    checkpoint (learning rate 0: the weights stay those evaluated offline) logs the offline accuracies."""
+    from megatron_soda.training.logger import read_metrics
+    from tests.dist import launch
+    from tests.learned import run_tool
+
+    root, paths = world["root"], world["paths"]
+    tasks = ["swuggy", "twuggy", "hellaswag"]
+    inputs = ("--input", f"swuggy={paths['swuggy']}", f"hellaswag={paths['hellaswag']}")
+    codec = ("--codec-random-init", "--codec-config", json.dumps(TINY_MIMI), "--no-progress")
+    run_tool("evaluate", "--prepare", "--tokenizer", root / "tok", "--tasks", *tasks, *inputs, *codec,
+             "--output-dir", tmp_path / "prepared")  # fmt: skip
+    run_tool("evaluate", "--load", root / "ckpt", "--tokenizer", root / "tok", "--tasks", *tasks, *inputs, *codec,
+             "--output-dir", tmp_path / "offline")  # fmt: skip
+    offline = json.loads((tmp_path / "offline" / "report.json").read_text())["tasks"]
+    launch(
+        "pretrain_entry.py", 4, "--load", root / "ckpt", "--finetune", "--tokenizer", root / "tok",
+        "--data-path", root / "positives", "--split", "100,0,0", "--seq-length", 128, "--micro-batch-size", 2,
+        "--global-batch-size", 4, "--train-iters", 1, "--lr", 0.0, "--min-lr", 0.0, "--lr-decay-style", "constant",
+        "--tensor-model-parallel-size", 2, "--pipeline-model-parallel-size", 2, "--skip-data-validation",
+        "--eval-tasks-data", tmp_path / "prepared" / "prepared.pkl", "--eval-tasks", *tasks,
+        "--metrics-file", tmp_path / "metrics.jsonl",
+    )  # fmt: skip
+    logged = {}
+    for record in read_metrics(tmp_path / "metrics.jsonl"):
+        logged.update({k: v for k, v in record.items() if k.startswith("eval ")})
+    expected = {f"eval {task} {offline[task]['metric']}": offline[task]["value"] for task in tasks}
+    assert logged == expected and set(expected.values()) == {1.0}

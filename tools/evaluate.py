@@ -6,6 +6,8 @@
     python tools/evaluate.py --hf exported/ --tasks hellaswag --input hellaswag=hellaswag_val.jsonl
     python tools/evaluate.py --hf exported/ --codec-path kyutai/mimi --tasks asr --input asr=test_clean.jsonl
     python tools/evaluate.py --compare eval/step1000 eval/step2000
+    python tools/evaluate.py --prepare --tokenizer tokenizers/soda --codec-path kyutai/mimi --tasks swuggy tblimp \
+        --input swuggy=data/sWUGGY sblimp=data/sBLIMP --output-dir eval/prepared   # for pretrain --eval-tasks-data
 
 Likelihood tasks score BOS + <|audio_start|>A<|audio_end|> (or <|text_start|>T<|text_end|>) by the mean
 log-probability of the content tokens; a pair is right when the positive scores higher (--codebooks 0
@@ -46,6 +48,13 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as error:
         print(f"evaluate: error: {error}", file=sys.stderr)
         return 1
+    if config.prepare:
+        if text:
+            for task, counts in report["tasks"].items():
+                print(f"{task}: {counts['items']} items prepared, {counts['skipped']} skipped")
+            print(f"-> {report['prepared']} (pretrain --eval-tasks-data)")
+        write_json(config.json, report)
+        return 0
     if text:
         print("\n".join(table(report)))
         print(f"-> {os.path.join(config.output_dir, 'report.json')}")

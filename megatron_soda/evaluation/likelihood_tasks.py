@@ -234,15 +234,15 @@ def _no_items(task: str, data_path: str, collected: Collected) -> ValueError:
     )
 
 
-def pair_result(task: str, data_path: str, collected: Collected, context: EvalContext, notes: List[str]) -> TaskResult:
-    """Accuracy over all pairs and per group, one record per pair."""
-    if not collected.questions:
-        raise _no_items(task, data_path, collected)
+def pair_result(task: str, collected: Collected, scores: List[np.ndarray], notes: List[str]) -> TaskResult:
+    """Accuracy over all pairs and per group, one record per pair, from each question's candidates' scores."""
     records, rights, groups = [], [], {}
-    for question, scores in zip(collected.questions, score_questions(task, collected.questions, context)):
-        right = is_right(scores, question.label)
+    for question, question_scores in zip(collected.questions, scores):
+        right = is_right(question_scores, question.label)
         rights.append(right)
-        records.append({**question.record, "source": question.source, "scores": scores.tolist(), "right": right})
+        records.append(
+            {**question.record, "source": question.source, "scores": question_scores.tolist(), "right": right}
+        )
         if question.group is not None:
             groups.setdefault(question.group, []).append(right)
     breakdown = {name: {"accuracy": float(np.mean(v)), "n": len(v)} for name, v in sorted(groups.items())}
@@ -323,30 +323,44 @@ def _subtype_notes(result: TaskResult) -> TaskResult:
     return result
 
 
-def run_swuggy(data_path: str, context: EvalContext) -> TaskResult:
-    collected = collect_pairs("swuggy", data_path, context, AudioCells("swuggy", data_path, context), WUGGY_AUDIO)
-    return pair_result("swuggy", data_path, collected, context, _audio_notes(context))
+@dataclass(frozen=True)
+class LikelihoodTask:
+    """A likelihood benchmark in two halves, so scoring can happen elsewhere (at a training layout):
+    ``collect`` reads the data into questions (scoring items per candidate), ``finish`` turns each
+    question's candidate scores into the result."""
+
+    name: str
+    dataset: str
+    description: str
+    collect: Callable[[str, EvalContext], Collected]
+    finish: Callable[[Collected, List[np.ndarray], EvalContext], TaskResult]
+
+    def gather(self, data_path: str, context: EvalContext) -> Collected:
+        collected = self.collect(data_path, context)
+        if not collected.questions:
+            raise _no_items(self.name, data_path, collected)
+        return collected
+
+    def run(self, data_path: str, context: EvalContext) -> TaskResult:
+        collected = self.gather(data_path, context)
+        return self.finish(collected, score_questions(self.name, collected.questions, context), context)
 
 
-def run_sblimp(data_path: str, context: EvalContext) -> TaskResult:
-    collected = collect_pairs("sblimp", data_path, context, AudioCells("sblimp", data_path, context), BLIMP_AUDIO)
-    return _subtype_notes(pair_result("sblimp", data_path, collected, context, _audio_notes(context)))
+def _pairs(task: str, schema: PairSchema, audio: bool = True, lowercase: bool = False):
+    def collect(data_path: str, context: EvalContext) -> Collected:
+        cells = AudioCells(task, data_path, context) if audio else TextCells(context, lowercase=lowercase)
+        return collect_pairs(task, data_path, context, cells, schema)
+
+    return collect
 
 
-def run_salmon(data_path: str, context: EvalContext) -> TaskResult:
-    collected = collect_pairs("salmon", data_path, context, AudioCells("salmon", data_path, context), SALMON)
-    notes = _audio_notes(context) + ["accuracy: over all pairs of the data (the `all` config: every task)"]
-    return pair_result("salmon", data_path, collected, context, notes)
+def _pair_finish(task: str, audio: bool = True, lowercase: bool = False, extra_notes=(), subtypes: bool = False):
+    def finish(collected: Collected, scores: List[np.ndarray], context: EvalContext) -> TaskResult:
+        notes = (_audio_notes(context) if audio else _text_notes(context, lowercase)) + list(extra_notes)
+        result = pair_result(task, collected, scores, notes)
+        return _subtype_notes(result) if subtypes else result
 
-
-def run_twuggy(data_path: str, context: EvalContext) -> TaskResult:
-    collected = collect_pairs("twuggy", data_path, context, TextCells(context), WUGGY_TEXT)
-    return pair_result("twuggy", data_path, collected, context, _text_notes(context))
-
-
-def run_tblimp(data_path: str, context: EvalContext) -> TaskResult:
-    collected = collect_pairs("tblimp", data_path, context, TextCells(context, lowercase=True), BLIMP_TEXT)
-    return _subtype_notes(pair_result("tblimp", data_path, collected, context, _text_notes(context, True)))
+    return finish
 
 
 # ---- HellaSwag -------------------------------------------------------------------------------------
@@ -405,9 +419,8 @@ def continuation_item(context_text: str, continuation: str, tokenizer) -> Scorin
     return ScoringItem(ids, np.arange(1 + start, 1 + len(whole)))
 
 
-def run_hellaswag(data_path: str, context: EvalContext) -> TaskResult:
+def collect_hellaswag(data_path: str, context: EvalContext) -> Collected:
     collected = Collected()
-    lengths = []
     for source, row in _rows("hellaswag", data_path, context, list(HELLASWAG_COLUMNS), split="validation"):
         if isinstance(row, Skipped):
             collected.skipped.append(row)
@@ -421,13 +434,13 @@ def run_hellaswag(data_path: str, context: EvalContext) -> TaskResult:
             continue
         record = {"id": row.get("ind"), "context": query, "endings": choices, "label": label}
         collected.questions.append(Question(source, record, items, label))
-        lengths.append(np.array([len(c) for c in choices], dtype=np.float64))
-    if not collected.questions:
-        raise _no_items("hellaswag", data_path, collected)
+    return collected
+
+
+def finish_hellaswag(collected: Collected, scores: List[np.ndarray], context: EvalContext) -> TaskResult:
     records, right, right_norm = [], [], []
-    for question, means, length in zip(
-        collected.questions, score_questions("hellaswag", collected.questions, context), lengths
-    ):
+    for question, means in zip(collected.questions, scores):
+        length = np.array([len(c) for c in question.record["endings"]], dtype=np.float64)
         sums = means * np.array([len(item.targets) for item in question.candidates])
         normed = sums / length
         right.append(is_right(sums, question.label))
@@ -466,12 +479,54 @@ def run_hellaswag(data_path: str, context: EvalContext) -> TaskResult:
 
 # ---- registry --------------------------------------------------------------------------------------
 
-for _name, _dataset, _description, _run in (
-    ("swuggy", "swuggy", "spoken words vs non-words (sWUGGY), audio log-likelihood", run_swuggy),
-    ("sblimp", "sblimp", "spoken grammatical vs ungrammatical sentences (sBLIMP), audio log-likelihood", run_sblimp),
-    ("salmon", "salmon", "acoustic consistency and alignment (SALMon), audio log-likelihood", run_salmon),
-    ("twuggy", "swuggy", "sWUGGY's words vs non-words as text", run_twuggy),
-    ("tblimp", "sblimp", "sBLIMP's sentence pairs as lowercased text", run_tblimp),
-    ("hellaswag", "hellaswag", "HellaSwag sentence completion (acc_norm), text log-likelihood", run_hellaswag),
-):
-    register(TaskSpec(_name, "likelihood", _dataset, _description, _run))
+LIKELIHOOD_TASKS = {
+    task.name: task
+    for task in (
+        LikelihoodTask(
+            "swuggy",
+            "swuggy",
+            "spoken words vs non-words (sWUGGY), audio log-likelihood",
+            _pairs("swuggy", WUGGY_AUDIO),
+            _pair_finish("swuggy"),
+        ),
+        LikelihoodTask(
+            "sblimp",
+            "sblimp",
+            "spoken grammatical vs ungrammatical sentences (sBLIMP), audio log-likelihood",
+            _pairs("sblimp", BLIMP_AUDIO),
+            _pair_finish("sblimp", subtypes=True),
+        ),
+        LikelihoodTask(
+            "salmon",
+            "salmon",
+            "acoustic consistency and alignment (SALMon), audio log-likelihood",
+            _pairs("salmon", SALMON),
+            _pair_finish("salmon", extra_notes=["accuracy: over all pairs of the data (the `all` config: every task)"]),
+        ),
+        LikelihoodTask(
+            "twuggy",
+            "swuggy",
+            "sWUGGY's words vs non-words as text",
+            _pairs("twuggy", WUGGY_TEXT, audio=False),
+            _pair_finish("twuggy", audio=False),
+        ),
+        LikelihoodTask(
+            "tblimp",
+            "sblimp",
+            "sBLIMP's sentence pairs as lowercased text",
+            _pairs("tblimp", BLIMP_TEXT, audio=False, lowercase=True),
+            _pair_finish("tblimp", audio=False, lowercase=True, subtypes=True),
+        ),
+        LikelihoodTask(
+            "hellaswag",
+            "hellaswag",
+            "HellaSwag sentence completion (acc_norm), text log-likelihood",
+            collect_hellaswag,
+            finish_hellaswag,
+        ),
+    )
+}
+"""The likelihood benchmarks by name; each also registered for ``tools/evaluate.py``."""
+
+for _task in LIKELIHOOD_TASKS.values():
+    register(TaskSpec(_task.name, "likelihood", _task.dataset, _task.description, _task.run))

@@ -43,6 +43,9 @@ class EvaluateConfig:
     """SODA tokenizer directory (default: the --hf directory, which holds its tokenizer when exported with one)."""
     output_dir: str = "evaluation"
     """where report.json and one <task>.items.jsonl per task go."""
+    prepare: bool = False
+    """read and encode the likelihood tasks' data into <output-dir>/prepared.pkl for a training run's
+    --eval-tasks-data, without a model (needs --tokenizer and, for audio tasks, the codec)."""
     compare: Optional[List[str]] = field(default=None, metadata=flag(nargs="+", metavar="REPORT"))
     """print these reports (report.json files or their directories) side by side, and nothing else."""
     codebooks: Optional[List[int]] = field(default=None, metadata=flag(nargs="+"))
@@ -116,11 +119,17 @@ class EvaluateConfig:
             if key not in paths:
                 raise ValueError(f"--tasks {task} reads --input {key}=PATH, which is not given")
             check_exists(f"--input {key}=", paths[key])
-        if (self.load is None) == (self.hf is None):
+        if self.prepare:
+            generation = [t for t in self.tasks if registry[t].kind != "likelihood"]
+            if generation:
+                raise ValueError(f"--prepare is for likelihood tasks; {' '.join(generation)} generate at run time")
+            if self.load is not None or self.ckpt_step is not None:
+                raise ValueError("--prepare needs no model: drop --load/--ckpt-step (give --tokenizer)")
+        elif (self.load is None) == (self.hf is None):
             raise ValueError("give the model as either --load (our checkpoint) or --hf (a Hugging Face export)")
         if self.load is not None:
             check_dir("--load", self.load, hint=" (pretrain's --save directory)")
-        else:
+        elif self.hf is not None:
             check_dir("--hf", self.hf, ("config.json",))
         if self.ckpt_step is not None and self.load is None:
             raise ValueError("--ckpt-step selects an iteration of --load; an --hf export has one")
@@ -182,8 +191,12 @@ def default_audio_cache() -> str:
     return os.path.join(root, "audio_codes")
 
 
+PREPARED_FILE = "prepared.pkl"
+
+
 def run_evaluation(config: EvaluateConfig, log=print) -> dict:
-    """Runs every task of ``config`` and writes the report; returns it."""
+    """Runs every task of ``config`` and writes the report (or, with --prepare, the prepared file);
+    returns the report (or a summary of what was prepared)."""
     from megatron_soda.data.text_pipeline import load_tokenizer
     from megatron_soda.evaluation.base import EvalContext, EvalSettings
     from megatron_soda.evaluation.report import write_report
@@ -223,6 +236,8 @@ def run_evaluation(config: EvaluateConfig, log=print) -> dict:
         "batch_size": config.micro_batch_size,
         "output_dir": config.output_dir,
     }
+    if config.prepare:
+        return _prepare(config, EvalContext(tokenizer, settings, None, None, audio, codec, options), paths, log)
     results, failed = [], {}
     with open_model(config, tokenizer.layout) as (scorer, generator, model):
         context = EvalContext(tokenizer, settings, scorer, generator, audio, codec, options)
@@ -236,3 +251,21 @@ def run_evaluation(config: EvaluateConfig, log=print) -> dict:
                 failed[task] = str(error)
     report_settings = {**asdict(settings), "inputs": paths, "codec": codec_identity, "options": options}
     return write_report(config.output_dir, model, report_settings, results, failed)
+
+
+def _prepare(config: EvaluateConfig, context, paths: Dict[str, str], log) -> dict:
+    """Each task's questions, read and encoded, written for ``--eval-tasks-data``."""
+    from megatron_soda.evaluation.in_training import write_prepared
+    from megatron_soda.evaluation.likelihood_tasks import LIKELIHOOD_TASKS
+
+    collected = {}
+    for task in config.tasks:
+        spec = LIKELIHOOD_TASKS[task]
+        log(f"{task}: reading {paths[spec.dataset]}")
+        collected[task] = spec.gather(paths[spec.dataset], context)
+    path = os.path.join(config.output_dir, PREPARED_FILE)
+    write_prepared(path, collected, context.layout, context.settings, paths)
+    return {
+        "prepared": path,
+        "tasks": {t: {"items": len(c.questions), "skipped": len(c.skipped)} for t, c in collected.items()},
+    }

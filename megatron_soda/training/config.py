@@ -331,6 +331,13 @@ class EvalConfig:
     """validation loss every this many iterations, and always at the last."""
     eval_samples: int = 64
     """sequences of the validation split evaluated each time (the same ones whatever the batch or layout)."""
+    eval_tasks_data: Optional[str] = None
+    """likelihood benchmarks to run during training: a file made by tools/evaluate.py --prepare (sWUGGY,
+    sBLIMP, SALMon, tWUGGY, tBLIMP, HellaSwag, read and encoded once), scored at the training layout."""
+    eval_tasks: Optional[List[str]] = field(default=None, metadata=flag(nargs="+"))
+    """the tasks of --eval-tasks-data to run (default: all it holds)."""
+    eval_tasks_interval: Optional[int] = None
+    """run --eval-tasks-data every this many iterations (default: at the last iteration only)."""
 
 
 @dataclass

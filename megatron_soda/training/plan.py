@@ -256,6 +256,7 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         ("--train-iters", t.train_iters),
         ("--save-interval", config.checkpoint.save_interval),
         ("--eval-interval", config.eval.eval_interval),
+        ("--eval-tasks-interval", config.eval.eval_tasks_interval),
         ("--exit-interval", t.exit_interval),
     ):
         if value is not None and value < 1:
@@ -323,6 +324,16 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         raise ValueError(
             "--sequence-parallel splits over tensor-parallel ranks: it needs --tensor-model-parallel-size > 1"
         )
+    e = config.eval
+    if (e.eval_tasks or e.eval_tasks_interval) and not e.eval_tasks_data:
+        raise ValueError(
+            "--eval-tasks and --eval-tasks-interval run the benchmarks of --eval-tasks-data, which is not given "
+            "(make it with tools/evaluate.py --prepare)"
+        )
+    if e.eval_tasks_data is not None:
+        from megatron_soda.checks import check_file
+
+        check_file("--eval-tasks-data", e.eval_tasks_data, " (make it with tools/evaluate.py --prepare)")
     if config.eval.eval_interval and _split_shares(config.data.split)[1] == 0:
         raise ValueError(
             f"--eval-interval {config.eval.eval_interval} needs validation data, but --split "

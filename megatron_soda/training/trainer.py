@@ -50,6 +50,8 @@ class Trainer:
         self.train_data = None
         self.valid_data = None
         self.log: Optional[Any] = None
+        self.benchmarks = None
+        """``evaluation.in_training.TrainingEvaluator`` of --eval-tasks-data, if given."""
         self._mix_counts = None
 
     # ---- build ----------------------------------------------------------------------------------
@@ -57,8 +59,24 @@ class Trainer:
     def setup(self) -> None:
         self.setup_model_and_optimizer()
         self.setup_data()
+        self.setup_benchmarks()
         self.load_checkpoint()
         self._setup_logger()
+
+    def setup_benchmarks(self) -> None:
+        """--eval-tasks-data: the prepared likelihood benchmarks, scored at this layout during the run."""
+        e, t = self.config.eval, self.config.training
+        if e.eval_tasks_data:
+            from megatron_soda.evaluation.in_training import TrainingEvaluator
+
+            self.benchmarks = TrainingEvaluator(
+                e.eval_tasks_data,
+                self.plan.vocab,
+                tasks=e.eval_tasks,
+                seq_length=t.seq_length,
+                micro_batch_size=t.micro_batch_size,
+                vocab_size=self.plan.vocab.vocab_size,
+            )
 
     def setup_model_and_optimizer(self) -> None:
         """Process groups, this rank's model chunks in megatron DDP, and the megatron optimizer."""
@@ -388,6 +406,9 @@ class Trainer:
             last = self.iteration == plan.train_iters
             if interval and (self.iteration % interval == 0 or last):
                 self.log.log(self.iteration, plan.train_iters, self.evaluate(), console=True)
+            tasks_interval = self.config.eval.eval_tasks_interval
+            if self.benchmarks is not None and (last or (tasks_interval and self.iteration % tasks_interval == 0)):
+                self.log.log(self.iteration, plan.train_iters, self.benchmarks.evaluate(self.model), console=True)
             if ckpt.save and (exiting or last or (ckpt.save_interval and self.iteration % ckpt.save_interval == 0)):
                 self.save_checkpoint()
             if exiting:
