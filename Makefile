@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: help install lint format test demo bench clean
 
 help:
-	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize, train, export, generate (CPU, ~2 min)"
+	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize, train, export, generate, evaluate (CPU, ~2 min)"
 	@echo "make test     check formatting and lint (ruff), then run the test suite (creates $(VENV) first)"
 	@echo "make format   format the tree and apply safe lint fixes (ruff)"
 	@echo "make bench    run bench/bench_builder.py and record results in bench/RESULTS.md"

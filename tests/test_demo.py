@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(400)
-def test_demo_runs_end_to_end_exports_a_model_and_generates_speech_and_text(tmp_path):
+def test_demo_runs_end_to_end_exports_generates_speech_and_text_and_evaluates(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "demo.py"), "--output-dir", str(out), "--train-iters", "6"],
@@ -38,3 +38,5 @@ def test_demo_runs_end_to_end_exports_a_model_and_generates_speech_and_text(tmp_
     wave, rate = soundfile.read(tts[0]["wav"])
     assert rate == 24000 and len(wave) == tts[0]["frames"] * 1920 > 0
     assert "text" in asr[0] and "tts (--load)" in result.stdout and "asr (--hf)" in result.stdout
+    report = json.loads((out / "evaluation" / "report.json").read_text())
+    assert set(report["tasks"]) == {"swuggy", "twuggy", "asr"} and report["tasks"]["swuggy"]["n"] == 12

@@ -15,7 +15,9 @@
 7. exports the checkpoint to a Hugging Face Qwen3ForCausalLM directory;
 8. generates: speech from a transcript with our checkpoint (TTS, decoded to a wav by the codec) and a
    transcript of an utterance through the export (ASR, transformers' generate). The model is tiny and
-   barely trained: the speech is noise and the transcript is not the utterance's.
+   barely trained: the speech is noise and the transcript is not the utterance's;
+9. evaluates it with SODA's benchmark code: sWUGGY- and tWUGGY-style pairs made from the corpus (an
+   utterance against itself reversed; a transcript against its words reversed) and ASR WER.
 """
 
 import json
@@ -249,8 +251,59 @@ def main(argv=None) -> int:
         )
         print(f"{task} ({'--load' if 'load' in model else '--hf'}): {record['new_tokens']} tokens, {said}")
 
+    step("9. evaluate: SODA's benchmark tasks on pairs made from the corpus")
+    evaluate_demo(out, corpus, codec)
+
     print(f"\ndemo finished in {time.time() - start:.1f} s; outputs in {out}/")
     return 0
+
+
+def evaluate_demo(out: Path, corpus: Path, codec) -> None:
+    """sWUGGY's and tWUGGY's schema with pairs from the corpus (an utterance against itself played backwards;
+    its transcript against the same words reversed) and ASR on its first utterances: the benchmark code
+    SODA's models are judged by, run on the demo model (tiny and barely trained: about chance)."""
+    import soundfile
+
+    from megatron_soda.evaluation.report import table
+    from megatron_soda.evaluation.run import EvaluateConfig, run_evaluation
+
+    data = out / "eval_data"
+    (data / "reversed").mkdir(parents=True)
+    records = [json.loads(line) for line in (corpus / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    pairs = []
+    for record in records[:12]:
+        wave, rate = soundfile.read(corpus / record["audio"], dtype="float32")
+        backwards = data / "reversed" / f"{record['id']}.wav"
+        soundfile.write(backwards, wave[::-1], rate)
+        words = record["text"].split()
+        pairs.append(
+            {
+                "id": record["id"],
+                "positive": str(corpus / record["audio"]),
+                "negative": str(backwards),
+                "positive_word": record["text"],
+                "negative_word": " ".join(words[::-1]),
+            }
+        )
+    (data / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    asr = [{"id": r["id"], "audio": str(corpus / r["audio"]), "text": r["text"]} for r in records[:4]]
+    (data / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in asr), encoding="utf-8")
+    report = run_evaluation(
+        EvaluateConfig(
+            tasks=["swuggy", "twuggy", "asr"],
+            input=[f"swuggy={data / 'pairs.jsonl'}", f"asr={data / 'asr.jsonl'}"],
+            load=str(out / "checkpoint"),
+            tokenizer=str(out / "tokenizer"),
+            output_dir=str(out / "evaluation"),
+            audio_cache=str(out / "evaluation" / "audio_codes"),
+            max_new_tokens=40,
+            progress=False,
+            codec=codec,
+        ),
+        log=lambda message: None,
+    )
+    print("\n".join(table(report)))
+    print(f"-> {out / 'evaluation' / 'report.json'} (per-item scores beside it)")
 
 
 if __name__ == "__main__":
