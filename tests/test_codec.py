@@ -13,20 +13,9 @@ import torch
 from megatron_soda.codec import CodecConfig, load_codec
 from megatron_soda.codec.base import plan_batches, resolve_dtype
 from megatron_soda.tokenizer import SODA_LAYOUT, VocabLayout
+from tests.tiny_codecs import TINY_ENCODEC, TINY_MIMI
 
-SMALL_MIMI = dict(
-    hidden_size=64,
-    num_filters=8,
-    num_hidden_layers=1,
-    intermediate_size=128,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    codebook_dim=16,
-    vector_quantization_hidden_dimension=16,
-    upsample_groups=64,
-)
-SMALL_ENCODEC = dict(num_filters=4, hidden_size=16, num_lstm_layers=1)
-SMALL = {"mimi": SMALL_MIMI, "encodec": SMALL_ENCODEC}
+SMALL = {"mimi": TINY_MIMI, "encodec": TINY_ENCODEC}
 
 
 def small_codec(name, **options):
@@ -205,7 +194,7 @@ def test_auto_dtype_is_bfloat16_on_gpu_and_float32_on_cpu():
 def test_random_init_is_deterministic_per_seed():
     wave = [speech_like(48_000)]
     first, again = small_codec("mimi").encode(wave)[0], small_codec("mimi").encode(wave)[0]
-    other = load_codec(CodecConfig(random_init=True, seed=1, config_overrides=SMALL_MIMI)).encode(wave)[0]
+    other = load_codec(CodecConfig(random_init=True, seed=1, config_overrides=TINY_MIMI)).encode(wave)[0]
     np.testing.assert_array_equal(first, again)
     assert (first != other).any()
 
@@ -232,8 +221,8 @@ def test_pretrained_codec_loads_from_a_local_directory(tmp_path):
         (CodecConfig(), r"--codec-path .*kyutai/mimi.* or --codec-random-init"),
         (CodecConfig(name="encodec"), r"--codec-path .*facebook/encodec_24khz"),
         (CodecConfig(name="dac", random_init=True), "unknown codec 'dac'; choose one of mimi, encodec"),
-        (CodecConfig(random_init=True, num_codebooks=33, config_overrides=SMALL_MIMI), r"32 codebooks.*choose 1\.\.32"),
-        (CodecConfig(random_init=True, num_codebooks=0, config_overrides=SMALL_MIMI), "num_codebooks=0"),
+        (CodecConfig(random_init=True, num_codebooks=33, config_overrides=TINY_MIMI), r"32 codebooks.*choose 1\.\.32"),
+        (CodecConfig(random_init=True, num_codebooks=0, config_overrides=TINY_MIMI), "num_codebooks=0"),
         (CodecConfig(random_init=True, bandwidth=6.0), "bandwidth does not apply to mimi"),
         (CodecConfig(name="encodec", random_init=True, num_codebooks=8), "num_codebooks does not apply to encodec"),
         (CodecConfig(name="encodec", random_init=True, bandwidth=5.0), r"5 kbps .*6 \(8 codebooks\)"),

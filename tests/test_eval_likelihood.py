@@ -22,8 +22,8 @@ from megatron_soda.evaluation.base import REGISTRY, EvalContext, EvalSettings
 from megatron_soda.evaluation.datasets import count_rows, decode_audio, read_rows, select_files
 from megatron_soda.evaluation.scoring import MegatronScorer, Scorer, likelihood_item, mean_log_probs
 from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
-from tests.test_preprocess_audio import TINY_MIMI
 from tests.test_pretrain import pretrain_process
+from tests.tiny_codecs import TINY_MIMI
 
 SOURCE_RATE = 16_000  # the benchmarks' rate: every clip is resampled to the codec's 24 kHz
 WUGGY = [("brick", "blick"), ("garden", "garbon"), ("window", "wintow"), ("river", "rivol")]

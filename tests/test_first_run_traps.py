@@ -40,7 +40,8 @@ from megatron_soda.tokenizer import (
     train_bpe,
 )
 from megatron_soda.training.plan import check_datasets, parse_train_config, plan_run
-from tests.test_preprocess_audio import CORPUS, TINY_MIMI
+from tests.test_preprocess_audio import CORPUS
+from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 

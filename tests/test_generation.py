@@ -13,7 +13,7 @@ from megatron_soda.inference.sampling import SamplingConfig, candidates, sample
 from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
 from megatron_soda.tokenizer.layout import VocabLayout
 from tests.learned import TRANSCRIPT, run_tool
-from tests.test_preprocess_audio import TINY_MIMI
+from tests.tiny_codecs import TINY_MIMI
 
 GREEDY = SamplingConfig(temperature=0.0)
 

@@ -19,20 +19,10 @@ from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_
 from megatron_soda.data.formats import Kind, parse
 from megatron_soda.data.indexed_dataset import validate_dataset
 from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
+from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "demo_corpus"
-TINY_MIMI = dict(
-    hidden_size=64,
-    num_filters=8,
-    num_hidden_layers=1,
-    intermediate_size=128,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    codebook_dim=16,
-    vector_quantization_hidden_dimension=16,
-    upsample_groups=64,
-)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, s
 from megatron_soda.training.logger import iteration_records, read_metrics
 from megatron_soda.training.plan import parse_train_config, plan_run
 from tests.dist import launch
-from tests.test_preprocess_audio import CORPUS, TINY_MIMI
+from tests.test_preprocess_audio import CORPUS
+from tests.tiny_codecs import TINY_MIMI
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from megatron_soda.inference.prompts import build_prompt
 from megatron_soda.inference.sampling import SamplingConfig
 from megatron_soda.inference.structured import StructuredDecoding
 from megatron_soda.tokenizer.layout import VocabLayout
+from tests.tiny_codecs import TINY_MIMI
 
 L = VocabLayout(base_size=300, bos_id=0, eos_id=1)
 K, C = L.num_codebooks, L.codebook_size
@@ -184,26 +185,13 @@ def test_structured_decoding_never_samples_a_wrong_codebook_inside_audio(generat
     assert {TS, TE, AS} <= set(new.tolist())
 
 
-SMALL_MIMI = dict(
-    hidden_size=64,
-    num_filters=8,
-    num_hidden_layers=1,
-    intermediate_size=128,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    codebook_dim=16,
-    vector_quantization_hidden_dimension=16,
-    upsample_groups=64,
-)
-
-
 def test_without_structured_decoding_the_lenient_decoder_still_turns_raw_output_into_wav_and_text(generator):
     from megatron_soda.codec import CodecConfig, load_codec
 
     batch = prompts(np.random.default_rng(1), 10)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=200, seed=0)
     generations = generator.generate(batch, sampling)
-    codec = load_codec(CodecConfig(name="mimi", random_init=True, config_overrides=SMALL_MIMI))
+    codec = load_codec(CodecConfig(name="mimi", random_init=True, config_overrides=TINY_MIMI))
 
     all_problems, decoded_frames = [], 0
     for generation in generations:

@@ -16,20 +16,10 @@ from megatron_soda.data.formats import Order, Utterance, render, speech_document
 from megatron_soda.data.indexed_dataset import validate_dataset
 from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
 from megatron_soda.tokenizer import load_soda_tokenizer
+from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "demo_corpus"
-TINY_MIMI = dict(
-    hidden_size=64,
-    num_filters=8,
-    num_hidden_layers=1,
-    intermediate_size=128,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    codebook_dim=16,
-    vector_quantization_hidden_dimension=16,
-    upsample_groups=64,
-)
 
 
 def run_tool(name, *args):
