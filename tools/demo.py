@@ -236,7 +236,7 @@ def main(argv=None) -> int:
         summary = run_generation(
             GenerateConfig(
                 task=task,
-                **model,
+                model=model,
                 **request,
                 output_dir=str(out / "generated" / task),
                 structured_decoding=True,  # a barely trained model: keep its output well-formed
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         said = (
             f"{record['audio_seconds']} s of speech -> {record.get('wav')}" if task == "tts" else repr(record["text"])
         )
-        print(f"{task} ({'--load' if 'load' in model else '--hf'}): {record['new_tokens']} tokens, {said}")
+        print(f"{task} ({'--load' if model.load else '--hf'}): {record['new_tokens']} tokens, {said}")
 
     step("9. evaluate: SODA's benchmark tasks on pairs made from the corpus")
     evaluate_demo(out, corpus, codec)
@@ -266,6 +266,7 @@ def evaluate_demo(out: Path, corpus: Path, codec) -> None:
 
     from megatron_soda.evaluation.report import table
     from megatron_soda.evaluation.run import EvaluateConfig, run_evaluation
+    from megatron_soda.inference.model_source import ModelSource
 
     data = out / "eval_data"
     (data / "reversed").mkdir(parents=True)
@@ -292,8 +293,7 @@ def evaluate_demo(out: Path, corpus: Path, codec) -> None:
         EvaluateConfig(
             tasks=["swuggy", "twuggy", "asr"],
             input=[f"swuggy={data / 'pairs.jsonl'}", f"asr={data / 'asr.jsonl'}"],
-            load=str(out / "checkpoint"),
-            tokenizer=str(out / "tokenizer"),
+            model=ModelSource(load=str(out / "checkpoint"), tokenizer=str(out / "tokenizer")),
             output_dir=str(out / "evaluation"),
             audio_cache=str(out / "evaluation" / "audio_codes"),
             max_new_tokens=40,

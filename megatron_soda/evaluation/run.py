@@ -4,7 +4,6 @@ public data from a local path, reported as ``report.json`` plus per-item side fi
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
@@ -12,6 +11,7 @@ from typing import Dict, List, Optional
 from megatron_soda.checks import check_at_least, check_dir, check_exists, check_output_dir
 from megatron_soda.codec.cli import CodecConfig, check_codec
 from megatron_soda.flags import flag
+from megatron_soda.inference.model_source import ModelSource
 from megatron_soda.tool_json import check_json_path
 
 
@@ -33,14 +33,6 @@ class EvaluateConfig:
     """each task's data: KEY=PATH with KEY one of swuggy (sWUGGY, also tWUGGY's), sblimp (also tBLIMP's),
     salmon, hellaswag, asr (LibriSpeech-style JSONL manifest), tts (Seed-TTS-style list); PATH a local
     Hugging Face dataset directory, parquet file(s) or JSONL."""
-    load: Optional[str] = None
-    """our checkpoint directory (pretrain's --save; any TP/PP layout, loaded at TP=1)."""
-    ckpt_step: Optional[int] = None
-    """the checkpoint iteration to load (default: the latest)."""
-    hf: Optional[str] = None
-    """a Hugging Face export directory (tools/convert_checkpoint.py export)."""
-    tokenizer: Optional[str] = None
-    """SODA tokenizer directory (default: the --hf directory, which holds its tokenizer when exported with one)."""
     output_dir: str = "evaluation"
     """where report.json and one <task>.items.jsonl per task go."""
     prepare: bool = False
@@ -72,19 +64,12 @@ class EvaluateConfig:
     """asr, tts: nucleus sampling (default SODA's 0.8)."""
     max_new_tokens: Optional[int] = None
     """asr, tts: new tokens at most (default SODA's: 200 for asr, 1500 for tts)."""
-    attention_backend: str = field(default="sdpa", metadata=flag(choices=("sdpa", "flex")))
-    """core attention of our model."""
-    bf16: bool = False
-    """run the model in bfloat16 (CUDA only)."""
     progress: bool = True
     """show progress bars."""
     json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
     """also write the report as one JSON object to PATH ("-": to stdout, in place of the table)."""
+    model: ModelSource = field(default_factory=ModelSource)
     codec: CodecConfig = field(default_factory=CodecConfig)
-
-    @property
-    def tokenizer_dir(self) -> Optional[str]:
-        return self.tokenizer or self.hf
 
     def data_paths(self) -> Dict[str, str]:
         paths = {}
@@ -123,19 +108,9 @@ class EvaluateConfig:
             generation = [t for t in self.tasks if registry[t].kind != "likelihood"]
             if generation:
                 raise ValueError(f"--prepare is for likelihood tasks; {' '.join(generation)} generate at run time")
-            if self.load is not None or self.ckpt_step is not None:
+            if self.model.load is not None or self.model.ckpt_step is not None:
                 raise ValueError("--prepare needs no model: drop --load/--ckpt-step (give --tokenizer)")
-        elif (self.load is None) == (self.hf is None):
-            raise ValueError("give the model as either --load (our checkpoint) or --hf (a Hugging Face export)")
-        if self.load is not None:
-            check_dir("--load", self.load, hint=" (pretrain's --save directory)")
-        elif self.hf is not None:
-            check_dir("--hf", self.hf, ("config.json",))
-        if self.ckpt_step is not None and self.load is None:
-            raise ValueError("--ckpt-step selects an iteration of --load; an --hf export has one")
-        if self.tokenizer_dir is None:
-            raise ValueError("--tokenizer is required with --load (an --hf export may hold its own)")
-        check_dir("--tokenizer" if self.tokenizer else "--hf", self.tokenizer_dir, ("tokenizer.json",))
+        self.model.check(model=not self.prepare)
         check_at_least("--max-tokens", self.max_tokens, 16)
         check_at_least("--micro-batch-size", self.micro_batch_size, 1)
         check_at_least("--limit", self.limit, 1)
@@ -148,42 +123,6 @@ class EvaluateConfig:
         SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens).check()
         if self.needs_codec():
             check_codec(self.codec)
-        if self.bf16:
-            from megatron_soda.device import device_info
-
-            if not device_info().cuda:
-                raise ValueError("--bf16 needs a CUDA device; evaluate in fp32 on the CPU (drop --bf16)")
-
-
-@contextlib.contextmanager
-def open_model(config: EvaluateConfig, layout):
-    """``(scorer, generator, description)`` of the model ``config`` names, alive for the block."""
-    import torch
-
-    from megatron_soda.device import device_info
-    from megatron_soda.evaluation.scoring import HFScorer, MegatronScorer
-
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
-    if config.hf is not None:
-        from megatron_soda.inference.hf_engine import HFGenerator, load_hf_model
-
-        model = load_hf_model(config.hf, dtype, device_info().current())
-        yield HFScorer(model), HFGenerator(model, layout), {"form": "hf", "path": config.hf}
-        return
-    from megatron_soda.convert.solo import one_process_group
-    from megatron_soda.inference.engine import MegatronGenerator
-    from megatron_soda.inference.loading import load_megatron_model
-
-    with one_process_group(megatron_parallel=True, purpose="evaluation"):
-        model, shape, info = load_megatron_model(
-            config.load,
-            layout.vocab_size,
-            iteration=config.ckpt_step,
-            attention_backend=config.attention_backend,
-            params_dtype=dtype,
-        )
-        description = {"form": "megatron", "path": config.load, "iteration": info["iteration"]}
-        yield MegatronScorer(model, shape.vocab_size), MegatronGenerator(model, layout, shape.vocab_size), description
 
 
 def default_audio_cache() -> str:
@@ -197,12 +136,11 @@ PREPARED_FILE = "prepared.pkl"
 def run_evaluation(config: EvaluateConfig, log=print) -> dict:
     """Runs every task of ``config`` and writes the report (or, with --prepare, the prepared file);
     returns the report (or a summary of what was prepared)."""
-    from megatron_soda.data.text_pipeline import load_tokenizer
     from megatron_soda.evaluation.base import EvalContext, EvalSettings
     from megatron_soda.evaluation.report import write_report
 
     registry = _registry()
-    tokenizer = load_tokenizer("--tokenizer" if config.tokenizer else "--hf", config.tokenizer_dir)
+    tokenizer = config.model.load_tokenizer()
     settings = EvalSettings(
         codebooks=config.codebooks,
         max_tokens=config.max_tokens,
@@ -239,8 +177,9 @@ def run_evaluation(config: EvaluateConfig, log=print) -> dict:
     if config.prepare:
         return _prepare(config, EvalContext(tokenizer, settings, None, None, audio, codec, options), paths, log)
     results, failed = [], {}
-    with open_model(config, tokenizer.layout) as (scorer, generator, model):
-        context = EvalContext(tokenizer, settings, scorer, generator, audio, codec, options)
+    with config.model.open(tokenizer.layout, "evaluation") as model:
+        generator = model.generator(tokenizer.layout)
+        context = EvalContext(tokenizer, settings, model.scorer(), generator, audio, codec, options)
         for task in config.tasks:
             spec = registry[task]
             log(f"{task}: {spec.description} ({paths[spec.dataset]})")
@@ -250,7 +189,7 @@ def run_evaluation(config: EvaluateConfig, log=print) -> dict:
                 log(f"{task}: failed: {error}")
                 failed[task] = str(error)
     report_settings = {**asdict(settings), "inputs": paths, "codec": codec_identity, "options": options}
-    return write_report(config.output_dir, model, report_settings, results, failed)
+    return write_report(config.output_dir, model.description, report_settings, results, failed)
 
 
 def _prepare(config: EvaluateConfig, context, paths: Dict[str, str], log) -> dict:

@@ -7,16 +7,16 @@ stays small; the records come back in the input's order.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from megatron_soda.checks import check_at_least, check_dir, check_file, check_output_dir
+from megatron_soda.checks import check_at_least, check_file, check_output_dir
 from megatron_soda.codec.cli import CodecConfig, check_codec
 from megatron_soda.flags import flag
+from megatron_soda.inference.model_source import ModelSource
 from megatron_soda.inference.prompts import TASKS, Task, task_sampling
 from megatron_soda.inference.requests import NEEDS, Request, build_prompts, check_request, read_requests
 from megatron_soda.inference.sampling import SamplingConfig
@@ -32,14 +32,6 @@ class GenerateConfig:
     task: str = field(metadata=flag(choices=tuple(t.value for t in Task)))
     """asr (speech -> transcript), tts (text [+ voice reference] -> speech), continue (speech -> more speech)
     or text (text -> more text)."""
-    load: Optional[str] = None
-    """our checkpoint directory (pretrain's --save; any TP/PP layout, loaded at TP=1)."""
-    ckpt_step: Optional[int] = None
-    """the checkpoint iteration to load (default: the latest)."""
-    hf: Optional[str] = None
-    """a Hugging Face export directory (tools/convert_checkpoint.py export), run through transformers' generate."""
-    tokenizer: Optional[str] = None
-    """SODA tokenizer directory (default: the --hf directory, which holds its tokenizer when exported with one)."""
     input: Optional[str] = None
     """JSONL manifest of requests: audio, text, reference_audio, reference_text, id (paths relative to it)."""
     prompt_audio: Optional[str] = None
@@ -57,37 +49,20 @@ class GenerateConfig:
     structured_decoding: bool = False
     """allow only well-formed SODA output (inside audio: the due codebook's ids or, on a frame boundary,
     <|audio_end|>; inside text: no audio). Off by default, as SODA samples."""
-    attention_backend: str = field(default="sdpa", metadata=flag(choices=("sdpa", "flex")))
-    """core attention of our model (both take generation's padding masks and KV-cache steps)."""
-    bf16: bool = False
-    """run the model in bfloat16 (CUDA only)."""
     progress: bool = True
     """show a progress bar over the prompts."""
     json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
     """also write the summary as one JSON object to PATH ("-": to stdout, in place of the text)."""
+    model: ModelSource = field(default_factory=ModelSource)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
-
-    @property
-    def tokenizer_dir(self) -> Optional[str]:
-        return self.tokenizer or self.hf
 
     @property
     def needs_codec(self) -> bool:
         return Task(self.task) is not Task.TEXT
 
     def check(self) -> None:
-        if (self.load is None) == (self.hf is None):
-            raise ValueError("give the model as either --load (our checkpoint) or --hf (a Hugging Face export)")
-        if self.load is not None:
-            check_dir("--load", self.load, hint=" (pretrain's --save directory)")
-        else:
-            check_dir("--hf", self.hf, ("config.json",))
-        if self.ckpt_step is not None and self.load is None:
-            raise ValueError("--ckpt-step selects an iteration of --load; an --hf export has one")
-        if self.tokenizer_dir is None:
-            raise ValueError("--tokenizer is required with --load (an --hf export may hold its own)")
-        check_dir("--tokenizer" if self.tokenizer else "--hf", self.tokenizer_dir, ("tokenizer.json",))
+        self.model.check()
         single = [self.prompt_audio, self.prompt_text, self.reference_audio, self.reference_text]
         if self.input is not None:
             check_file("--input", self.input)
@@ -110,7 +85,6 @@ class GenerateConfig:
         check_json_path(self.json)
         if self.needs_codec:
             check_codec(self.codec)
-        _precision(self)
 
     def single_request(self) -> Request:
         return Request(
@@ -123,52 +97,15 @@ class GenerateConfig:
         )
 
 
-def _precision(config: GenerateConfig):
-    import torch
-
-    from megatron_soda.device import device_info
-
-    if config.bf16 and not device_info().cuda:
-        raise ValueError("--bf16 needs a CUDA device; generate in fp32 on the CPU (drop --bf16)")
-    return torch.bfloat16 if config.bf16 else torch.float32
-
-
-@contextlib.contextmanager
-def open_generator(config: GenerateConfig, layout):
-    """The generator ``config`` names (ours or transformers'), alive for the block."""
-    from megatron_soda.device import device_info
-
-    dtype = _precision(config)
-    if config.hf is not None:
-        from megatron_soda.inference.hf_engine import hf_generator
-
-        yield hf_generator(config.hf, layout, dtype, device_info().current())
-        return
-    from megatron_soda.convert.solo import one_process_group
-    from megatron_soda.inference.engine import MegatronGenerator
-    from megatron_soda.inference.loading import load_megatron_model
-
-    with one_process_group(megatron_parallel=True, purpose="generation"):
-        model, shape, _ = load_megatron_model(
-            config.load,
-            layout.vocab_size,
-            iteration=config.ckpt_step,
-            attention_backend=config.attention_backend,
-            params_dtype=dtype,
-        )
-        yield MegatronGenerator(model, layout, shape.vocab_size)
-
-
 def run_generation(config: GenerateConfig, log=print) -> dict:
     """Runs the job; returns its summary (also written as ``summary.json`` beside the records)."""
     from tqdm import tqdm
 
-    from megatron_soda.data.text_pipeline import load_tokenizer
     from megatron_soda.inference.outputs import finish
     from megatron_soda.inference.structured import StructuredDecoding
 
     task = Task(config.task)
-    tokenizer = load_tokenizer("--tokenizer" if config.tokenizer else "--hf", config.tokenizer_dir)
+    tokenizer = config.model.load_tokenizer()
     layout = tokenizer.layout
     codec = None
     if config.needs_codec:
@@ -198,9 +135,10 @@ def run_generation(config: GenerateConfig, log=print) -> dict:
     os.makedirs(config.output_dir, exist_ok=True)
     new_tokens, seconds = 0, 0.0
     with (
-        open_generator(config, layout) as generator,
+        config.model.open(layout, "generation") as model,
         tqdm(total=len(prompts), unit="prompt", desc=task.value, disable=not config.progress, file=sys.stderr) as bar,
     ):
+        generator = model.generator(layout)
         for batch in batches:
             generations = generator.generate([prompts[i][1] for i in batch], sampling, stops, processors)
             new_tokens += generations[0].batch_new_tokens
@@ -218,7 +156,7 @@ def run_generation(config: GenerateConfig, log=print) -> dict:
     os.replace(f"{path}.tmp", path)
     summary = {
         "task": task.value,
-        "model": config.load or config.hf,
+        "model": config.model.load or config.model.hf,
         "requests": len(requests) + len(rejects) - len(unloadable),  # manifest lines that asked for something
         "generated": len(records),
         "skipped": [{"source": r.source, "reason": r.reason, "message": r.message} for r in rejects],
