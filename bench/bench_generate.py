@@ -43,10 +43,8 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,9 +54,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, REPO)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for path in (REPO, HERE):  # run as a script from anywhere; bench_common is a sibling module
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from bench_common import cpu_model, git_commit, synchronize, threads, versions  # noqa: E402
 
 from megatron_soda.device import device_info  # noqa: E402
 from megatron_soda.inference.loading import GENERATION_BACKENDS  # noqa: E402
@@ -133,9 +135,8 @@ def peak_bandwidth(device_name: str) -> Optional[float]:
 
 def describe_device(config: BenchConfig) -> dict:
     if not device_info().cuda:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
         return {
-            "name": f"CPU: {cpu}, {os.cpu_count()} cores, {threads()}",
+            "name": f"CPU: {cpu_model()}, {os.cpu_count()} cores, {threads()}",
             "cuda": False,
             "dtype": "fp32",
             "peak_bandwidth": None,
@@ -147,41 +148,6 @@ def describe_device(config: BenchConfig) -> dict:
         "dtype": "bf16",
         "peak_bandwidth": config.peak_bandwidth or peak_bandwidth(name),
     }
-
-
-def versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    if device_info().cuda:
-        out["cuda"] = str(torch.version.cuda)
-    for package in ("megatron-core", "transformers"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "missing"
-    return out
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain"], capture_output=True, text=True).stdout
-        return commit + (" (working tree has uncommitted changes)" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def threads() -> str:
-    n = torch.get_num_threads()
-    return f"{n} torch thread{'s' if n > 1 else ''}"
-
-
-def synchronize() -> None:
-    if device_info().cuda:
-        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -38,11 +38,9 @@ import gc
 import json
 import math
 import os
-import platform
 import shlex
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,9 +48,13 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, REPO)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+for path in (REPO, HERE):  # run as a script from anywhere; bench_common is a sibling module
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from bench_common import cpu_model, git_commit, synchronize, versions  # noqa: E402
 
 from megatron_soda.device import device_info  # noqa: E402
 from megatron_soda.models.presets import PRESETS  # noqa: E402
@@ -133,54 +135,13 @@ def describe_device(config: BenchConfig) -> dict:
 
     if not device_info().cuda:
         return {
-            "name": f"CPU: {_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+            "name": f"CPU: {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
             "cuda": False,
             "peak_flops": None,
         }
     name = torch.cuda.get_device_name()
     peak = config.peak_tflops * 1e12 if config.peak_tflops else peak_bf16_flops(name)
     return {"name": name, "cuda": True, "peak_flops": peak}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    if device_info().cuda:
-        out["cuda"] = str(torch.version.cuda)
-    for package in ("megatron-core", "transformers"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "missing"
-    return out
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(
-            ["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain"], capture_output=True, text=True).stdout
-        return commit + (" (working tree has uncommitted changes)" if dirty.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def synchronize() -> None:
-    if device_info().cuda:
-        torch.cuda.synchronize()
 
 
 def free_memory() -> None:

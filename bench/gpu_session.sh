@@ -25,11 +25,13 @@
 # `all` (the settings block below): bf16 pretraining of soda-135m at 4096, dense and packed rows, distributed
 # optimizer, 12 iterations each; bench_train's soda-600m at 4096 (sdpa vs transformers with fused AdamW, 1
 # repetition of 2 + 5 steps); bench_preprocess's codec encode on the GPU (no pipeline runs); bench_generate
-# on soda-600m in bf16. Each step runs under its own `timeout`; one with less than half its cap left before
+# on soda-600m in bf16; bench_evaluate (batched likelihood scoring against a one-item loop) on soda-135m in bf16,
+# 256 items, 2 repetitions. Each step runs under its own `timeout`; one with less than half its cap left before
 # the 9-minute deadline (the last 30 s kept for the summary) is skipped, else its cap ends at the deadline. The
 # Markdown sections, the JSON figures, summary.md and details.tar.gz (every log and metrics file) land in
-# $OUT (the device tool brings back at most 8 files), and one line per step is printed last: status, wall
-# seconds, headline figure. Copy the Markdown sections into bench/RESULTS.md with the command that made them.
+# $OUT (the device tool brings back at most 8 files: bench_evaluate's JSON rides in details.tar.gz), and one
+# line per step is printed last: status, wall seconds, headline figure. Copy the Markdown sections into
+# bench/RESULTS.md with the command that made them.
 set -euo pipefail
 stages="check|pretrain|train|preprocess|all|smoke"
 stage=${1:?"usage: bash bench/gpu_session.sh $stages"}
@@ -161,14 +163,17 @@ step() {
 
 skip() { record "$1" "skipped ($2)" 0; }
 
-if [[ $stage == all ]]; then  # with the gpu step's 20 s the caps sum to 500 s, within 540 - 30
-    DOCUMENTS=4000 ROW=4096 CAP_BUILD=60 CAP_DATA=25 CAP_PRETRAIN=55 CAP_TRAIN=110 CAP_PREPROCESS=45 CAP_GENERATE=130
+if [[ $stage == all ]]; then  # with the gpu step's 20 s the caps sum to 510 s, within 540 - 30
+    DOCUMENTS=4000 ROW=4096 CAP_BUILD=60 CAP_DATA=25 CAP_PRETRAIN=55 CAP_TRAIN=90 CAP_PREPROCESS=45 CAP_GENERATE=110
+    CAP_EVALUATE=50
     PRETRAIN_RUN=("${PRETRAIN[@]}" --train-iters 12 --log-interval 4)
     TRAIN=(--attention-backends sdpa --repeats 1 --warmup 2 --steps 5)
     PREPROCESS=(--device cuda --pipeline "" --batch-seconds 30,120 --repeats 2 --max-wait 2)
     GENERATE=(--model soda-600m --new-tokens 128 --repeats 2 --prompt-lengths 50,200)
+    EVALUATE=(--model soda-135m --items 256 --repeats 2)
 else  # smoke: tiny everything, fp32 on the CPU
     DOCUMENTS=200 ROW=64 CAP_BUILD=60 CAP_DATA=20 CAP_PRETRAIN=60 CAP_TRAIN=75 CAP_PREPROCESS=60 CAP_GENERATE=90
+    CAP_EVALUATE=60
     PRETRAIN_RUN=(--model tiny --seq-length 64 --micro-batch-size 2 --global-batch-size 4 --train-iters 3
                   --lr 1e-3 --lr-decay-style cosine --lr-warmup-iters 1 --split 100,0,0 --skip-data-validation --log-interval 1)
     TRAIN=(--model tiny --seq-length 64 --micro-batch-size 2 --global-batch-size 4 --attention-backends sdpa
@@ -176,6 +181,7 @@ else  # smoke: tiny everything, fp32 on the CPU
     PREPROCESS=(--device cpu --pipeline "" --utterances 12 --encode-seconds 2 --batch-seconds 5
                 --single-thread-batch-seconds "" --decode-passes 5 --repeats 1 --max-wait 0)
     GENERATE=(--quick)
+    EVALUATE=(--quick)
 fi
 
 if ((CUDA)); then
@@ -207,8 +213,10 @@ if ((CUDA)) || [[ $stage == smoke ]]; then
         --results "$OUT/RESULTS-preprocess.md"
     step generate "$CAP_GENERATE" "$PYTHON" bench/bench_generate.py "${GENERATE[@]}" \
         --results "$OUT/RESULTS-generate.md" --json "$OUT/bench_generate.json"
+    step evaluate "$CAP_EVALUATE" "$PYTHON" bench/bench_evaluate.py "${EVALUATE[@]}" \
+        --results "$OUT/RESULTS-evaluate.md" --json "$LOGS/bench_evaluate.json"  # 8 files in $OUT at most
 else
-    for name in train preprocess generate; do skip "$name" "no CUDA"; done
+    for name in train preprocess generate evaluate; do skip "$name" "no CUDA"; done
 fi
 
 tar -czf "$OUT/details.tar.gz" -C "$WORK" logs 2>/dev/null || true
@@ -292,6 +300,22 @@ def generate():
     return "; ".join(parts)
 
 
+def evaluate():
+    result = json.loads(read(logs / "bench_evaluate.json") or "{}")
+    runs, ratios = result.get("engines", {}), result.get("ratios", {})
+    ours, loop = (runs.get(n, {}).get("median_items_per_s") for n in ("ours", "loop"))
+    if not (ours and loop):
+        return ""
+    rate = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}"  # noqa: E731
+    parts = [f"ours {rate(ours)} vs loop {rate(loop)} items/s = {ratios['ours']:.2f}x"]
+    if ratios.get("megatron"):
+        parts.append(f"megatron {ratios['megatron']:.2f}x")
+    agreement = result.get("agreement", {})
+    worst = max((agreement.get(n) or 0 for n in ("ours", "megatron")), default=0)
+    parts.append(f"max score diff {worst:.2g}")
+    return "; ".join(parts)
+
+
 def data():
     return (output("data").strip().splitlines() or [""])[-1]
 
@@ -302,7 +326,7 @@ def gpu():
 
 HEADLINES = {"gpu": gpu, "data": data, "pretrain-dense": lambda: pretrain("dense"),
              "pretrain-packed": lambda: pretrain("packed"), "train": train, "preprocess": preprocess,
-             "generate": generate}
+             "generate": generate, "evaluate": evaluate}
 lines = [f"GPU session `{stage}`: {total} s; every log in details.tar.gz", "", "| step | status | wall s | headline |", "|---|---|---:|---|"]
 for line in read(logs / "status.tsv").splitlines():
     name, status, seconds = line.split("\t")

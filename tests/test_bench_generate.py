@@ -1,8 +1,8 @@
 """The GPU session's one-call ``all`` sequence, and in it the generation benchmark, run end to end on CPU.
 
-``bash bench/gpu_session.sh smoke`` runs ``all``'s steps with tiny settings and CUDA hidden, its last step
-being ``bench/bench_generate.py --quick``; one run serves both tests (two runs would not fit the time),
-so neither the script nor the benchmark rots between GPU windows.
+``bash bench/gpu_session.sh smoke`` runs ``all``'s steps with tiny settings and CUDA hidden, among them
+``bench/bench_generate.py --quick`` (and, last, ``bench/bench_evaluate.py --quick``); one run serves both
+tests (two runs would not fit the time), so neither the script nor the benchmark rots between GPU windows.
 """
 
 import json
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("gpu", "build", "data", "pretrain-dense", "pretrain-packed", "train", "preprocess", "generate")
+STEPS = ("gpu", "build", "data", "pretrain-dense", "pretrain-packed", "train", "preprocess", "generate", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,7 @@ def test_smoke_mode_runs_every_step_of_all_and_ends_with_one_summary_table(smoke
     assert table.strip() in (out / "summary.md").read_text()
     assert (out / "details.tar.gz").stat().st_size > 0
     assert "tokens/s" in table and "x realtime" in table and "entropy" in table  # headlines were read
+    assert "items/s" in table and "max score diff" in table  # bench_evaluate's
 
 
 @pytest.mark.timeout(360)

@@ -43,3 +43,12 @@ def test_scores_at_tp2_pp2_equal_the_exports_scores(learned, tmp_path):
     theirs = mean_log_probs(HFScorer(load_hf_model(learned["root"] / "hf")), items)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
     assert ours[0] > ours[1] and ours[3] > ours[4]  # what it learned scores above what it did not
+
+
+def test_scoring_batches_keep_to_the_token_budget_and_bound_their_padding():
+    from megatron_soda.evaluation.scoring import batches_by_tokens
+
+    lengths = [100, 5, 6, 5, 100, 90]
+    assert batches_by_tokens(lengths, max_tokens=1000) == [[1, 3, 2], [5, 0, 4]]  # short ones never pad to 100
+    assert batches_by_tokens(lengths, max_tokens=1000, max_padding=float("inf")) == [[1, 3, 2, 5, 0, 4]]
+    assert batches_by_tokens(lengths, max_tokens=200) == [[1, 3, 2], [5, 0], [4]]  # 3 x 100 > 200

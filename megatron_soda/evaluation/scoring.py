@@ -9,8 +9,9 @@ selection). Log-probabilities are over the true vocabulary: the padding rows of 
 left out of the softmax, so a checkpoint and its Hugging Face export (which has no such rows) score
 alike.
 
-Items are sorted by length and batched under a token budget, right-padded: in a causal model padding
-after a sequence cannot change its scores (fp32 rounding of another batch shape apart).
+Items are sorted by length and batched under a token budget and a padding bound, right-padded: in a
+causal model padding after a sequence cannot change its scores (fp32 rounding of another batch shape
+apart).
 """
 
 from __future__ import annotations
@@ -77,12 +78,12 @@ class Scorer(abc.ABC):
             tokens[row, : len(sequence)] = torch.as_tensor(np.asarray(sequence, dtype=np.int64))
         tokens = tokens.to(self.device)
         logits = self.logits(tokens, lengths.to(self.device))
-        out = []
+        picked = []
         for row, length in enumerate(lengths.tolist()):  # one row at a time: [L, V] in fp32, not [b, L, V]
             log_probs = torch.log_softmax(logits[row, : length - 1, : self.vocab_size].float(), dim=-1)
-            picked = log_probs.gather(-1, tokens[row, 1:length, None])[:, 0]
-            out.append(picked.double().cpu().numpy())
-        return out
+            picked.append(log_probs.gather(-1, tokens[row, 1:length, None])[:, 0])
+        flat = torch.cat(picked).double().cpu().numpy()  # one transfer for the batch
+        return np.split(flat, np.cumsum([length - 1 for length in lengths.tolist()])[:-1])
 
 
 class MegatronScorer(Scorer):
@@ -109,16 +110,24 @@ class HFScorer(Scorer):
         return self.model(input_ids=tokens, attention_mask=mask.long()).logits
 
 
-def batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> List[List[int]]:
-    """Item indices grouped by length (sorted), each group's padded size ``len(group) * longest`` within
-    ``max_tokens`` (an item longer than that goes alone)."""
+MAX_PADDING = 0.25
+"""A batch takes no item that would make its padding more than this share of its real tokens: on a device
+that is busy anyway (a CPU, a big batch) padded tokens cost as much as real ones."""
+
+
+def batches_by_tokens(lengths: Sequence[int], max_tokens: int, max_padding: float = MAX_PADDING) -> List[List[int]]:
+    """Item indices grouped by length (sorted): each group's padded size ``len(group) * longest`` within
+    ``max_tokens`` (an item longer than that goes alone) and its padding within ``max_padding`` of its
+    real tokens."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    groups, current = [], []
+    groups, current, real = [], [], 0
     for index in order:
-        if current and (len(current) + 1) * lengths[index] > max_tokens:
+        padded = (len(current) + 1) * lengths[index]
+        if current and (padded > max_tokens or padded > (1 + max_padding) * (real + lengths[index])):
             groups.append(current)
-            current = []
+            current, real = [], 0
         current.append(index)
+        real += lengths[index]
     if current:
         groups.append(current)
     return groups
@@ -129,11 +138,12 @@ def mean_log_probs(
     items: Sequence[ScoringItem],
     max_tokens: int = 4096,
     on_batch: Optional[Callable[[int], None]] = None,
+    max_padding: float = MAX_PADDING,
 ) -> np.ndarray:
     """Each item's score: the mean log-probability of its target tokens. ``on_batch(n)`` after each
     batch of n items (a progress bar's update)."""
     scores = np.zeros(len(items))
-    for group in batches_by_tokens([len(item.ids) for item in items], max_tokens):
+    for group in batches_by_tokens([len(item.ids) for item in items], max_tokens, max_padding):
         for index, log_probs in zip(group, scorer.token_log_probs([items[i].ids for i in group])):
             scores[index] = log_probs[items[index].targets - 1].mean()
         if on_batch is not None:
