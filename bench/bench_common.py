@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from typing import Dict
 
 import torch
@@ -13,6 +14,34 @@ import torch
 from megatron_soda.device import device_info
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START = time.perf_counter()
+"""When the benchmark's process began (this module's import): log lines and totals count from here."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.perf_counter() - START:7.1f}s] {message}", flush=True)
+
+
+def error_line(error: Exception) -> str:
+    """An engine's failure in one line of a results table."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def write_section(path: str, section: str, heading: str, begin_marker: str, end_marker: str, intro: str) -> None:
+    """Replaces a benchmark's generated block in ``path`` (between its markers), or appends it with its
+    ``intro`` (which starts with ``heading``) when the file has neither; the file is replaced whole."""
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    block = f"{begin_marker}\n{section.rstrip()}\n{end_marker}\n"
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    if begin >= 0 and end > begin:
+        rest = text[end + len(end_marker) :].lstrip("\n")
+        text = text[:begin] + block + ("\n" + rest if rest else "")
+    else:
+        prefix = "" if heading in text else intro + "\n"
+        text = (text.rstrip("\n") + "\n\n" if text else "") + prefix + block
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def cpu_model() -> str:

@@ -58,7 +58,17 @@ for path in (REPO, HERE):  # run as a script from anywhere; bench_generate is a 
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_common import git_commit, synchronize, threads, versions  # noqa: E402
+from bench_common import (  # noqa: E402
+    START,
+    cpu_model,
+    error_line,
+    git_commit,
+    log,
+    synchronize,
+    threads,
+    versions,
+    write_section,
+)
 from bench_generate import MODELS, find_scale, next_token_logits_ours, scaled_parameter  # noqa: E402
 
 from megatron_soda.data.synthetic import MIMI_FRAME_RATE  # noqa: E402
@@ -109,17 +119,9 @@ class BenchConfig:
     json_path: Optional[str] = None
 
 
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _START:7.1f}s] {message}", flush=True)
-
-
 def describe_device(dtype: str) -> dict:
     if not device_info().cuda:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-        return {"name": f"CPU: {cpu}, {os.cpu_count()} cores, {threads()}", "cuda": False, "dtype": dtype}
+        return {"name": f"CPU: {cpu_model()}, {os.cpu_count()} cores, {threads()}", "cuda": False, "dtype": dtype}
     return {"name": torch.cuda.get_device_name(), "cuda": True, "dtype": dtype}
 
 
@@ -256,10 +258,6 @@ class Run:
     error: Optional[str] = None
 
 
-def _error(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-
-
 def timed(score, items: list) -> tuple:
     synchronize()
     start = time.perf_counter()
@@ -275,7 +273,7 @@ def run_all(config: BenchConfig, scorers: dict, items: list) -> Dict[str, Run]:
         try:
             timed(scorers[name], items[:WARMUP_ITEMS])
         except Exception as error:  # out of memory: report it, go on with the others
-            runs[name].error = _error(error)
+            runs[name].error = error_line(error)
             log(f"warm-up {name:9s} FAILED: {runs[name].error}")
     tokens = sum(len(item.ids) for item in items)
     for rep in range(config.repeats):
@@ -287,7 +285,7 @@ def run_all(config: BenchConfig, scorers: dict, items: list) -> Dict[str, Run]:
             try:
                 seconds, run.scores = timed(scorers[name], items)
             except Exception as error:  # out of memory: report it, go on with the others
-                run.error = _error(error)
+                run.error = error_line(error)
                 log(f"rep {rep + 1} {name:9s} FAILED: {run.error}")
                 continue
             run.seconds.append(seconds)
@@ -479,22 +477,6 @@ python bench/bench_evaluate.py --model soda-600m --items 1024 --results bench/RE
 """
 
 
-def write_results(path: str, section: str) -> None:
-    """Replaces the generated block in ``path`` (between the markers), or appends it under HEADING."""
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
-    begin, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
-    if begin >= 0 and end > begin:
-        rest = text[end + len(SECTION_END) :].lstrip("\n")
-        text = text[:begin] + block + ("\n" + rest if rest else "")
-    else:
-        intro = "" if HEADING in text else INTRO + "\n"
-        text = (text.rstrip("\n") + "\n\n" if text else "") + intro + block
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 # --------------------------------------------------------------------------------------------------
 # Main
 
@@ -591,13 +573,13 @@ def main(argv=None) -> int:
         "scale": paths["scale"],
         "entropy": paths["entropy"],
         "load": (load_start, os.getloadavg()[0]),
-        "total_seconds": time.perf_counter() - _START,
+        "total_seconds": time.perf_counter() - START,
     }
     section = report(config, command, started, device, vers, model, summary)
     print()
     print(section)
     if config.results:
-        write_results(config.results, section)
+        write_section(config.results, section, HEADING, SECTION_BEGIN, SECTION_END, INTRO)
         log(f"section written in {config.results}")
     if config.json_path:
         with open(config.json_path, "w", encoding="utf-8") as f:

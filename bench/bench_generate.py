@@ -60,7 +60,17 @@ for path in (REPO, HERE):  # run as a script from anywhere; bench_common is a si
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_common import cpu_model, git_commit, synchronize, threads, versions  # noqa: E402
+from bench_common import (  # noqa: E402
+    START,
+    cpu_model,
+    error_line,
+    git_commit,
+    log,
+    synchronize,
+    threads,
+    versions,
+    write_section,
+)
 
 from megatron_soda.device import device_info  # noqa: E402
 from megatron_soda.inference.loading import GENERATION_BACKENDS  # noqa: E402
@@ -110,13 +120,6 @@ class BenchConfig:
         return SamplingConfig(
             temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.new_tokens, seed=self.seed
         )
-
-
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    print(f"[{time.perf_counter() - _START:7.1f}s] {message}", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,10 +380,6 @@ def timed(engine, batches, sampling: SamplingConfig) -> tuple:
     return seconds, sum(counts)
 
 
-def _error(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-
-
 def run_all(config: BenchConfig, engines: dict, prompts_for: dict) -> Dict[int, Dict[str, Run]]:
     """Per batch size: one untimed warm-up per engine, then ``--repeats`` interleaved repetitions."""
     runs = {}
@@ -392,7 +391,7 @@ def run_all(config: BenchConfig, engines: dict, prompts_for: dict) -> Dict[int, 
             try:
                 timed(engines[name], batches[:1], warmup)
             except Exception as error:  # out of memory, a wrong count: report it, go on with the other
-                runs[batch][name].error = _error(error)
+                runs[batch][name].error = error_line(error)
                 log(f"batch {batch:3d} warm-up {name:12s} FAILED: {runs[batch][name].error}")
         for rep in range(config.repeats):
             order = ENGINES if rep % 2 == 0 else ENGINES[::-1]
@@ -403,7 +402,7 @@ def run_all(config: BenchConfig, engines: dict, prompts_for: dict) -> Dict[int, 
                 try:
                     seconds, tokens = timed(engines[name], batches, config.sampling)
                 except Exception as error:  # out of memory, a wrong count: report it, go on with the other
-                    run.error = _error(error)
+                    run.error = error_line(error)
                     log(f"batch {batch:3d} rep {rep + 1} {name:12s} FAILED: {run.error}")
                     continue
                 run.seconds.append(seconds)
@@ -579,22 +578,6 @@ python bench/bench_generate.py --model soda-600m --results bench/RESULTS.md
 """
 
 
-def write_results(path: str, section: str) -> None:
-    """Replaces the generated block in ``path`` (between the markers), or appends it under HEADING."""
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
-    begin, end = text.find(SECTION_BEGIN), text.find(SECTION_END)
-    if begin >= 0 and end > begin:
-        rest = text[end + len(SECTION_END) :].lstrip("\n")
-        text = text[:begin] + block + ("\n" + rest if rest else "")
-    else:
-        intro = "" if HEADING in text else INTRO + "\n"
-        text = (text.rstrip("\n") + "\n\n" if text else "") + intro + block
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 # --------------------------------------------------------------------------------------------------
 # Main
 
@@ -707,13 +690,13 @@ def main(argv=None) -> int:
         "realism": realism,
         "generated": generated,
         "load": (load_start, os.getloadavg()[0]),
-        "total_seconds": time.perf_counter() - _START,
+        "total_seconds": time.perf_counter() - START,
     }
     section = report(config, command, started, device, vers, model, summary)
     print()
     print(section)
     if config.results:
-        write_results(config.results, section)
+        write_section(config.results, section, HEADING, SECTION_BEGIN, SECTION_END, INTRO)
         log(f"section written in {config.results}")
     if config.json_path:
         with open(config.json_path, "w", encoding="utf-8") as f:
