@@ -115,6 +115,19 @@ def test_pipeline_parallel_halves_the_layers_on_a_stage():
     assert fewer.micro_batches_in_flight == 2 and fewer.activations == pp4.activations // 2
 
 
+def test_interleaving_holds_the_warm_up_chunks_of_megatrons_schedule():
+    """p = 4 stages of 9 layers, v = 3 chunks of 3: the first stage runs 2 (p - 1) + (v - 1) p = 14 chunk
+    forwards before its first backward and holds 15 chunks of 3 layers: 45 layers' worth against plain
+    1F1B's 36, i.e. 1 + (p - 1) / (p v) = 1.25 times."""
+    plain = estimate_memory(SODA_4B, pipeline_parallel=4, micro_batch_size=1, seq_length=4096)
+    interleaved = estimate_memory(SODA_4B, pipeline_parallel=4, micro_batch_size=1, seq_length=4096, virtual_pipeline=3)
+    assert (interleaved.micro_batches_in_flight, interleaved.virtual_pipeline) == (15, 3)
+    assert interleaved.activations * 4 == plain.activations * 5
+    assert "through chunks of 3 layers" in interleaved.lines()[0]
+    with pytest.raises(ValueError, match="virtual_pipeline=2"):
+        estimate_memory(SODA_4B, pipeline_parallel=4, micro_batch_size=1, seq_length=4096, virtual_pipeline=2)
+
+
 def test_refuses_layouts_that_cannot_run():
     with pytest.raises(ValueError, match="tensor_parallel=3"):
         estimate_memory(SODA_600M, tensor_parallel=3, **SODA_RUN)

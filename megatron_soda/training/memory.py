@@ -72,7 +72,10 @@ class MemoryEstimate:
     layers: int
     """Transformer layers on this stage."""
     micro_batches_in_flight: int
-    """Micro-batches whose activations this stage holds at once (1F1B)."""
+    """Micro-batches whose activations this stage holds at once (1F1B); with interleaving, model-chunk
+    micro-batches, each through ``layers / virtual_pipeline`` layers."""
+    virtual_pipeline: int = 1
+    """Model chunks per stage (the interleaved schedule)."""
 
     @property
     def total(self) -> int:
@@ -94,7 +97,9 @@ class MemoryEstimate:
         ]
         head = (
             f"memory per GPU, estimated ({self.stage} stage: {self.layers} layers, {self.parameters:,} "
-            f"parameters, {self.micro_batches_in_flight} micro-batch(es) in flight)"
+            f"parameters, {self.micro_batches_in_flight} micro-batch(es) in flight"
+            + (f" through chunks of {self.layers // self.virtual_pipeline} layers" if self.virtual_pipeline > 1 else "")
+            + ")"
         )
         return (
             [head]
@@ -163,11 +168,17 @@ def estimate_memory(
     num_micro_batches_in_flight: Optional[int] = None,
     sequence_parallel: bool = False,
     grad_reduce_in_fp32: bool = True,
+    virtual_pipeline: Optional[int] = None,
 ) -> MemoryEstimate:
     """Bytes per GPU on the most loaded pipeline stage (see the module docstring for every term).
 
     ``num_micro_batches_in_flight`` overrides the first stage's 1F1B count (``pipeline_parallel``; pass
     fewer when a step has fewer micro-batches than stages). The last stage of a pipeline holds one.
+
+    ``virtual_pipeline`` (v chunks per stage, the interleaved schedule): megatron's first stage runs
+    ``2 (p - 1) + (v - 1) p`` warm-up forwards of model chunks before its first backward, so it holds
+    ``2 (p - 1) + (v - 1) p + 1`` chunk micro-batches of ``layers / v`` layers each: ``1 + (p - 1) / (p v)``
+    times the activations of plain 1F1B (the interleaving paper's overhead), up to that bound.
     """
     t, p = tensor_parallel, pipeline_parallel
     for name, value in (
@@ -192,6 +203,11 @@ def estimate_memory(
         raise ValueError(f"tensor_parallel={t} does not divide the padded vocabulary {shape.padded_vocab_size()}")
     if shape.num_layers % p:
         raise ValueError(f"{shape.num_layers} layers do not split into {p} pipeline stages")
+    v = virtual_pipeline or 1
+    if v < 1 or (shape.num_layers // p) % v:
+        raise ValueError(
+            f"virtual_pipeline={virtual_pipeline} does not split the {shape.num_layers // p} layers of a stage"
+        )
 
     weight_bytes = 2 if bf16 else 4
     grad_bytes = 4 if grad_reduce_in_fp32 else weight_bytes
@@ -211,7 +227,12 @@ def estimate_memory(
 
     def stage(name: str, first: bool, last: bool) -> MemoryEstimate:
         n = stage_parameters(shape, tensor_parallel=t, layers=layers, first=first, last=last)
-        in_flight = 1 if (last and not first) else (num_micro_batches_in_flight or p)
+        if last and not first:
+            in_flight = v  # the last stage's chunks each hold one micro-batch until its backward
+        elif num_micro_batches_in_flight is not None:
+            in_flight = num_micro_batches_in_flight * v
+        else:
+            in_flight = 2 * (p - 1) + (v - 1) * p + 1 if v > 1 else p
         logits = 0
         if last:
             vocab = shape.padded_vocab_size() // t
@@ -225,12 +246,13 @@ def estimate_memory(
             weights=n * weight_bytes,
             gradients=n * grad_bytes,
             optimizer_state=optimizer,
-            activations=in_flight * layers * per_layer + working,
+            activations=in_flight * (layers // v) * per_layer + working,
             logits=logits,
             stage=name,
             parameters=n,
             layers=layers,
             micro_batches_in_flight=in_flight,
+            virtual_pipeline=v,
         )
 
     if p == 1:

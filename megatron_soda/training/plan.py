@@ -514,6 +514,7 @@ def describe(plan: RunPlan) -> List[str]:
         distributed_optimizer=plan.distributed_optimizer,
         recompute_granularity=t.recompute,
         sequence_parallel=plan.config.parallel.sequence_parallel,
+        virtual_pipeline=plan.layout.virtual_pipeline,
     )
     lines.append("memory per GPU (estimate, busiest pipeline stage):")
     lines += ["  " + line for line in memory.lines()]
