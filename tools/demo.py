@@ -219,6 +219,7 @@ def main(argv=None) -> int:
     print(f"{out / 'hf'}: a Qwen3ForCausalLM with its tokenizer (transformers loads it offline)")
 
     step("8. generate: speech from our checkpoint (TTS), a transcript through the export (ASR)")
+    from megatron_soda.inference.model_source import ModelSource
     from megatron_soda.inference.run import GenerateConfig, run_generation
     from megatron_soda.inference.sampling import SamplingConfig
 
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
         summary = run_generation(
             GenerateConfig(
                 task=task,
-                model=model,
+                model=ModelSource(**model),
                 **request,
                 output_dir=str(out / "generated" / task),
                 structured_decoding=True,  # a barely trained model: keep its output well-formed
@@ -249,7 +250,7 @@ def main(argv=None) -> int:
         said = (
             f"{record['audio_seconds']} s of speech -> {record.get('wav')}" if task == "tts" else repr(record["text"])
         )
-        print(f"{task} ({'--load' if model.load else '--hf'}): {record['new_tokens']} tokens, {said}")
+        print(f"{task} ({'--load' if 'load' in model else '--hf'}): {record['new_tokens']} tokens, {said}")
 
     step("9. evaluate: SODA's benchmark tasks on pairs made from the corpus")
     evaluate_demo(out, corpus, codec)
