@@ -16,6 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from megatron_soda.tokenizer.layout import SODA_LAYOUT, VocabLayout
 
 
@@ -90,12 +92,15 @@ def parse_data_path(values: Sequence[str]) -> Tuple[List[str], Optional[List[flo
 def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
     """(train, valid, test) blended datasets with at least the given numbers of samples.
 
-    GPTDatasets, or ``PackedRowDataset``s when ``config.packed_rows``; both blend and split alike.
+    GPTDatasets, or ``PackedRowDataset``s when ``config.packed_rows``; both blend and split alike. Loss
+    flags stored beside a dataset (fine-tuning data) mask its labels in either kind.
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     from megatron_soda.data.indexed_dataset import validate_dataset
+    from megatron_soda.data.loss_mask import has_loss_mask
+    from megatron_soda.data.masked_gpt_dataset import LossMaskedGPTDataset
     from megatron_soda.data.packed_dataset import PackedRowDataset
 
     if config.cache_dir is not None:
@@ -133,13 +138,32 @@ def build_gpt_datasets(config: BlendConfig, num_samples: Tuple[int, int, int]):
         bounds if wanted else None for bounds, wanted in zip(gpt_config.split_matrix, num_samples)
     ]
     dataset_class = PackedRowDataset if config.packed_rows else GPTDataset
+    if not config.packed_rows and any(has_loss_mask(prefix) for prefix in config.prefixes):
+        dataset_class = LossMaskedGPTDataset  # GPTDataset's samples with the stored loss flags applied
     return BlendedMegatronDatasetBuilder(dataset_class, list(num_samples), lambda: True, gpt_config).build()
+
+
+def samples_per_epoch(prefixes: Sequence[str], split: str, seq_length: int, packed_rows: bool) -> int:
+    """Samples in one pass over the training split of every dataset: its rows when packed, else its
+    tokens // ``seq_length`` (GPTDataset's count, which concatenates documents)."""
+    from megatron.core.datasets.blended_megatron_dataset_config import parse_and_normalize_split
+
+    from megatron_soda.data.loss_mask import index_arrays
+
+    share = parse_and_normalize_split(split)[0]
+    total = 0
+    for prefix in prefixes:
+        lengths, documents = index_arrays(prefix)
+        train_documents = int(round(share * float(len(documents) - 1)))  # the builder's rounding
+        if packed_rows:
+            total += train_documents
+        else:
+            total += int(lengths[: documents[train_documents]].sum(dtype=np.int64)) // seq_length
+    return total
 
 
 def samples_per_dataset(dataset, start: int, stop: int):
     """How many of samples ``[start, stop)`` each blended dataset gives (one count when unblended)."""
-    import numpy as np
-
     index = getattr(dataset, "dataset_index", None)
     if index is None:
         return np.array([stop - start])

@@ -13,10 +13,14 @@ preprocessing does, and carried by ``merge_datasets`` and ``tools/pack_dataset.p
 run whose vocabulary differs (``training.plan.check_datasets``). It is written before the ``.idx`` commit
 and bound to the dataset's counts, so it never makes a half-written dataset look complete, and a stale
 one (an overwrite killed before its commit) is ignored.
+
+A dataset may also carry per-token loss flags, ``<prefix>.loss.bin/.idx`` (``DatasetWriter(loss_mask=True)``;
+``data/loss_mask.py``), committed and validated together with its tokens and carried by merging and packing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
@@ -24,6 +28,8 @@ from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 import numpy as np
 
 from megatron_soda._native import _C
+from megatron_soda.data.loss_mask import FLAG_DTYPE, LOSS_SUFFIX, has_loss_mask, mask_prefix, mismatch
+from megatron_soda.data.loss_mask import read_loss_mask as read_loss_mask  # the writer's reader, re-exported
 
 PathLike = Union[str, os.PathLike]
 T = TypeVar("T")
@@ -88,6 +94,8 @@ class DatasetWriter:
     Token ids must lie in ``[0, vocab_size)``; the stored dtype follows ``dtype_for_vocab`` unless
     ``dtype`` says otherwise. ``vocab`` (a ``vocab_record``) is written beside the dataset as
     ``<prefix>.vocab.json`` just before the commit; without it, an old record at ``prefix`` is removed.
+    With ``loss_mask``, every ``add_documents`` call also takes the tokens' 0/1 loss flags, written to
+    ``<prefix>.loss`` and committed with the tokens.
     """
 
     def __init__(
@@ -99,6 +107,7 @@ class DatasetWriter:
         overwrite: bool = False,
         buffer_bytes: int = 16 << 20,
         vocab: Optional[dict] = None,
+        loss_mask: bool = False,
     ):
         self.prefix = _prefix(prefix)
         if vocab is not None and record_id_range(vocab) != vocab_size:
@@ -109,29 +118,47 @@ class DatasetWriter:
         self.dtype = np.dtype(dtype) if dtype is not None else dtype_for_vocab(vocab_size)
         self._vocab = vocab
         self._writer = _C.DatasetWriter(self.prefix, dtype_code(self.dtype), int(vocab_size), overwrite, buffer_bytes)
+        self._flags = None
+        if loss_mask:  # made after the tokens' writer, which refuses an existing dataset without overwrite
+            self._flags = _C.DatasetWriter(mask_prefix(self.prefix), dtype_code(FLAG_DTYPE), 2, True, buffer_bytes)
 
-    def add_documents(self, tokens, lengths, sequences_per_document=None) -> None:
+    def add_documents(self, tokens, lengths, sequences_per_document=None, loss_mask=None) -> None:
         """Appends ``len(lengths)`` sequences taken in order from the flat array ``tokens``.
 
         Each sequence is one document unless ``sequences_per_document`` groups consecutive
         sequences (packed rows: one document per row, one sequence per piece). A refused call
         (bad id, lengths not summing to ``len(tokens)``) raises ``ValueError`` and writes nothing.
+        ``loss_mask``: 0/1 per token, required exactly when the writer was made with ``loss_mask``.
         """
+        flags = self._check_flags(tokens, loss_mask)
         tokens = np.ascontiguousarray(tokens)
         if tokens.dtype.kind not in "iu":
             raise ValueError(f"{self.prefix}: tokens must be integers, got dtype {tokens.dtype}")
         if not tokens.dtype.isnative:  # e.g. big-endian '>i4': the C++ side reads native integers
             tokens = tokens.astype(tokens.dtype.newbyteorder("="))
-        self._writer.add_documents(
-            tokens.reshape(-1),
-            np.asarray(lengths, dtype=np.int64),
-            None if sequences_per_document is None else np.asarray(sequences_per_document, dtype=np.int64),
-        )
+        lengths = np.asarray(lengths, dtype=np.int64)
+        groups = None if sequences_per_document is None else np.asarray(sequences_per_document, dtype=np.int64)
+        self._writer.add_documents(tokens.reshape(-1), lengths, groups)
+        if flags is not None:  # the tokens passed every check, so the same lengths and groups do too
+            self._flags.add_documents(flags, lengths, groups)
 
-    def add_document(self, tokens) -> None:
+    def _check_flags(self, tokens, loss_mask) -> Optional[np.ndarray]:
+        if (loss_mask is None) != (self._flags is None):
+            wanted = "needs" if self._flags is not None else "was made without loss_mask=True and takes no"
+            raise ValueError(f"{self.prefix}: this writer {wanted} loss_mask flags")
+        if loss_mask is None:
+            return None
+        flags = np.asarray(loss_mask).reshape(-1)
+        if flags.size != np.size(tokens):
+            raise ValueError(f"{self.prefix}: {flags.size} loss flags for {np.size(tokens)} tokens")
+        if flags.dtype != np.bool_ and not np.isin(flags, (0, 1)).all():
+            raise ValueError(f"{self.prefix}: loss flags must be 0 or 1")
+        return np.ascontiguousarray(flags, dtype=FLAG_DTYPE)
+
+    def add_document(self, tokens, loss_mask=None) -> None:
         """Appends one document of one sequence."""
         tokens = np.asarray(tokens)
-        self.add_documents(tokens, [tokens.size])
+        self.add_documents(tokens, [tokens.size], loss_mask=loss_mask)
 
     def append_dataset(self, prefix: PathLike) -> None:
         """Appends a complete dataset of the same dtype (its bytes are copied by the kernel)."""
@@ -140,9 +167,6 @@ class DatasetWriter:
     def finalize(self) -> None:
         """Makes the dataset visible: fsync, (vocabulary record,) rename ``.bin``, then ``.idx`` (commit),
         fsync the directory."""
-        if self._vocab is None and not os.path.exists(vocab_path(self.prefix)):
-            self._writer.finalize()
-            return
         record = bind_vocab_record(
             self._vocab,
             dtype=self.dtype,
@@ -150,11 +174,14 @@ class DatasetWriter:
             sequences=self.num_sequences,
             documents=self.num_documents,
         )
-        commit_with_vocab_record(self.prefix, record, self._writer.finalize)
+        flags = None if self._flags is None else self._flags.finalize
+        commit_with_vocab_record(self.prefix, record, self._writer.finalize, flags)
 
     def abort(self) -> None:
         """Discards everything written; the prefix is left as it was."""
         self._writer.abort()
+        if self._flags is not None:
+            self._flags.abort()
 
     @property
     def num_documents(self) -> int:
@@ -205,7 +232,7 @@ def merge_datasets(
 
     The inputs' vocabulary records (``<prefix>.vocab.json``) must agree, or all be absent: datasets of
     different vocabularies (or one without a record among recorded ones) are refused, naming both. The
-    output gets the common record.
+    output gets the common record. Loss flags are merged alike; inputs with and without flags are refused.
     """
     inputs = [_prefix(p) for p in inputs]
     if not inputs:
@@ -219,6 +246,13 @@ def merge_datasets(
             raise ValueError(f"cannot merge a damaged dataset: {report}")
         if report.dtype != reports[0].dtype:
             raise ValueError(f"{report.prefix}: dtype {report.dtype} differs from {inputs[0]}'s {reports[0].dtype}")
+    masked = [r.loss_mask for r in reports]
+    if any(masked) and not all(masked):
+        with_flags, without = (inputs[masked.index(flag)] for flag in (True, False))
+        raise ValueError(
+            f"cannot merge datasets with and without loss flags ({with_flags} has {mask_prefix(with_flags)}, "
+            f"{without} has none); preprocess them alike, or train on them side by side in one blend"
+        )
     record = _common_vocab_record(inputs, reports)
     record = bind_vocab_record(
         record,
@@ -229,12 +263,17 @@ def merge_datasets(
     )
     code = dtype_code(reports[0].dtype)
     writer = _C.DatasetWriter(out, code, _C.dtype_capacity(code), overwrite)
+    flags = _C.DatasetWriter(mask_prefix(out), dtype_code(FLAG_DTYPE), 2, True) if all(masked) else None
     try:
         for prefix in _progress(inputs, progress, desc=f"merging into {out}", unit="shard"):
             writer.append_dataset(prefix)
-        commit_with_vocab_record(out, record, writer.finalize)
+            if flags is not None:
+                flags.append_dataset(mask_prefix(prefix))
+        commit_with_vocab_record(out, record, writer.finalize, flags and flags.finalize)
     finally:
         writer.abort()  # a no-op after finalize; removes the temporaries otherwise
+        if flags is not None:
+            flags.abort()
 
 
 def _common_vocab_record(inputs: Sequence[str], reports) -> Optional[dict]:
@@ -279,13 +318,16 @@ class ValidationReport:
     num_documents: int
     num_tokens: int
     max_token: Optional[int]
+    loss_mask: bool = False
+    """whether per-token loss flags (``<prefix>.loss``) lie beside the tokens (checked with them)."""
 
     def __str__(self) -> str:
         if self.ok:
             max_token = "" if self.max_token is None else f", max token id {self.max_token}"
+            flags = ", with loss flags" if self.loss_mask else ""
             return (
                 f"{self.prefix}: OK ({self.num_documents} documents, {self.num_sequences} sequences, "
-                f"{self.num_tokens} tokens, dtype {self.dtype}{max_token})"
+                f"{self.num_tokens} tokens, dtype {self.dtype}{max_token}{flags})"
             )
         where = f" at byte {self.offset}" if self.offset >= 0 else ""
         return f"{self.file}{where}: {self.error}"
@@ -296,10 +338,22 @@ def validate_dataset(prefix: PathLike, vocab_size: Optional[int] = None) -> Vali
 
     Header (magic, version, dtype code), counts against the index size, lengths against pointers,
     monotone pointers, the document index (starts at 0, non-decreasing, ends at the sequence count),
-    the ``.bin`` size, and ids < ``vocab_size``.
+    the ``.bin`` size, and ids < ``vocab_size``; loss flags beside the tokens must share their sequences and
+    documents (and, with ``vocab_size``, be 0 or 1).
     """
     path = _prefix(prefix)
-    r = _C.validate_dataset(path, int(vocab_size or 0))
+    report = _report(path, _C.validate_dataset(path, int(vocab_size or 0)))
+    if not report.ok or not has_loss_mask(path):
+        return report
+    flags = _report(mask_prefix(path), _C.validate_dataset(mask_prefix(path), 2 if vocab_size else 0))
+    error = mismatch(path, report, flags)
+    if error is None:
+        return dataclasses.replace(report, loss_mask=True)
+    where = (flags.file, flags.offset) if not flags.ok else (mask_prefix(path) + ".idx", -1)
+    return dataclasses.replace(report, ok=False, error=error, file=where[0], offset=where[1])
+
+
+def _report(path: str, r) -> ValidationReport:
     return ValidationReport(
         prefix=path,
         ok=r.ok,
@@ -347,14 +401,18 @@ def find_datasets(paths: Iterable[PathLike]) -> list[str]:
 
     A path whose ``.idx`` exists is that dataset's prefix, even where a directory of the same name sits
     beside it: megatron-core's GPTDataset keeps its index cache in ``<prefix>/cache/`` by default, so a
-    dataset that has been trained on has one. Only a directory with no ``.idx`` of its name is searched.
+    dataset that has been trained on has one. Only a directory with no ``.idx`` of its name is searched;
+    a dataset's loss flags found there are part of it, not another dataset.
     """
     prefixes = []
     for path in map(os.fspath, paths):
         bare = path.rstrip("/" + os.sep) or path
         if os.path.isdir(path) and not os.path.isfile(bare + ".idx"):
             for root, _, files in os.walk(path):
-                prefixes += [os.path.join(root, f[:-4]) for f in files if f.endswith(".idx")]
+                found = {f[:-4] for f in files if f.endswith(".idx")}
+                # A dataset's loss flags (<prefix>.loss.idx) belong to it, and are no dataset of their own.
+                found = {f for f in found if not (f.endswith(LOSS_SUFFIX) and f[: -len(LOSS_SUFFIX)] in found)}
+                prefixes += [os.path.join(root, f) for f in found]
         elif path.endswith(".idx"):
             prefixes.append(path[:-4])
         else:
@@ -529,16 +587,28 @@ def add_vocab_record(prefix: PathLike, record: dict) -> bool:
     return True
 
 
-def commit_with_vocab_record(prefix: PathLike, record: Optional[dict], commit: Callable[[], T]) -> T:
-    """Runs ``commit`` (which renames the dataset's ``.idx`` into place) with ``record`` beside it.
+def commit_with_vocab_record(
+    prefix: PathLike, record: Optional[dict], commit: Callable[[], T], commit_loss_mask: Optional[Callable] = None
+) -> T:
+    """Runs ``commit`` (which renames the dataset's ``.idx`` into place) with ``record`` beside it, and the
+    loss flags that ``commit_loss_mask`` renames into place (None: the dataset has none).
 
     The record (bound by ``bind_vocab_record``) is written atomically and durably *before* the commit, so a
     dataset never appears without it, and a record beside no ``.idx`` (a killed job) describes nothing.
     With ``record`` None an old record at ``prefix`` is removed first. If ``commit`` raises, the old record
-    (or its absence) is restored.
+    (or its absence) is restored. Where loss flags are written or an old dataset's flags are replaced, the
+    old ``.idx`` goes first: old tokens never stand beside new flags, nor new tokens beside old ones.
     """
     from megatron_soda.data.jobs import fsync_path, write_atomic
 
+    directory = os.path.dirname(os.path.abspath(prefix))
+    if commit_loss_mask is not None or has_loss_mask(prefix):
+        for stale in (_prefix(prefix) + ".idx", mask_prefix(prefix) + ".idx", mask_prefix(prefix) + ".bin"):
+            if os.path.exists(stale):
+                os.remove(stale)
+        fsync_path(directory)
+        if commit_loss_mask is not None:
+            commit_loss_mask()
     path = vocab_path(prefix)
     try:
         with open(path, encoding="utf-8") as f:
@@ -551,7 +621,7 @@ def commit_with_vocab_record(prefix: PathLike, record: Optional[dict], commit: C
         write_atomic(path, json.dumps(record, indent=2) + "\n")
     elif old is not None:
         os.remove(path)
-        fsync_path(os.path.dirname(os.path.abspath(path)))
+        fsync_path(directory)
     try:
         return commit()
     except BaseException:

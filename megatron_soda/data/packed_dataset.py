@@ -8,14 +8,15 @@ is the next token *of the same piece*; the last position of each piece has no ta
 
 ``PackedRowDataset`` is a megatron-core ``MegatronDataset``, so ``BlendedMegatronDatasetBuilder``
 splits it (by rows), blends it with weights and caches its blend indices exactly as for GPTDataset.
-Rows are shuffled per epoch with a seed of (config seed, split, epoch, dataset path): a pure function
+Loss flags beside the dataset (``data/loss_mask.py``) are read with the same pieces and mask the labels
+further. Rows are shuffled per epoch with a seed of (config seed, split, epoch, dataset path): a pure function
 of the sample index, so a resumed run reads the same rows.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ class PackedRowDataset(MegatronDataset):
                 f"{config.sequence_length}; pack it again with --row-length {config.sequence_length} or less"
             )
         self.pad_id = config.tokenizer.pad
+        self.flags = open_loss_mask(dataset_path, config)
         self.rows = rows
         self.length = len(indices) if num_samples is None else num_samples
         self._epoch = None
@@ -62,8 +64,19 @@ class PackedRowDataset(MegatronDataset):
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         row = self._row(index)
-        pieces = [np.asarray(self.dataset[i], dtype=np.int64) for i in range(self.rows[row], self.rows[row + 1])]
-        return packed_sample(pieces, self.config.sequence_length, self.pad_id)
+        pieces = range(self.rows[row], self.rows[row + 1])
+        tokens = [np.asarray(self.dataset[i], dtype=np.int64) for i in pieces]
+        flags = None if self.flags is None else [self.flags[i] for i in pieces]
+        return packed_sample(tokens, self.config.sequence_length, self.pad_id, flags)
+
+
+def open_loss_mask(dataset_path: str, config) -> Optional[IndexedDataset]:
+    """The loss flags beside a dataset as an IndexedDataset (None: it has none, every token trains)."""
+    from megatron_soda.data.loss_mask import has_loss_mask, mask_prefix
+
+    if not has_loss_mask(dataset_path):
+        return None
+    return IndexedDataset(mask_prefix(dataset_path), multimodal=False, mmap=config.mmap_bin_files)
 
 
 def documents_after_eod(tokens: torch.Tensor, eod_id: int) -> torch.Tensor:
@@ -72,8 +85,10 @@ def documents_after_eod(tokens: torch.Tensor, eod_id: int) -> torch.Tensor:
     return torch.cumsum(ends, dim=-1) - ends
 
 
-def packed_sample(pieces, seq_length: int, pad_id: int) -> Dict[str, torch.Tensor]:
-    """One row of ``pieces`` (token arrays) as a training sample of ``seq_length`` positions."""
+def packed_sample(pieces, seq_length: int, pad_id: int, flags=None) -> Dict[str, torch.Tensor]:
+    """One row of ``pieces`` (token arrays) as a training sample of ``seq_length`` positions.
+
+    ``flags``: the pieces' loss flags (0/1 per token); a label is trained where its token's flag is 1."""
     tokens = np.full(seq_length, pad_id, dtype=np.int64)
     labels = np.full(seq_length, pad_id, dtype=np.int64)
     loss_mask = np.zeros(seq_length, dtype=np.float32)
@@ -84,7 +99,7 @@ def packed_sample(pieces, seq_length: int, pad_id: int) -> Dict[str, torch.Tenso
         end = start + len(piece)
         tokens[start:end] = piece
         labels[start : end - 1] = piece[1:]
-        loss_mask[start : end - 1] = 1.0
+        loss_mask[start : end - 1] = 1.0 if flags is None else flags[k][1:]
         position_ids[start:end] = np.arange(len(piece))
         document_ids[start:end] = k
         start = end

@@ -19,9 +19,11 @@ from megatron_soda.data.indexed_dataset import (
     _prefix,
     bind_vocab_record,
     commit_with_vocab_record,
+    dataset_exists,
     read_vocab_record,
     validate_dataset,
 )
+from megatron_soda.data.loss_mask import index_arrays, mask_prefix
 
 
 @dataclass(frozen=True)
@@ -76,13 +78,35 @@ def pack_dataset(
     The source holds one sequence per document (as GPT data is written); the output is finalized
     atomically like any dataset this package writes, with the source's vocabulary record beside it
     (packing keeps every token, so the record is bound to the source's token count).
+
+    Loss flags beside the source are packed with the same plan (it depends on lengths and seed only). A
+    flagged document longer than a row is refused, not cut: its trained part would lose its context.
     """
     report = validate_dataset(source)
     record = bind_vocab_record(read_vocab_record(source, report), dtype=report.dtype, tokens=report.num_tokens)
-    return commit_with_vocab_record(
-        output,
-        record,
-        lambda: PackingPlan._from_native(
-            _C.pack_dataset(_prefix(source), _prefix(output), int(row_length), int(seed), overwrite)
-        ),
-    )
+
+    def pack(src: str, out: str, replace: bool) -> PackingPlan:
+        return PackingPlan._from_native(_C.pack_dataset(src, out, int(row_length), int(seed), replace))
+
+    source, output = _prefix(source), _prefix(output)
+    pack_flags = None
+    if report.loss_mask:
+        _refuse_cut_examples(source, row_length)
+        if dataset_exists(output) and not overwrite:
+            raise FileExistsError(f"{output}: dataset already exists; pass overwrite=True (--overwrite) to replace it")
+
+        def pack_flags() -> None:
+            pack(mask_prefix(source), mask_prefix(output), True)
+
+    return commit_with_vocab_record(output, record, lambda: pack(source, output, overwrite), pack_flags)
+
+
+def _refuse_cut_examples(source: str, row_length: int) -> None:
+    lengths, _ = index_arrays(source)
+    too_long = np.flatnonzero(lengths > row_length)
+    if too_long.size:
+        raise ValueError(
+            f"{source}: {too_long.size} documents with loss flags are longer than a row of {row_length} tokens "
+            f"(document {too_long[0]}: {lengths[too_long[0]]} tokens); packing would cut them and orphan their "
+            f"trained part: preprocess with --seq-length {row_length} (it rejects them) or pack into longer rows"
+        )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional
 
 from megatron_soda.flags import flag
+from megatron_soda.training.finetune_recipes import FINETUNE_RECIPES
 
 SHAPE_FIELDS = (
     "num_layers",
@@ -171,6 +172,9 @@ class TrainingConfig:
     """alternative to --train-iters: iterations = ceil(tokens / (global batch x seq length))."""
     train_samples: Optional[int] = None
     """alternative to --train-iters: iterations = ceil(samples / global batch)."""
+    train_epochs: Optional[float] = None
+    """alternative to --train-iters: passes over the training split of every --data-path dataset (whatever the
+    blend weights): samples = epochs x (packed rows, or tokens // seq length, of those splits)."""
     z_loss_weight: float = 0.0
     """weight of the z-loss, mean(logsumexp(logits)^2) per loss token."""
     bf16: bool = False
@@ -215,7 +219,9 @@ class TrainingConfig:
             return math.ceil(self.train_tokens / self.tokens_per_iteration)
         if self.train_samples is not None:
             return math.ceil(self.train_samples / self.global_batch_size)
-        raise ValueError("give --train-iters, --train-tokens or --train-samples")
+        if self.train_epochs is not None:
+            raise ValueError("--train-epochs counts the samples of --data-path, which this run has none of")
+        raise ValueError("give --train-iters, --train-tokens, --train-samples or --train-epochs")
 
 
 @dataclass
@@ -355,8 +361,11 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     dry_run: bool = False
     """parse and check every setting, print the model, layout, run size and memory per GPU, and exit."""
+    finetune_recipe: Optional[str] = field(default=None, metadata=flag(choices=tuple(FINETUNE_RECIPES)))
+    """a named fine-tuning recipe's settings as defaults (soda-s2st-sft: SODA's response-only S2ST fine-tuning,
+    soda-s2st-lm: its whole-sequence variant; training/finetune_recipes.py); every flag still overrides them."""
     recipe: Optional[str] = field(default=None, metadata=flag(hidden=True))
-    """The recipe in force (set by ``resolve_config``): "soda (<preset>)" or None."""
+    """The recipe in force (set by ``resolve_config``): "soda (<preset>)", "<name> (fine-tuning)" or None."""
 
     def lr_schedule(self):
         """The run's LR schedule, or a ValueError naming the flags that make it impossible."""

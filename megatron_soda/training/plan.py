@@ -8,13 +8,17 @@ and stops there. ``parse_train_config`` is the one parser of every training entr
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from megatron_soda.checks import check_output_dir, check_output_file
+from megatron_soda.data.gpt_blend import samples_per_epoch
 from megatron_soda.flags import FlagParser
 from megatron_soda.training.config import SHAPE_FLAGS, ModelConfig, TrainConfig, recipe_defaults
+from megatron_soda.training.finetune_recipes import FINETUNE_RECIPES
 
 
 @dataclass
@@ -120,12 +124,19 @@ def parse_train_config(
     parser = train_flag_parser(prog, description)
     given = parser.given(argv)
     finetune = given.get("checkpoint.finetune", False)
+    run_length = {"training.train_iters", "training.train_tokens", "training.train_samples", "training.train_epochs"}
+    if given.get("finetune_recipe"):
+        defaults = FINETUNE_RECIPES[given["finetune_recipe"]].defaults()
+        defaults["recipe"] = f"{given['finetune_recipe']} (fine-tuning)"
+        if run_length & set(given):  # the run's length, otherwise said
+            defaults.pop("training.train_epochs")
+        return parser.build(given, defaults)
     preset = given.get("model.preset") or (None if finetune else _checkpoint_preset(given.get("checkpoint.load")))
     custom = any(key.startswith("model.") and key.split(".")[1] in SHAPE_FLAGS for key in given)
     defaults = {} if finetune or custom else recipe_defaults(preset)
     if defaults:
         defaults["recipe"] = f"soda ({preset})"
-        if {"training.train_tokens", "training.train_samples"} & set(given):  # the run's length, otherwise said
+        if run_length & set(given):
             defaults.pop("training.train_iters")
     return parser.build(given, defaults)
 
@@ -304,11 +315,16 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
             ("--train-iters", t.train_iters),
             ("--train-tokens", t.train_tokens),
             ("--train-samples", t.train_samples),
+            ("--train-epochs", t.train_epochs),
         )
         if value is not None
     ]
     if len(lengths) > 1:
-        raise ValueError(f"give one of --train-iters, --train-tokens or --train-samples, not {' and '.join(lengths)}")
+        raise ValueError(
+            f"give one of --train-iters, --train-tokens, --train-samples or --train-epochs, not {' and '.join(lengths)}"
+        )
+    if t.train_epochs is not None and t.train_epochs <= 0:
+        raise ValueError(f"--train-epochs must be positive, got {t.train_epochs}")
     if t.fp16:
         raise ValueError("--fp16 is not supported: SODA trains in bf16, which needs no loss scaling; use --bf16")
     if t.recompute_activations and t.recompute_granularity not in (None, "selective"):
@@ -466,6 +482,10 @@ def plan_run(config: TrainConfig, world_size: Optional[int] = None, check_data: 
     t = config.training
     resolve_attention_backend(config.model.attention_backend, torch.bfloat16 if t.bf16 else torch.float32)
     check_fp8(t.fp8_format, t.fp8_recipe, config.model.attention_backend)
+    if t.train_epochs is not None and prefixes:
+        per_epoch = samples_per_epoch(prefixes, config.data.split, t.seq_length, config.data.packed_data)
+        t = dataclasses.replace(t, train_samples=max(1, math.ceil(t.train_epochs * per_epoch)), train_epochs=None)
+        config = dataclasses.replace(config, training=t)
     train_iters = config.training.num_iterations()
     schedule = config.lr_schedule()
     if resume is not None and not config.checkpoint.finetune and not config.schedule.override_opt_param_scheduler:

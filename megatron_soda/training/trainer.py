@@ -386,6 +386,8 @@ class Trainer:
                 "elapsed time per iteration (ms)": (time.time() - start) * 1000.0,
                 "learning rate": metrics["learning rate"],
                 "lm loss": metrics["lm loss"],
+                # The loss tokens of the step: all but pads and piece ends, or the flagged ones when fine-tuning.
+                "trained tokens": metrics["audio tokens"] + metrics["text tokens"],
                 # Per modality only when the batch had such tokens: a 0 would read as a perfect loss.
                 **{f"{m} loss": metrics[f"{m} loss"] for m in ("audio", "text") if metrics[f"{m} tokens"]},
                 "z loss": metrics["z loss"],
