@@ -57,6 +57,9 @@ class Style:
 TOOLS = {
     "preprocess_audio": Style("--output-dir", "a job: job.json, shards, rejects, report.json", "several", True, True),
     "preprocess_text": Style("--output-dir", "a job: shards, rejects, report.json", "several", True, True),
+    "preprocess_sft": Style(
+        "--output-dir", "a job: job.json, shards with loss flags, rejects, report.json", "several", True, True
+    ),
     "pack_dataset": Style("--output", "one dataset prefix", "one", True, True),
     "merge_datasets": Style("--output", "one dataset prefix", "several", True, True),
     "evaluate": Style("--output-dir", "report.json and one <task>.items.jsonl per task", "several", True, True),

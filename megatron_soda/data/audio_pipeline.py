@@ -21,32 +21,30 @@ no utterance is lost or duplicated, and the result is byte-identical to an unint
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import List, Optional
 
 import numpy as np
 
-from megatron_soda.checks import check_at_least, check_exists, check_output_dir
+from megatron_soda.checks import check_at_least, check_exists
 from megatron_soda.codec.config import CodecConfig
-from megatron_soda.data.audio_decode import DecodePool, DecodeTask
+from megatron_soda.data.audio_decode import Decoded, DecodeTask
+from megatron_soda.data.codec_job import (
+    check_codec_job,
+    decoding,
+    encode_decoded,
+    file_stat,
+    job_fingerprint,
+    load_codec_and_tokenizer,
+    shard_ranges,
+    write_report,
+)
 from megatron_soda.data.formats import Utterance, document_orders, render, speech_document
 from megatron_soda.data.indexed_dataset import DatasetWriter, add_vocab_record, vocab_record
-from megatron_soda.data.jobs import (
-    ShardedJob,
-    content_digest,
-    file_fingerprint,
-    jsonl,
-    records_digest,
-    summarize,
-    write_atomic,
-)
-from megatron_soda.data.manifest import Reject, group_documents, read_inputs
-from megatron_soda.data.text_pipeline import check_tokenizer, load_tokenizer
+from megatron_soda.data.jobs import ShardedJob, jsonl, write_atomic
+from megatron_soda.data.manifest import Reject, group_documents, read_inputs, rejects_jsonl
 from megatron_soda.flags import flag
 
 logger = logging.getLogger(__name__)
@@ -92,72 +90,21 @@ class AudioPreprocessConfig:
     def check(self) -> None:
         """Refuses settings that cannot work, naming the flag; reads no audio and loads nothing.
 
-        The codec's flags are checked by ``codec.cli.check_codec`` (``load_codec`` refuses the same).
+        The settings every codec job has are ``codec_job.check_codec_job``'s (the codec's flags through
+        ``codec.cli.check_codec``, which refuses what ``load_codec`` would).
         """
         for path in self.inputs:
             check_exists("--input", path, " (give JSONL manifests or directories of audio)")
-        check_output_dir("--output-dir", self.output_dir)
-        check_tokenizer("--tokenizer", self.tokenizer)
-        check_at_least("--documents-per-shard", self.documents_per_shard, 1)
-        check_at_least("--workers", self.workers, 0)
-        check_at_least("--min-seconds", self.min_seconds, 0)
-        if self.max_seconds <= self.min_seconds:
-            raise ValueError(f"--max-seconds {self.max_seconds} must be above --min-seconds {self.min_seconds}")
         check_at_least("--max-document-seconds", self.max_document_seconds, 0)
         if self.text_first_probability is not None and not 0 <= self.text_first_probability <= 1:
             raise ValueError(f"--text-first-probability must lie in [0, 1], got {self.text_first_probability}")
-        from megatron_soda.codec.cli import check_codec
-
-        check_codec(self.codec)
+        check_codec_job(self)
 
 
 def _fingerprint(config: AudioPreprocessConfig, records, codec) -> dict:
-    """Everything that determines the output; a resumed job must have the same.
-
-    The records themselves (audio path, size, mtime, transcript, segment) are hashed, not only the
-    manifests: a file added to an input directory, or a transcript edited in place, is a new job.
-    The codec's resolved dtype and device type are included (``auto`` means bf16 on GPU, fp32 on CPU).
-    """
-
-    def stat(path):
-        try:
-            s = os.stat(path)
-            return s.st_size, s.st_mtime_ns
-        except OSError:
-            return None
-
-    rows = ((r.audio, stat(r.audio), r.text, r.start, r.end, r.recording, r.index) for r in records)
-    job = {
-        k: v for k, v in asdict(config).items() if k not in ("inputs", "output_dir", "workers", "overwrite", "progress")
-    }
-    job["codec"] = {k: v for k, v in job["codec"].items() if k not in ("device", "dtype", "max_batch_seconds")}
-    job["codec"].update(dtype=str(codec.dtype), device_type=codec.device.type)
-    return {
-        "inputs": [file_fingerprint(path) for path in config.inputs],
-        "records_sha256": records_digest(rows),
-        "tokenizer_sha256": content_digest(config.tokenizer),
-        "job": job,
-    }
-
-
-class _Progress:
-    """tqdm over utterances, showing audio hours done and hours of audio per second of wall time."""
-
-    def __init__(self, total: int, enabled: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="utt", desc="preprocess", disable=not enabled, dynamic_ncols=True)
-        self.seconds = 0.0
-        self.start = time.time()
-
-    def update(self, utterances: int, seconds: float) -> None:
-        self.seconds += seconds
-        elapsed = max(time.time() - self.start, 1e-9)
-        self.bar.set_postfix_str(f"{self.seconds / 3600:.3f} h audio, {self.seconds / 3600 / elapsed:.4f} h/s")
-        self.bar.update(utterances)
-
-    def close(self) -> None:
-        self.bar.close()
+    """``codec_job.job_fingerprint`` over each record's audio (path, size, mtime), transcript and segment."""
+    rows = ((r.audio, file_stat(r.audio), r.text, r.start, r.end, r.recording, r.index) for r in records)
+    return job_fingerprint(config, rows, codec)
 
 
 def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress, vocab) -> None:
@@ -166,28 +113,12 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
     tasks = [
         DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records
     ]
-    decoded = pool.map(tasks)
-
-    codes_by_record, rejects, batch, batch_seconds = {}, [], [], 0.0
-
-    def encode_batch():
-        nonlocal batch, batch_seconds
-        if batch:
-            for (position, _), codes in zip(batch, codec.encode([wave for _, wave in batch])):
-                codes_by_record[position] = codes
-            progress.update(len(batch), batch_seconds)
-        batch, batch_seconds = [], 0.0
-
-    for position, (record, result) in enumerate(zip(records, decoded)):
-        if result.wave is None:
-            rejects.append(Reject(record.source, result.reason, result.message, record.id))
-            progress.update(1, 0.0)
-            continue
-        batch.append((position, result.wave))
-        batch_seconds += len(result.wave) / codec.sample_rate
-        if batch_seconds >= config.encode_batch_seconds:
-            encode_batch()
-    encode_batch()
+    encoded = encode_decoded(pool.map(tasks), codec, config.encode_batch_seconds, progress)
+    rejects = [
+        Reject(record.source, result.reason, result.message, record.id)
+        for record, result in zip(records, encoded)
+        if isinstance(result, Decoded)
+    ]
 
     layout = tokenizer.layout
     token_docs, code_tokens, code_lengths, utterances_per_doc, meta = [], [], [], [], []
@@ -195,9 +126,9 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
     for number, document in enumerate(documents):
         utterances = []
         for record in document:
-            codes = codes_by_record.get(position)
+            codes = encoded[position]
             position += 1
-            if codes is None:
+            if isinstance(codes, Decoded):
                 continue
             try:
                 text_ids = tokenizer.encode_text(record.text)
@@ -232,7 +163,7 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
             np.concatenate(code_tokens) if code_tokens else np.zeros(0, np.int64), code_lengths, utterances_per_doc
         )
     write_atomic(job.path("meta", index, ".jsonl"), jsonl(meta))
-    write_atomic(job.path("rejects", index, ".jsonl"), "".join(r.to_json() + "\n" for r in rejects))
+    write_atomic(job.path("rejects", index, ".jsonl"), rejects_jsonl(rejects))
     job.commit(
         index,
         {
@@ -249,31 +180,17 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
 
 def preprocess_audio(config: AudioPreprocessConfig) -> dict:
     """Runs (or resumes) a preprocessing job and returns its report."""
-    from megatron_soda.codec.loading import load_codec  # torch: imported only when a job runs
-
     if config.documents_per_shard <= 0:
         raise ValueError(f"documents_per_shard must be positive, got {config.documents_per_shard}")
-    # Settings are checked (tokenizer and codec loaded) before the output directory is touched, so a
-    # mistyped flag never claims a directory for a job that cannot run.
-    tokenizer = load_tokenizer("--tokenizer", config.tokenizer)
-    codec = load_codec(config.codec)
-    layout = tokenizer.layout
-    if (codec.num_codebooks, codec.codebook_size) != (layout.num_codebooks, layout.codebook_size):
-        raise ValueError(
-            f"codec {codec.name} gives {codec.num_codebooks} codebooks x {codec.codebook_size} codes but the "
-            f"tokenizer at {config.tokenizer} has {layout.num_codebooks} x {layout.codebook_size}"
-        )
+    tokenizer, codec = load_codec_and_tokenizer(config)
     records, input_rejects = read_inputs(config.inputs)
     job = ShardedJob(config.output_dir, _fingerprint(config, records, codec), config.overwrite)
-    job.write("rejects_input.jsonl", "".join(r.to_json() + "\n" for r in input_rejects))
+    job.write("rejects_input.jsonl", rejects_jsonl(input_rejects))
     documents = group_documents(records, config.max_document_seconds)
     orders = document_orders(len(documents), config.text_first_probability, config.seed)
-    shards = [
-        range(i, min(i + config.documents_per_shard, len(documents)))
-        for i in range(0, len(documents), config.documents_per_shard)
-    ]
+    shards = shard_ranges(len(documents), config.documents_per_shard)
     todo = [i for i in range(len(shards)) if not job.is_committed(i)]
-    vocab = vocab_record(layout, config.tokenizer)  # beside every dataset written: what its ids mean
+    vocab = vocab_record(tokenizer.layout, config.tokenizer)  # beside every dataset written: what its ids mean
     for i in set(range(len(shards))) - set(todo):  # shards committed by code that wrote no record
         add_vocab_record(job.path("tokens", i), vocab)
         add_vocab_record(job.path("codes", i), {**vocab, "content": "codes"})
@@ -287,18 +204,11 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
     )
 
     if todo:
-        progress = _Progress(sum(len(documents[d]) for i in todo for d in shards[i]), config.progress)
-        pool = DecodePool(config.workers)
-        try:
+        total = sum(len(documents[d]) for i in todo for d in shards[i])
+        with decoding(config.workers, total, config.progress, unit="utt") as (pool, progress):
             for i in todo:
                 docs = [documents[d] for d in shards[i]]
                 _process_shard(
                     job, i, docs, [orders[d] for d in shards[i]], codec, tokenizer, pool, config, progress, vocab
                 )
-        finally:
-            progress.close()
-            pool.close()
-    report = summarize(job.reports(len(shards)), input_rejects)
-    report["hours"] = report.get("seconds", 0.0) / 3600
-    job.write("report.json", json.dumps(report, indent=2))
-    return report
+    return write_report(job, len(shards), input_rejects)

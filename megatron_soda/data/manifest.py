@@ -15,9 +15,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, Union
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")
+T = TypeVar("T")
 KNOWN_FIELDS = {"audio", "text", "id", "speaker", "recording", "start", "end", "index", "duration", "language"}
 
 
@@ -61,8 +62,17 @@ def _optional_number(value, name: str, source: str, kind=float):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{source}: field {name!r} must be a number, got {value!r}")
+        raise ValueError(f"{source}: field {name!r} must be a number, got {value!r}", "bad_segment")
     return kind(value)
+
+
+def parse_span(obj: dict, source: str) -> Tuple[Optional[float], Optional[float]]:
+    """A record's optional ``start``/``end`` seconds within its audio file (ValueError: ``bad_segment``)."""
+    start = _optional_number(obj.get("start"), "start", source)
+    end = _optional_number(obj.get("end"), "end", source)
+    if start is not None and (start < 0 or (end is not None and end <= start)):
+        raise ValueError(f"{source}: segment [{start}, {end}) is empty or negative", "bad_segment")
+    return start, end
 
 
 def parse_record(obj: dict, base_dir: str, source: str) -> UtteranceRecord:
@@ -79,15 +89,9 @@ def parse_record(obj: dict, base_dir: str, source: str) -> UtteranceRecord:
         raise ValueError(f"{source}: empty transcript", "empty_text")
     if not is_encodable(text):
         raise ValueError(f"{source}: transcript is not valid Unicode (lone surrogate escape)", "non_utf8")
-    try:
-        start = _optional_number(obj.get("start"), "start", source)
-        end = _optional_number(obj.get("end"), "end", source)
-        index = _optional_number(obj.get("index"), "index", source, int)
-        duration = _optional_number(obj.get("duration"), "duration", source)
-    except ValueError as error:
-        raise ValueError(str(error), "bad_segment") from None
-    if start is not None and (start < 0 or (end is not None and end <= start)):
-        raise ValueError(f"{source}: segment [{start}, {end}) is empty or negative", "bad_segment")
+    start, end = parse_span(obj, source)
+    index = _optional_number(obj.get("index"), "index", source, int)
+    duration = _optional_number(obj.get("duration"), "duration", source)
     return UtteranceRecord(
         id=str(obj.get("id") or f"{os.path.basename(source)}"),
         audio=os.path.normpath(os.path.join(base_dir, audio)),
@@ -120,8 +124,9 @@ def read_jsonl(path: str) -> Iterator[Tuple[str, Union[object, Reject]]]:
                 yield source, Reject(source, "bad_json", f"{source}: {error.msg} at column {error.colno}")
 
 
-def read_manifest(path: str) -> Tuple[List[UtteranceRecord], List[Reject]]:
-    """Records and rejects of a JSONL manifest."""
+def read_records(path: str, parse: Callable[[object, str, str], T]) -> Tuple[List[T], List[Reject]]:
+    """Records and rejects of a JSONL file: ``parse(obj, base_dir, source)`` per line, where ``base_dir``
+    (the file's folder) resolves relative paths and a ``ValueError(message, reason)`` is a reject."""
     base_dir = os.path.dirname(os.path.abspath(path))
     records, rejects = [], []
     for source, obj in read_jsonl(path):
@@ -129,11 +134,21 @@ def read_manifest(path: str) -> Tuple[List[UtteranceRecord], List[Reject]]:
             rejects.append(obj)
             continue
         try:
-            records.append(parse_record(obj, base_dir, source))
+            records.append(parse(obj, base_dir, source))
         except ValueError as error:
             reason = error.args[1] if len(error.args) > 1 else "invalid"
             rejects.append(Reject(source, reason, error.args[0], obj.get("id") if isinstance(obj, dict) else None))
     return records, rejects
+
+
+def read_manifest(path: str) -> Tuple[List[UtteranceRecord], List[Reject]]:
+    """Records and rejects of a JSONL manifest."""
+    return read_records(path, parse_record)
+
+
+def rejects_jsonl(rejects) -> str:
+    """A rejects file's text: one JSON object per reject."""
+    return "".join(r.to_json() + "\n" for r in rejects)
 
 
 def read_audio_directory(path: str) -> Tuple[List[UtteranceRecord], List[Reject]]:
