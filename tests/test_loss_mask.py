@@ -177,3 +177,5 @@ def test_a_folder_of_flagged_shards_lists_the_shards_not_their_flags(tmp_path):
     for name in ("tokens_00000", "tokens_00001"):
         flagged(tmp_path / name, [[1, 2, 3]])
     assert find_datasets([tmp_path]) == [str(tmp_path / "tokens_00000"), str(tmp_path / "tokens_00001")]
+    listed = find_datasets([str(tmp_path / "tokens_00000.idx"), str(tmp_path / "tokens_00000.loss.idx")])
+    assert listed == [str(tmp_path / "tokens_00000")]  # what a shell glob tokens_*.idx gives

@@ -409,15 +409,14 @@ def find_datasets(paths: Iterable[PathLike]) -> list[str]:
         bare = path.rstrip("/" + os.sep) or path
         if os.path.isdir(path) and not os.path.isfile(bare + ".idx"):
             for root, _, files in os.walk(path):
-                found = {f[:-4] for f in files if f.endswith(".idx")}
-                # A dataset's loss flags (<prefix>.loss.idx) belong to it, and are no dataset of their own.
-                found = {f for f in found if not (f.endswith(LOSS_SUFFIX) and f[: -len(LOSS_SUFFIX)] in found)}
-                prefixes += [os.path.join(root, f) for f in found]
+                prefixes += [os.path.join(root, f[:-4]) for f in files if f.endswith(".idx")]
         elif path.endswith(".idx"):
             prefixes.append(path[:-4])
         else:
             prefixes.append(bare)
-    return sorted(prefixes)
+    # A dataset's loss flags (<prefix>.loss.idx, matched by a folder or a glob) belong to it: no dataset of their own.
+    found = set(prefixes)
+    return sorted(p for p in found if not (p.endswith(LOSS_SUFFIX) and p[: -len(LOSS_SUFFIX)] in found))
 
 
 # ---- vocabulary records (``<prefix>.vocab.json``) ------------------------------------------------
