@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?= $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 PYTEST_ARGS ?=
 
-.PHONY: help install lint format test demo bench clean
+.PHONY: help install lint format test demo bench slurm clean
 
 help:
 	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize, train, export, generate, evaluate (CPU, ~2 min)"
@@ -19,6 +19,7 @@ help:
 	@echo "make format   format the tree and apply safe lint fixes (ruff)"
 	@echo "make bench    run bench/bench_builder.py and record results in bench/RESULTS.md"
 	@echo "make install  only create $(VENV) and install megatron-soda into it (editable)"
+	@echo "make slurm    install Debian's slurm-wlm and munge (root) for the tests that start a real SLURM cluster"
 	@echo "make clean    remove build products and demo output (keeps $(VENV))"
 
 $(PY):
@@ -48,6 +49,11 @@ demo: install
 
 bench: install
 	$(PY) bench/bench_builder.py --results bench/RESULTS.md
+
+# The tests start their own single-node cluster from these packages (tests/slurm.py); without them they skip.
+slurm:
+	@command -v slurmctld >/dev/null && command -v munged >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null)
 
 clean:
 	rm -rf build megatron_soda/_C*.so demo_out .pytest_cache $(VENV)/.installed

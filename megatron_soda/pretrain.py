@@ -8,7 +8,8 @@ A SODA preset brings SODA's recipe (batch 512 x 4096, WSD schedule, Cautious Ada
 z-loss 1e-4); flags override it. Any other shape comes from Megatron-LM's flags (--num-layers,
 --hidden-size, ...) and brings no recipe. --finetune starts from --load's weights alone. --dry-run
 checks everything and prints the model, layout, run size and memory per GPU without touching data
-or devices. Runs on CPU too (gloo), where tests drive real TP/PP with it.
+or devices. Runs on CPU too (gloo), where tests drive real TP/PP with it. Under torchrun, or plain srun
+(ranks and the master derived from SLURM's variables: ``launch_env``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 
+from megatron_soda import launch_env
 from megatron_soda.logs import quiet_logs
 from megatron_soda.training.config import TrainConfig
 from megatron_soda.training.plan import RunPlan, describe, parse_train_config, plan_run
@@ -46,8 +48,9 @@ def train(plan: RunPlan) -> None:
 
 def main(argv=None) -> int:
     config = parse_train_config(argv, prog="pretrain", description=__doc__.split("\n\n")[0])
-    quiet_logs(config.logging.verbose)
     try:  # usage errors: everything plan_run refuses is the invocation's fault, named in one line
+        launch_env.apply()  # torchrun, srun or one process: before anything reads RANK or WORLD_SIZE
+        quiet_logs(config.logging.verbose)
         plan = plan_run(config, check_data=not config.dry_run)
     except (ValueError, ImportError, FileNotFoundError) as error:
         print(f"pretrain: error: {error}", file=sys.stderr)

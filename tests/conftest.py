@@ -46,3 +46,15 @@ def our_model(learned):
     with one_process_group(megatron_parallel=True, purpose="generation"):
         model, shape, _ = load_megatron_model(learned["root"] / "ckpt", learned["layout"].vocab_size)
         yield MegatronGenerator(model, learned["layout"], shape.vocab_size)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real single-node SLURM cluster (tests/slurm.py), started once and stopped cleanly."""
+    from tests import slurm
+
+    if not slurm.available():
+        pytest.skip(slurm.MISSING)
+    cluster = slurm.SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()

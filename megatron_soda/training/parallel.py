@@ -1,7 +1,7 @@
 """Process groups and model chunks: tensor, pipeline (optionally interleaved) and data parallelism.
 
-Launched by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK in the environment), or
-as a plain single process.
+Launched by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK in the environment), by
+plain srun (the same derived from SLURM's variables: ``launch_env``), or as a plain single process.
 NCCL where CUDA exists, gloo otherwise (with ``cpu_compat`` installed), so tests run real TP/PP.
 """
 
@@ -67,9 +67,12 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
     """Starts torch.distributed (if needed) and megatron-core's model-parallel groups; seeds every RNG."""
     from megatron.core import parallel_state, tensor_parallel
 
+    from megatron_soda import launch_env
+
     check_runs_here(layout)
     cpu_compat.install()
     if not dist.is_initialized():
+        launch_env.apply()  # plain srun sets SLURM's variables only
         backend = device_info().distributed_backend
         if device_info().cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

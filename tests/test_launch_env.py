@@ -1,0 +1,85 @@
+"""The launch environment: torchrun's variables as they are, plain srun's derived from SLURM's, one clear
+error when they contradict each other; and a real 2-task srun job trains the torchrun run's losses."""
+
+import pytest
+
+from megatron_soda.launch_env import LaunchError, apply, detect, expand_nodelist
+from megatron_soda.training.logger import iteration_records
+from tests.dist import free_port, launch
+
+SRUN = {
+    "SLURM_PROCID": "3",
+    "SLURM_NTASKS": "8",
+    "SLURM_LOCALID": "1",
+    "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0",
+    "SLURM_JOB_NODELIST": "gpu[07-08]",
+}
+
+
+def test_plain_srun_gives_torch_its_variables():
+    environ = dict(SRUN)
+    found = apply(environ)
+    assert (found.launcher, found.rank, found.world_size, found.local_rank) == ("srun", 3, 8, 1)
+    assert environ["RANK"] == "3" and environ["WORLD_SIZE"] == "8" and environ["LOCAL_RANK"] == "1"
+    assert environ["MASTER_ADDR"] == "gpu07" and environ["MASTER_PORT"] == str(20000 + 4242)
+    assert detect({**SRUN, "MASTER_PORT": "1234"}).master_port == 1234
+
+
+def test_torchrun_wins_inside_an_allocation_and_a_single_process_is_a_world_of_one():
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "9"}
+    assert detect({**SRUN, **torchrun}).launcher == "torchrun"
+    assert detect({"SLURM_JOB_ID": "5", "SLURM_PROCID": "0"}).launcher == "none"  # sbatch's batch script
+    environ = {}
+    assert apply(environ).launcher == "none" and environ == {}
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"RANK": "0"}, "not WORLD_SIZE, MASTER_ADDR, MASTER_PORT"),
+        ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "9"}, "rank 2 is not within a world of 2"),
+        ({**SRUN, "SLURM_NTASKS": "two"}, "SLURM_NTASKS='two' is not a whole number"),
+        ({**SRUN, "SLURM_PROCID": "8"}, "rank 8 is not within a world of 8"),
+        ({k: v for k, v in SRUN.items() if k != "SLURM_JOB_NODELIST"}, "no master host"),
+    ],
+)
+def test_contradicting_launch_variables_are_one_clear_error(environ, message):
+    with pytest.raises(LaunchError, match=message):
+        detect(environ)
+
+
+def test_slurm_host_lists_expand_in_order():
+    assert expand_nodelist("gpu[01-03,7],login") == ["gpu01", "gpu02", "gpu03", "gpu7", "login"]
+    assert expand_nodelist("node[9-10]-ib") == ["node9-ib", "node10-ib"]
+    assert expand_nodelist("vm") == ["vm"]
+
+
+def training_args(learned, metrics):
+    return [
+        *("--model", "tiny", "--tokenizer", learned["root"] / "tok", "--data-path", learned["root"] / "utterance"),
+        *("--split", "100,0,0", "--seq-length", 64, "--micro-batch-size", 2, "--global-batch-size", 4),
+        *("--train-iters", 3, "--lr-decay-style", "constant", "--metrics-file", metrics, "--skip-data-validation"),
+    ]
+
+
+@pytest.mark.timeout(600)
+def test_a_two_task_srun_job_trains_the_torchrun_runs_losses(learned, slurm_cluster, tmp_path):
+    import sys
+
+    launch("pretrain_entry.py", 2, *training_args(learned, tmp_path / "torchrun.jsonl"))
+    slurm_cluster.run(
+        "srun",
+        "-n",
+        "2",
+        "--kill-on-bad-exit=1",
+        f"--export=ALL,MASTER_PORT={free_port()},OMP_NUM_THREADS=1",
+        sys.executable,
+        "-m",
+        "megatron_soda.pretrain",
+        *map(str, training_args(learned, tmp_path / "srun.jsonl")),
+    )
+    torchrun, srun = (iteration_records(tmp_path / f"{name}.jsonl") for name in ("torchrun", "srun"))
+    assert len(srun) == 3 and [r["lm loss"] for r in srun] == [r["lm loss"] for r in torchrun]
+    run = (tmp_path / "srun.jsonl").read_text().splitlines()[0]
+    assert '"data": 2' in run and '"world_size": 2' in run
