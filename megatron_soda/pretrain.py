@@ -49,7 +49,8 @@ def train(plan: RunPlan) -> None:
 def main(argv=None) -> int:
     config = parse_train_config(argv, prog="pretrain", description=__doc__.split("\n\n")[0])
     try:  # usage errors: everything plan_run refuses is the invocation's fault, named in one line
-        launch_env.apply()  # torchrun, srun or one process: before anything reads RANK or WORLD_SIZE
+        if not config.dry_run:  # a plan for WORLD_SIZE ranks needs no launcher
+            launch_env.apply()  # torchrun, srun or one process: before anything reads RANK or WORLD_SIZE
         quiet_logs(config.logging.verbose)
         plan = plan_run(config, check_data=not config.dry_run)
     except (ValueError, ImportError, FileNotFoundError) as error:
