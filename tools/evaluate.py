@@ -5,6 +5,8 @@
         --tasks swuggy sblimp salmon twuggy tblimp --input swuggy=data/sWUGGY sblimp=data/sBLIMP salmon=data/salmon
     python tools/evaluate.py --hf exported/ --tasks hellaswag --input hellaswag=hellaswag_val.jsonl
     python tools/evaluate.py --hf exported/ --codec-path kyutai/mimi --tasks asr --input asr=test_clean.jsonl
+    python tools/evaluate.py --load checkpoints/s2st --tokenizer tokenizers/soda --codec-path kyutai/mimi \
+        --tasks s2st --input s2st=cvss_fr_en_test.jsonl --asr-model whisper-large-v3 --speaker-model wavlm-sv
     python tools/evaluate.py --compare eval/step1000 eval/step2000
     python tools/evaluate.py --prepare --tokenizer tokenizers/soda --codec-path kyutai/mimi --tasks swuggy tblimp \
         --input swuggy=data/sWUGGY sblimp=data/sBLIMP --output-dir eval/prepared   # for pretrain --eval-tasks-data
@@ -12,8 +14,11 @@
 Likelihood tasks score BOS + <|audio_start|>A<|audio_end|> (or <|text_start|>T<|text_end|>) by the mean
 log-probability of the content tokens; a pair is right when the positive scores higher (--codebooks 0
 scores the semantic codebook alone). ASR and TTS generate with SODA's prompts and sampling and report
-WER after SODA's normalisation. Writes report.json (per task: metric, value, n, skipped, breakdown,
-notes) and <task>.items.jsonl (per item) under --output-dir, and prints the table.
+WER after SODA's normalisation. S2ST translates each source (text greedy unless --text-temperature,
+then speech sampled as TTS) and reports sacrebleu's BLEU of the text (with its signature), ASR-BLEU of the
+speech and, with --speaker-model, speaker similarity to the source. Writes report.json (per task: metric,
+value, n, skipped, breakdown, notes) and <task>.items.jsonl (per item) under --output-dir, and prints the
+table.
 """
 
 import os

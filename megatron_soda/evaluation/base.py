@@ -73,6 +73,8 @@ class TaskResult:
     """per-group metrics, e.g. {"sentiment_consistency": {"accuracy": .7, "n": 200}}."""
     notes: List[str] = field(default_factory=list)
     """what a reader must know to compare the number (normalisation, which metric SODA reports, ...)."""
+    info: Dict[str, str] = field(default_factory=dict)
+    """the same kind of fact as a value a program reads, e.g. {"bleu_signature": sacrebleu's signature}."""
 
 
 @dataclass(frozen=True)

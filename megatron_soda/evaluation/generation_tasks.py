@@ -15,13 +15,15 @@ decoded by the codec, transcribed, and scored against the target text. The trans
 transformers ASR model (``options["asr_model"]``; Seed-TTS-eval uses Whisper-large-v3) or, without one,
 the evaluated model's own ASR mode on the codes it generated (a self-consistency check, not comparable
 to published numbers). Speaker similarity, the cosine of x-vectors of the generated and the prompt
-speech, needs ``options["speaker_model"]`` (a local ``WavLMForXVector``; Seed-TTS-eval's own is a
-WavLM-large ECAPA-TDNN, so values are not interchangeable).
+speech, needs ``options["speaker_model"]`` (``evaluation.speaker``: a local ``WavLMForXVector``;
+Seed-TTS-eval's own is a WavLM-large ECAPA-TDNN, so values are not interchangeable).
 
 Options (``context.options``): ``temperature``, ``top_p``, ``max_new_tokens`` override SODA's sampling
 (temperature 0: greedy); ``batch_size`` caps prompts per batch (default 16; ``settings.max_tokens`` caps
 the padded prompt tokens of a batch); ``output_dir`` keeps the generated wavs (in its ``tts_wavs``
 folder); ``asr_model`` and ``speaker_model`` as above.
+
+The s2st task (``evaluation.s2st_task``) shares the batching, the transcribers and the speaker model.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
+from megatron_soda.data.formats import Kind
 from megatron_soda.data.manifest import Reject, UtteranceRecord, read_manifest
 from megatron_soda.evaluation.base import EvalContext, Skipped, TaskResult, TaskSpec, register
 from megatron_soda.evaluation.scoring import batches_by_tokens
+from megatron_soda.evaluation.speaker import SpeakerSimilarity
 from megatron_soda.evaluation.wer import errors_of, normalize, pooled_wer, word_errors
 from megatron_soda.inference.outputs import answer_segment, finish
 from megatron_soda.inference.prompts import TASKS, Task, build_prompt, task_sampling
@@ -59,13 +62,13 @@ NO_SPEAKER_NOTE = "speaker similarity not computed (no --speaker-model)"
 # ---- shared ----------------------------------------------------------------------------------------
 
 
-def _needs(context: EvalContext, task: str) -> None:
+def check_context(context: EvalContext, task: str) -> None:
     missing = [name for name in ("generator", "codec") if getattr(context, name) is None]
     if missing:
         raise ValueError(f"the {task} task needs a {' and a '.join(missing)} in its context")
 
 
-def _sampling(task: Task, context: EvalContext) -> SamplingConfig:
+def sampling_for(task: Task, context: EvalContext) -> SamplingConfig:
     """SODA's sampling for ``task``, with the options' overrides, seeded by the settings."""
     options = context.options
     given = SamplingConfig(
@@ -78,7 +81,7 @@ def _sampling(task: Task, context: EvalContext) -> SamplingConfig:
     return task_sampling(task, given)
 
 
-def _describe(sampling: SamplingConfig) -> str:
+def describe_sampling(sampling: SamplingConfig) -> str:
     how = "greedy" if sampling.greedy else f"temperature {sampling.temperature:g}, top-p {sampling.top_p:g}"
     return f"{how}, at most {sampling.max_new_tokens} new tokens, seed {sampling.seed}"
 
@@ -93,22 +96,28 @@ def _batches(lengths: Sequence[int], context: EvalContext) -> List[List[int]]:
     return [group[i : i + size] for group in groups for i in range(0, len(group), size)]
 
 
-def _generate(
-    task: Task, prompts: Sequence[np.ndarray], context: EvalContext, sampling: SamplingConfig
-) -> Iterator[Tuple[List[int], list]]:
-    """``(indices, generations)`` batch by batch, under a progress bar over the prompts."""
+def prompt_batches(prompts: Sequence[np.ndarray], context: EvalContext, name: str) -> Iterator[List[int]]:
+    """The indices of each batch of ``prompts`` to generate together, under a progress bar over them."""
     from tqdm import tqdm
 
-    stops = TASKS[task].stop_ids(context.layout)
     batches = _batches([len(p) for p in prompts], context)
-    bar = tqdm(total=len(prompts), unit="item", desc=task.value, disable=not context.settings.progress, file=sys.stderr)
+    bar = tqdm(total=len(prompts), unit="item", desc=name, disable=not context.settings.progress, file=sys.stderr)
     with bar:
         for batch in batches:
-            yield batch, context.generator.generate([prompts[i] for i in batch], sampling, stops)
+            yield batch
             bar.update(len(batch))
 
 
-def _generation_fields(record: dict) -> dict:
+def _generate(
+    task: Task, prompts: Sequence[np.ndarray], context: EvalContext, sampling: SamplingConfig
+) -> Iterator[Tuple[List[int], list]]:
+    """``(indices, generations)`` batch by batch."""
+    stops = TASKS[task].stop_ids(context.layout)
+    for batch in prompt_batches(prompts, context, task.value):
+        yield batch, context.generator.generate([prompts[i] for i in batch], sampling, stops)
+
+
+def generation_fields(record: dict) -> dict:
     """What a side-file record keeps of ``outputs.finish``'s record (the ids are left out: they are long)."""
     keep = ("prompt_tokens", "new_tokens", "stop", "generation_seconds", "problems", "frames", "audio_seconds", "wav")
     return {k: record[k] for k in keep if k in record}
@@ -131,11 +140,11 @@ def _wer_metrics(items: Sequence[dict]) -> Dict[str, float]:
     return {"wer": pooled["wer"], "mean_utterance_wer": pooled["mean_utterance_wer"]}
 
 
-def _skipped(reject: Reject) -> Skipped:
+def skipped_of(reject: Reject) -> Skipped:
     return Skipped(reject.source, reject.reason, reject.message)
 
 
-def _nothing_scored(path: str, task: str, skipped: Sequence[Skipped]) -> ValueError:
+def nothing_scored(path: str, task: str, skipped: Sequence[Skipped]) -> ValueError:
     first = f"; the first: {skipped[0].message}" if skipped else ""
     return ValueError(f"{path}: no {task} item could be scored ({len(skipped)} skipped{first})")
 
@@ -172,7 +181,7 @@ def load_asr_items(path: str, context: EvalContext) -> Tuple[List[Tuple[Utteranc
     from megatron_soda.codec.audio_io import AudioRejected
 
     records, rejects = read_manifest(path)
-    skipped = [_skipped(r) for r in rejects]
+    skipped = [skipped_of(r) for r in rejects]
     usable = []
     for record in records[: context.settings.limit]:
         if not normalize(record.text):
@@ -196,11 +205,11 @@ def load_asr_items(path: str, context: EvalContext) -> Tuple[List[Tuple[Utteranc
 
 def run_asr(path: str, context: EvalContext) -> TaskResult:
     """SODA's ASR evaluation of ``path`` (a JSONL manifest): WER of the model's transcripts."""
-    _needs(context, "asr")
+    check_context(context, "asr")
     items, skipped = load_asr_items(path, context)
     if not items:
-        raise _nothing_scored(path, "asr", skipped)
-    sampling = _sampling(Task.ASR, context)
+        raise nothing_scored(path, "asr", skipped)
+    sampling = sampling_for(Task.ASR, context)
     prompts = [build_prompt(Task.ASR, context.layout, codes=codes) for _, codes in items]
     records: List[Optional[dict]] = [None] * len(items)
     for batch, generations in _generate(Task.ASR, prompts, context, sampling):
@@ -213,7 +222,7 @@ def run_asr(path: str, context: EvalContext) -> TaskResult:
                 "audio": record.audio,
                 "reference": record.text,
                 **_score(record.text, answer["text"]),
-                **_generation_fields(answer),
+                **generation_fields(answer),
             }
     return TaskResult(
         task="asr",
@@ -222,7 +231,7 @@ def run_asr(path: str, context: EvalContext) -> TaskResult:
         n=len(records),
         items=records,
         skipped=skipped,
-        notes=[NORMALISATION_NOTE, f"transcripts sampled as SODA's ASR evaluation: {_describe(sampling)}"],
+        notes=[NORMALISATION_NOTE, f"transcripts sampled as SODA's ASR evaluation: {describe_sampling(sampling)}"],
     )
 
 
@@ -299,23 +308,24 @@ class PipelineTranscriber:
         self.rate = self.pipe.feature_extractor.sampling_rate
         kind = self.pipe.model.config.model_type
         self.whisper = kind == "whisper"
-        multilingual = self.whisper and getattr(self.pipe.model.generation_config, "is_multilingual", True)
-        # English, as Seed-TTS-eval forces it (an English-only Whisper refuses a language).
-        self.generate_kwargs = (
-            {"generate_kwargs": {"language": "english", "task": "transcribe"}} if multilingual else {}
-        )
+        self.multilingual = self.whisper and getattr(self.pipe.model.generation_config, "is_multilingual", True)
         self.note = f"generated speech transcribed by the ASR model {path} ({kind})"
 
-    def __call__(self, codes: Sequence[np.ndarray], waves: Sequence[Optional[np.ndarray]], rate: int) -> List[str]:
+    def __call__(
+        self, codes: Sequence[np.ndarray], waves: Sequence[Optional[np.ndarray]], rate: int, language: str = "english"
+    ) -> List[str]:
         """A transcriber's interface: a batch's generated ``codes`` and their decoded ``waves`` (None where
-        nothing was spoken) at ``rate`` -> one transcript each ("" for silence). This one reads the waves."""
+        nothing was spoken) at ``rate``, all in ``language`` (a Whisper name or code; English by default, as
+        Seed-TTS-eval forces it) -> one transcript each ("" for silence). This one reads the waves."""
         from megatron_soda.codec.audio_io import resample
 
         present = [i for i, wave in enumerate(waves) if wave is not None]
         if not present:
             return [""] * len(waves)
         inputs = [resample(np.asarray(waves[i], np.float32), rate, self.rate) for i in present]
-        outputs = self.pipe(inputs, batch_size=len(inputs) if self.whisper else 1, **self.generate_kwargs)
+        # An English-only Whisper refuses a language; other models take none.
+        told = {"generate_kwargs": {"language": language, "task": "transcribe"}} if self.multilingual else {}
+        outputs = self.pipe(inputs, batch_size=len(inputs) if self.whisper else 1, **told)
         texts = [""] * len(waves)
         for i, output in zip(present, outputs):
             texts[i] = output["text"]
@@ -331,8 +341,9 @@ class OwnTranscriber:
         self.context = context
         self.sampling = task_sampling(Task.ASR, SamplingConfig(temperature=0.0, seed=context.settings.seed))
 
-    def __call__(self, codes: Sequence[np.ndarray], waves, rate) -> List[str]:
-        """``PipelineTranscriber.__call__``'s interface; this one reads the codes."""
+    def __call__(self, codes: Sequence[np.ndarray], waves, rate, language: Optional[str] = None) -> List[str]:
+        """``PipelineTranscriber.__call__``'s interface; this one reads the codes (in whatever language the
+        model writes)."""
         layout, tokenizer = self.context.layout, self.context.tokenizer
         present = [i for i, c in enumerate(codes) if c.shape[1]]
         texts = [""] * len(codes)
@@ -344,50 +355,30 @@ class OwnTranscriber:
         return texts
 
 
-class SpeakerSimilarity:
-    """Cosine similarity of ``WavLMForXVector`` embeddings, each clip embedded alone (no padding)."""
-
-    def __init__(self, path: str, device):
-        from transformers import AutoFeatureExtractor, WavLMForXVector
-
-        if not os.path.isdir(path):
-            raise ValueError(f"speaker_model: {path} is not a directory (a local WavLMForXVector model)")
-        self.model = WavLMForXVector.from_pretrained(path, local_files_only=True).to(device).eval()
-        self.features = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-        self.rate = self.features.sampling_rate
-        self.device = device
-        self.note = f"speaker_similarity: cosine of {path}'s x-vectors of the generated and the prompt speech"
-
-    @torch.no_grad()
-    def embed(self, wave: np.ndarray) -> torch.Tensor:
-        inputs = self.features(wave, sampling_rate=self.rate, return_tensors="pt").to(self.device)
-        return self.model(**inputs).embeddings[0].float()
-
-    def __call__(self, generated: np.ndarray, rate: int, reference_path: str) -> float:
-        from megatron_soda.codec.audio_io import resample
-
-        ours = self.embed(resample(np.asarray(generated, np.float32), rate, self.rate))
-        theirs = self.embed(load_clip(reference_path, self.rate))
-        return float(torch.nn.functional.cosine_similarity(ours, theirs, dim=0))
+def prompt_requests(
+    requests: Sequence[Request], rejects: Sequence[Reject], task: Task, context: EvalContext
+) -> Tuple[List[Tuple[Request, np.ndarray]], List[Skipped]]:
+    """``(request, prompt ids)`` for the first ``settings.limit`` requests whose audio loads (loaded and
+    encoded ``LOAD_CHUNK`` at a time); the others and ``rejects`` as skipped."""
+    requests, rejects = requests[: context.settings.limit], list(rejects)
+    items = []
+    for start in range(0, len(requests), LOAD_CHUNK):
+        chunk = requests[start : start + LOAD_CHUNK]
+        prompts, unloadable = build_prompts(chunk, task, context.tokenizer, context.codec)
+        items += prompts
+        rejects += unloadable
+    return items, [skipped_of(r) for r in rejects]
 
 
 def load_tts_items(path: str, context: EvalContext) -> Tuple[List[Tuple[Request, np.ndarray]], List[Skipped]]:
     """``(request, prompt ids)`` for every line whose voice prompt loads; the rest as skipped."""
-    requests, rejects = read_tts_list(path)
-    requests = requests[: context.settings.limit]
-    items = []
-    for start in range(0, len(requests), LOAD_CHUNK):
-        chunk = requests[start : start + LOAD_CHUNK]
-        prompts, unloadable = build_prompts(chunk, Task.TTS, context.tokenizer, context.codec)
-        items += prompts
-        rejects += unloadable
-    return items, [_skipped(r) for r in rejects]
+    return prompt_requests(*read_tts_list(path), Task.TTS, context)
 
 
 def run_tts(path: str, context: EvalContext) -> TaskResult:
     """Seed-TTS-eval as SODA runs it: speak each target in the prompt's voice, transcribe, score the WER
     (and the speaker similarity, given a speaker model)."""
-    _needs(context, "tts")
+    check_context(context, "tts")
     layout, tokenizer, codec = context.layout, context.tokenizer, context.codec
     options = context.options
     device = getattr(context.generator, "device", "cpu")
@@ -396,15 +387,15 @@ def run_tts(path: str, context: EvalContext) -> TaskResult:
     similarity = SpeakerSimilarity(speaker_model, device) if speaker_model else None
     items, skipped = load_tts_items(path, context)
     if not items:
-        raise _nothing_scored(path, "tts", skipped)
-    sampling = _sampling(Task.TTS, context)
+        raise nothing_scored(path, "tts", skipped)
+    sampling = sampling_for(Task.TTS, context)
     records: List[Optional[dict]] = [None] * len(items)
     empty = np.zeros((layout.num_codebooks, 0), np.int64)
     wav_dir = os.path.join(options["output_dir"], WAV_DIR) if options.get("output_dir") else None
     for batch, generations in _generate(Task.TTS, [prompt for _, prompt in items], context, sampling):
         codes = []
         for generation in generations:
-            segment, _ = answer_segment(Task.TTS, generation, layout)
+            segment, _ = answer_segment(Kind.AUDIO, generation, layout)
             codes.append(layout.ids_to_codes(segment.ids) if segment is not None else empty)
         speaking = [j for j, c in enumerate(codes) if c.shape[1]]
         waves: List[Optional[np.ndarray]] = [None] * len(codes)
@@ -422,14 +413,18 @@ def run_tts(path: str, context: EvalContext) -> TaskResult:
                 "reference_text": request.reference_text,
                 "reference_audio": request.reference_audio,
                 **_score(request.text, hypotheses[j]),
-                **_generation_fields(answer),
+                **generation_fields(answer),
             }
             if similarity is not None and request.reference_audio and waves[j] is not None:
                 record["speaker_similarity"] = similarity(waves[j], codec.sample_rate, request.reference_audio)
             records[i] = record
 
     metrics = _wer_metrics(records)
-    notes = [NORMALISATION_NOTE, transcribe.note, f"speech sampled as SODA's TTS evaluation: {_describe(sampling)}"]
+    notes = [
+        NORMALISATION_NOTE,
+        transcribe.note,
+        f"speech sampled as SODA's TTS evaluation: {describe_sampling(sampling)}",
+    ]
     similarities = [r["speaker_similarity"] for r in records if "speaker_similarity" in r]
     if similarity is None:
         notes.append(NO_SPEAKER_NOTE)
@@ -437,7 +432,9 @@ def run_tts(path: str, context: EvalContext) -> TaskResult:
         notes.append("speaker similarity not computed: no item had both a voice prompt and generated speech")
     else:
         metrics["speaker_similarity"] = float(np.mean(similarities))
-        notes.append(f"{similarity.note}; mean over {len(similarities)} of {len(records)} items")
+        notes.append(
+            f"{similarity.describe('the prompt speech')}; mean over {len(similarities)} of {len(records)} items"
+        )
     return TaskResult(
         task="tts", metrics=metrics, primary="wer", n=len(records), items=records, skipped=skipped, notes=notes
     )

@@ -34,6 +34,7 @@ def task_entry(result: TaskResult, output_dir: str) -> dict:
         "skipped_items": [asdict(s) for s in result.skipped],
         "breakdown": result.breakdown,
         "notes": result.notes,
+        "info": result.info,
         "items_file": path,
     }
 

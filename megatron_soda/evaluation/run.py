@@ -12,12 +12,13 @@ from megatron_soda.checks import check_at_least, check_dir, check_exists, check_
 from megatron_soda.codec.cli import CodecConfig, check_codec
 from megatron_soda.flags import flag
 from megatron_soda.inference.model_source import ModelSource
+from megatron_soda.inference.s2st import TranslationSampling
 from megatron_soda.tool_json import check_json_path
 
 
 def _registry():
     """Every task, registered by importing the modules that define them."""
-    from megatron_soda.evaluation import generation_tasks, likelihood_tasks  # noqa: F401
+    from megatron_soda.evaluation import generation_tasks, likelihood_tasks, s2st_task  # noqa: F401
     from megatron_soda.evaluation.base import REGISTRY
 
     return REGISTRY
@@ -28,11 +29,12 @@ class EvaluateConfig:
     """What ``tools/evaluate.py`` runs; its fields are the tool's flags."""
 
     tasks: List[str] = field(default_factory=list, metadata=flag(nargs="+"))
-    """tasks to run: swuggy sblimp salmon twuggy tblimp hellaswag asr tts."""
+    """tasks to run: swuggy sblimp salmon twuggy tblimp hellaswag asr tts s2st."""
     input: List[str] = field(default_factory=list, metadata=flag(nargs="+", metavar="KEY=PATH"))
     """each task's data: KEY=PATH with KEY one of swuggy (sWUGGY, also tWUGGY's), sblimp (also tBLIMP's),
-    salmon, hellaswag, asr (LibriSpeech-style JSONL manifest), tts (Seed-TTS-style list); PATH a local
-    Hugging Face dataset directory, parquet file(s) or JSONL."""
+    salmon, hellaswag, asr (LibriSpeech-style JSONL manifest), tts (Seed-TTS-style list), s2st (CVSS-style
+    JSONL: source_audio, source_language, source_text, target_text); PATH a local Hugging Face dataset
+    directory, parquet file(s) or JSONL."""
     output_dir: str = "evaluation"
     """where report.json and one <task>.items.jsonl per task go."""
     prepare: bool = False
@@ -45,30 +47,33 @@ class EvaluateConfig:
     max_tokens: int = 4096
     """padded tokens per scoring batch."""
     micro_batch_size: int = 16
-    """prompts generated together (asr, tts)."""
+    """prompts generated together (asr, tts, s2st)."""
     limit: Optional[int] = None
     """items per task at most (the first ones), for a quick look."""
     asr_model: Optional[str] = None
-    """tts: a local transformers ASR model (e.g. a Whisper directory) that transcribes the generated speech
-    (default: the evaluated model's own ASR mode)."""
+    """tts, s2st: a local transformers ASR model (e.g. a Whisper directory) that transcribes the generated
+    speech for WER / ASR-BLEU (default: the evaluated model's own ASR mode)."""
     speaker_model: Optional[str] = None
-    """tts: a local speaker-embedding model (transformers WavLMForXVector) for speaker similarity."""
+    """tts, s2st: a local speaker-embedding model (a transformers WavLMForXVector directory) for speaker
+    similarity to the voice prompt (tts) or the source speech (s2st)."""
     audio_cache: Optional[str] = None
     """where the codes of encoded evaluation audio are kept per codec (default: $MEGATRON_SODA_CACHE/audio_codes
     or ~/.cache/megatron_soda/audio_codes), so another checkpoint's evaluation does not re-encode."""
     seed: int = 1234
     """sampling seed of the generation tasks."""
     temperature: Optional[float] = None
-    """asr, tts: sampling temperature (default SODA's: 0.5 for asr, 0.9 for tts; 0 is greedy)."""
+    """asr, tts, s2st's speech: sampling temperature (default SODA's: 0.5 for asr, 0.9 for tts and s2st's
+    speech; 0 is greedy)."""
     top_p: Optional[float] = None
-    """asr, tts: nucleus sampling (default SODA's 0.8)."""
+    """asr, tts, s2st's speech: nucleus sampling (default SODA's 0.8)."""
     max_new_tokens: Optional[int] = None
-    """asr, tts: new tokens at most (default SODA's: 200 for asr, 1500 for tts)."""
+    """asr, tts, s2st's speech: new tokens at most (default SODA's: 200 for asr, 1500 for tts and s2st)."""
     progress: bool = True
     """show progress bars."""
     json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
     """also write the report as one JSON object to PATH ("-": to stdout, in place of the table)."""
     model: ModelSource = field(default_factory=ModelSource)
+    translation: TranslationSampling = field(default_factory=TranslationSampling)
     codec: CodecConfig = field(default_factory=CodecConfig)
 
     def data_paths(self) -> Dict[str, str]:
@@ -81,7 +86,7 @@ class EvaluateConfig:
         return paths
 
     def needs_codec(self) -> bool:
-        audio = {"swuggy", "sblimp", "salmon", "asr", "tts"}
+        audio = {"swuggy", "sblimp", "salmon", "asr", "tts", "s2st"}
         return any(task in audio for task in self.tasks)
 
     def check(self) -> None:
@@ -121,6 +126,7 @@ class EvaluateConfig:
         from megatron_soda.inference.sampling import SamplingConfig
 
         SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens).check()
+        self.translation.check()
         if self.needs_codec():
             check_codec(self.codec)
 
@@ -171,6 +177,7 @@ def run_evaluation(config: EvaluateConfig, log=print) -> dict:
         "max_new_tokens": config.max_new_tokens,
         "asr_model": config.asr_model,
         "speaker_model": config.speaker_model,
+        **asdict(config.translation),
         "batch_size": config.micro_batch_size,
         "output_dir": config.output_dir,
     }

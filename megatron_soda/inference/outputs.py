@@ -18,9 +18,8 @@ from megatron_soda.inference.engine import Generation
 from megatron_soda.inference.prompts import TASKS, Task
 
 
-def answer_segment(task: Task, generation: Generation, layout):
-    """``(segment or None, problems)``: the segment the model wrote for ``task``, leniently parsed."""
-    kind = TASKS[Task(task)].output
+def answer_segment(kind: Kind, generation: Generation, layout):
+    """``(segment or None, problems)``: the ``kind`` segment the model wrote, leniently parsed."""
     ids = generation.ids
     if generation.stop is not None and generation.stop != layout.eos_id:
         ids = np.append(ids, generation.stop)  # the closing marker that stopped it
@@ -63,12 +62,26 @@ def finish(
 ) -> dict:
     """The JSON record of one generation; an audio answer is decoded by ``codec`` into ``name.wav`` under
     ``output_dir`` (or given already decoded as ``wave``)."""
-    layout = tokenizer.layout
-    segment, problems = answer_segment(task, generation, layout)
-    kind = TASKS[Task(task)].output
-    record = {
+    return {
         "task": Task(task).value,
         "prompt": describe_prompt(generation.prompt, tokenizer),
+        **answer_record(TASKS[Task(task)].output, generation, tokenizer, codec, output_dir, name, wave),
+    }
+
+
+def answer_record(
+    kind: Kind,
+    generation: Generation,
+    tokenizer,
+    codec=None,
+    output_dir: Optional[str] = None,
+    name: str = "output",
+    wave: Optional[np.ndarray] = None,
+) -> dict:
+    """``finish``'s record of a generation that wrote a ``kind`` segment, less the task and the prompt."""
+    layout = tokenizer.layout
+    segment, problems = answer_segment(kind, generation, layout)
+    record = {
         "prompt_tokens": int(len(generation.prompt)),
         "new_tokens": int(len(generation.ids)),
         "stop": None if generation.stop is None else tokenizer.ids_to_string([generation.stop]),

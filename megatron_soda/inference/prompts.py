@@ -9,6 +9,8 @@ segment the model is to continue (``formats.render(..., open_end=True)``):
   ``<|text_start|>text<|text_end|><|audio_start|>`` -> speech in the reference voice, until ``<|audio_end|>``
 - ``continue``: ``<|audio_start|>A`` -> more of the same speech, until ``<|audio_end|>``
 - ``text``:     plain text (as SODA's text-only data) -> more text, until ``<|end_of_text|>``
+- ``s2st``:     SODA's S2ST sequence up to the target's language tag (``data/s2st_format.py``; built with
+  the tokenizer by ``inference.s2st``) -> the translation, then its speech (two generations)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Task(str, enum.Enum):
     TTS = "tts"
     CONTINUE = "continue"
     TEXT = "text"
+    S2ST = "s2st"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ TASKS = {
     Task.TTS: TaskSpec(Kind.AUDIO, 0.9, 0.8, 1500, "SODA's TTS evaluation (1500 tokens: 15 s of Mimi audio)"),
     Task.CONTINUE: TaskSpec(Kind.AUDIO, 0.9, 0.8, 1000, "ours (TTS's sampling; 1000 tokens: 10 s of Mimi audio)"),
     Task.TEXT: TaskSpec(Kind.PLAIN, 0.7, 0.9, 200, "ours"),
+    # The answer is the target speech; the translation written before it samples apart (s2st.TEXT_SAMPLING).
+    Task.S2ST: TaskSpec(Kind.AUDIO, 0.9, 0.8, 1500, "SODA's TTS sampling, for the target speech"),
 }
 
 
@@ -113,6 +118,8 @@ def build_prompt(
 ) -> np.ndarray:
     """The prompt of ``task`` from what it needs (a ValueError names what is missing)."""
     task = Task(task)
+    if task is Task.S2ST:
+        raise ValueError("an s2st prompt holds language tags: build it with inference.s2st.translation_prompt_ids")
     needs = {Task.ASR: ("codes",), Task.CONTINUE: ("codes",), Task.TTS: ("text_ids",), Task.TEXT: ("text_ids",)}
     given = {"codes": codes, "text_ids": text_ids}
     missing = [name for name in needs[task] if given[name] is None]
