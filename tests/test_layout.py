@@ -1,4 +1,4 @@
-"""SODA's vocabulary ids (SODA.md) and the synthetic documents built on them."""
+"""SODA's vocabulary ids (docs/recipe.md "Vocabulary") and the synthetic documents built on them."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Cautious AdamW + AdamC (SODA.md "Training hyperparameters") and its megatron-core wiring."""
+"""Cautious AdamW + AdamC (docs/recipe.md "Training hyperparameters") and its megatron-core wiring."""
 
 import json
 import math

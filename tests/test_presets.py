@@ -1,4 +1,4 @@
-"""Model presets, SODA's training recipe and the IsoFLOP grid (SODA.md "Models", "Training
+"""Model presets, SODA's training recipe and the IsoFLOP grid (docs/recipe.md "Models", "Training
 hyperparameters", "Scaling law")."""
 
 import dataclasses
@@ -18,7 +18,7 @@ from megatron_soda.models.presets import PRESETS, ModelShape, get_preset, soda_r
 from megatron_soda.tokenizer import SODA_LAYOUT
 from megatron_soda.training.flops import forward_flops_per_token
 
-SODA_TABLE = {  # SODA.md: non-embedding, total (untied), with the 144,644 vocabulary
+SODA_TABLE = {  # docs/recipe.md "Models": non-embedding, total (untied), with the 144,644 vocabulary
     "soda-135m": (57_034_112, 205_149_568),
     "soda-600m": (440_467_456, 736_698_368),
     "soda-1.7b": (1_409_410_048, 2_001_871_872),
@@ -153,7 +153,7 @@ def test_soda_recipe_constants():
         soda_recipe("tiny")
 
 
-# --- IsoFLOP grid (SODA.md "Scaling law") ---------------------------------------------------------
+# --- IsoFLOP grid (docs/recipe.md "Scaling law") --------------------------------------------------
 
 
 def test_isoflop_layers_follow_the_width_rule():

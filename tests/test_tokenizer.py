@@ -1,4 +1,4 @@
-"""SODA's unified tokenizer (SODA.md "Audio tokens", "Vocabulary"): ids, string form, files, safety.
+"""SODA's unified tokenizer (docs/recipe.md "Audio tokens", "Vocabulary"): ids, string form, files, safety.
 
 Nothing is downloaded: Llama 3's tokenizer is stood in for by a byte-level BPE of the same size with
 the same special tokens, and the small base is trained here.

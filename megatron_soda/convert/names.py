@@ -1,6 +1,6 @@
 """The one map between megatron-core checkpoint tensors and Hugging Face ``Qwen3ForCausalLM`` tensors.
 
-Checkpoint names are megatron's Transformer Engine spec names (DESIGN.md): the local spec maps its own
+Checkpoint names are megatron's Transformer Engine spec names (docs/design.md): the local spec maps its own
 names onto them, so a dist checkpoint carries them whichever spec saved it. Layer tensors are stacked:
 one checkpoint key ``decoder.layers.<name>`` of global shape ``[num_layers, ...]`` holds every layer,
 whatever the pipeline split. Global tensors do not depend on TP either (megatron stores each rank's

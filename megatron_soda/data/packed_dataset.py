@@ -1,7 +1,7 @@
 """Packed rows (``tools/pack_dataset.py`` output) as training samples with document boundaries.
 
 A packed dataset holds one IndexedDataset *document* per row and one *sequence* per packed piece
-(DESIGN.md). A sample is one row: its pieces concatenated, padded to ``seq_length`` with the pad id
+(docs/design.md). A sample is one row: its pieces concatenated, padded to ``seq_length`` with the pad id
 (loss-masked), and ``document_ids`` numbering the pieces (the padding is a piece of its own), from
 which the trainer builds cu_seqlens so attention never crosses a document. The label of a position
 is the next token *of the same piece*; the last position of each piece has no target.

@@ -1,7 +1,7 @@
 """Model shapes (SODA's sizes, the ablation shapes, a CPU test shape) and SODA's training recipe.
 
 The one place that knows the shapes. Parameter counts follow transformers' ``Qwen3ForCausalLM``
-exactly (the tests build one on the meta device and compare), so the SODA table in SODA.md is
+exactly (the tests build one on the meta device and compare), so the SODA table in docs/recipe.md is
 reproduced to the parameter. The vocabulary comes from ``SODA_LAYOUT`` unless a caller overrides it.
 """
 
@@ -113,7 +113,7 @@ class ModelShape:
     def padded_vocab_size(self, multiple: int = 1024) -> int:
         """Embedding rows in a megatron checkpoint: the next multiple of ``multiple`` above the vocabulary.
 
-        A fixed function of the vocabulary, never of the TP size (DESIGN.md): megatron's default of
+        A fixed function of the vocabulary, never of the TP size (docs/design.md): megatron's default of
         128 x TP would give different row counts at TP=1 and TP=2 and make checkpoints non-portable.
         1,024 serves TP up to 8 (and any power of two dividing 1,024). Always at least one row past
         the vocabulary, even when it is a multiple already: training's pad id (``vocab_size``) lives there.
@@ -165,7 +165,7 @@ _LR_WIDTH = {"soda-135m": 1024, "soda-600m": 1024, "soda-1.7b": 2048, "soda-4b":
 
 @dataclass(frozen=True)
 class TrainingRecipe:
-    """SODA's pretraining hyperparameters for one size (Levanter semantics, SODA.md)."""
+    """SODA's pretraining hyperparameters for one size (Levanter semantics, docs/recipe.md)."""
 
     lr: float
     """Peak lr, from the width rule."""

@@ -11,7 +11,7 @@ What one ``iter_NNNNNNN`` directory holds, and where:
 - **Model** (sharded): every chunk's ``sharded_state_dict()``, nested as ``{"model0": ..., "model1": ...}``
   so that one ``dist_checkpointing`` call covers all of a rank's chunks (it checks that the shards of
   each tensor are covered within one call). Tensor keys are global (``decoder.layers.5...``, TE-spec
-  names, DESIGN.md), so a checkpoint loads at any TP/PP/VP: dist checkpointing reshards.
+  names, docs/design.md), so a checkpoint loads at any TP/PP/VP: dist checkpointing reshards.
 - **Optimizer** (sharded): ``optimizer.sharded_state_dict(model_sharded_state_dict)`` of the megatron
   wrapper (``FP32Optimizer``, ``Float16Optimizer...``, ``DistributedOptimizer`` or a
   ``ChainedOptimizer`` of them). Moments are ShardedTensors keyed after their parameters, so they

@@ -103,5 +103,5 @@ def peak_bf16_flops(device_name: str) -> "float | None":
 
 
 def six_n_mfu(tokens_per_second: float, shape: "ModelShape", peak_flops: float, num_devices: int = 1) -> float:
-    """The same utilisation in the 6N convention, to report beside ``mfu`` (DESIGN.md)."""
+    """The same utilisation in the 6N convention, to report beside ``mfu`` (docs/design.md)."""
     return tokens_per_second * six_n_flops_per_token(shape) / (num_devices * peak_flops)

@@ -7,7 +7,7 @@ For every position with a target (``loss_mask`` > 0)::
     loss   = (sum(ce) + z_loss_weight * sum(lse ** 2)) / N    sums over the loss-masked positions
 
 where N is the number of loss tokens of the whole *global batch*: every micro-batch, every
-data-parallel rank. This is Levanter's ``logsumexp_weight`` z-loss (SODA.md: weight 1e-4), normalized
+data-parallel rank. This is Levanter's ``logsumexp_weight`` z-loss (docs/recipe.md: weight 1e-4), normalized
 like the cross-entropy, and Megatron-LM's ``--calculate-per-token-loss``: every loss token weighs the
 same however the global batch is split into micro-batches and ranks, and whatever the other rows'
 masks (padded packed rows, EOD-masked tokens). ``loss_mask`` is megatron's 0/1 float mask; its values

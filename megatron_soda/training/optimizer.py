@@ -213,7 +213,7 @@ _NO_DECAY_NAME_PARTS = ("norm", "embedding")  # layernorm, layer_norm_weight, q_
 
 
 def decays(name: str, param: torch.Tensor) -> bool:
-    """SODA decays matrices only: never norms, embeddings or biases (SODA.md), nor any 1-D tensor.
+    """SODA decays matrices only: never norms, embeddings or biases (docs/recipe.md), nor any 1-D tensor.
 
     Names are megatron-core GPTModel's (local or TE spec), possibly prefixed by wrappers
     (``module.``). ``output_layer.weight`` (the untied LM head) decays, as Levanter's ``lm_head``
