@@ -11,10 +11,11 @@ TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?= $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 PYTEST_ARGS ?=
 
-.PHONY: help install lint format test demo bench slurm clean
+.PHONY: help install lint format test demo isoflop-demo bench slurm clean
 
 help:
 	@echo "make demo     tokenizer, preprocess the shipped corpus, pack, blend, detokenize, train, export, generate, evaluate (CPU, ~2 min)"
+	@echo "make isoflop-demo  an IsoFLOP scaling study on the shipped corpus: plan, launch, collect, fit, plot (CPU)"
 	@echo "make test     check formatting and lint (ruff), then run the test suite (creates $(VENV) first)"
 	@echo "make format   format the tree and apply safe lint fixes (ruff)"
 	@echo "make bench    run bench/bench_builder.py and record results in bench/RESULTS.md"
@@ -46,6 +47,9 @@ test: lint
 
 demo: install
 	$(PY) tools/demo.py --output-dir demo_out
+
+isoflop-demo: install
+	$(PY) tools/isoflop.py demo --output-dir demo_out/isoflop
 
 bench: install
 	$(PY) bench/bench_builder.py --results bench/RESULTS.md

@@ -60,6 +60,9 @@ TOOLS = {
     "preprocess_sft": Style(
         "--output-dir", "a job: job.json, shards with loss flags, rejects, report.json", "several", True, True
     ),
+    "rerender": Style(
+        "--output-dir", "a job: job.json, shards, rejects, report.json, tokenizer/ below 8 codebooks", "one", True, True
+    ),
     "pack_dataset": Style("--output", "one dataset prefix", "one", True, True),
     "merge_datasets": Style("--output", "one dataset prefix", "several", True, True),
     "evaluate": Style("--output-dir", "report.json and one <task>.items.jsonl per task", "several", True, True),
@@ -78,6 +81,14 @@ TOOLS = {
     # A walkthrough, not a tool run on data: its step titles and results are what it prints, as it goes.
     "demo": Style("--output-dir", "every step's outputs", "one", False, False),
     "validate_dataset": Style(None, "nothing: it reports", "several", True, True),
+    # A study directory that each stage reads from and writes its own named outputs into.
+    "isoflop plan": Style("--output-dir", "a study: plan.json, plan.csv, configs/<run>.yaml", None, False, True),
+    "isoflop launch": Style("--output-dir", "runs/<run>/ (metrics, checkpoint, log) or slurm/", None, False, True),
+    "isoflop collect": Style("--output-dir", "results.json and results.csv of the study", None, False, True),
+    "isoflop fit": Style("--output-dir", "fit.json of the study", None, False, True),
+    "isoflop plot": Style("--output-dir", "plots/*.png of the study", None, False, True),
+    "isoflop run": Style("--output-dir", "the whole study", None, False, True),
+    "isoflop demo": Style("--output-dir", "data/ and the study", "one", False, True),
 }
 
 OUTPUT_LIKE = re.compile(r"--(out|output|save|dest|destination|target)([-_][\w-]*)?$")
