@@ -112,3 +112,41 @@ def test_links_inside_the_docs_lead_somewhere(texts):
             elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text(encoding="utf-8")):
                 broken.append(f"{name}: {target} (no such heading)")
     assert not broken, "links to nothing:\n" + "\n".join(broken)
+
+
+def _cli_sections():
+    """docs/cli.md's sections: (commands named in the heading, flags named in the body)."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for block in text.split("\n### ")[1:]:
+        heading, _, body = block.partition("\n")
+        names = re.findall(r"`([^`]+)`", heading)
+        tool = re.match(r"tools/(\w+)\.py(?: (\w+))?$", names[0])
+        if tool is None:
+            commands = ["pretrain"]
+        else:
+            commands = [f"{tool.group(1)} {sub}".strip() for sub in [tool.group(2) or "", *names[1:]]]
+        yield commands, set(re.findall(r"(--[a-z][\w-]*)", body))
+
+
+def test_the_cli_reference_covers_every_command_and_names_only_real_flags():
+    from megatron_soda.flags import FlagCommands
+    from megatron_soda.training.plan import train_flag_parser
+    from tests.test_tool_style import MODULES, TOOLS, load_tool
+
+    def flags_of(parser):
+        return {option for action in parser.parser._actions for option in action.option_strings}
+
+    parsers = {"pretrain": flags_of(train_flag_parser("pretrain", None))}
+    for name in MODULES:
+        built = load_tool(name).build_parser()
+        if isinstance(built, FlagCommands):
+            parsers.update({f"{name} {command}": flags_of(p) for command, p in built.commands.items()})
+        else:
+            parsers[name] = flags_of(built)
+    documented = set()
+    for commands, flags in _cli_sections():
+        assert all(command in parsers for command in commands), f"docs/cli.md names unknown commands {commands}"
+        documented.update(commands)
+        known = set().union(*(parsers[command] for command in commands))
+        assert flags <= known, f"docs/cli.md, {commands}: no such flags {sorted(flags - known)}"
+    assert documented == set(TOOLS) | {"pretrain"}, sorted((set(TOOLS) | {"pretrain"}) ^ documented)
