@@ -47,3 +47,31 @@ def test_the_slurm_script_plans_its_nodes_and_every_script_names_a_missing_varia
     assert wrong.returncode == 2 and "135m, 600m, 1.7b, 4b" in wrong.stderr
     outside = run("pretrain.sbatch", SIZE="600m", DATA="x", TOKENIZER="t")  # not under sbatch
     assert outside.returncode != 0 and "sbatch" in outside.stderr
+
+
+def test_the_isoflop_sweep_example_plans_and_writes_its_array_job(tmp_path):
+    tokenizer = tmp_path / "tok"
+    from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
+
+    save_soda_tokenizer(build_soda_tokenizer(train_bpe(["a small text"] * 4, vocab_size=270)), tokenizer)
+    result = run(
+        "isoflop_sweep.sh", DATA="data/speech", TOKENIZER=str(tokenizer), STUDY=str(tmp_path / "s"), DRY_RUN="1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = len(list((tmp_path / "s" / "configs").glob("*.yaml")))
+    script = (tmp_path / "s" / "slurm" / "isoflop.sbatch").read_text()
+    assert runs > 50 and f"--array={','.join(map(str, range(runs)))}%16" in script
+    assert "DATA" in run("isoflop_sweep.sh", TOKENIZER="t").stderr
+
+
+def test_the_export_example_checks_a_checkpoint_without_writing(learned, tmp_path):
+    result = run(
+        "export_and_evaluate.sh",
+        LOAD=str(learned["root"] / "ckpt"),
+        TOKENIZER=str(learned["root"] / "tok"),
+        OUT=str(tmp_path / "export"),
+        DRY_RUN="1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model.embed_tokens.weight" in result.stdout and not (tmp_path / "export").exists()
+    assert "EVAL_DATA" in run("export_and_evaluate.sh", LOAD="x", TOKENIZER="t", CODEC_PATH="c").stderr
