@@ -5,7 +5,9 @@ Measures, in one run, with Mimi at SODA's settings (the default ``MimiConfig``: 
 32 codebooks kept; random weights unless ``--codec-path``: weights do not change the compute):
 
 1. codec encode only: ``codec.encode(waves)`` on demo-corpus utterances resampled to 24 kHz once beforehand,
-   at several ``max_batch_seconds``, with torch's default threads and with 1 thread (a true per-core figure);
+   at several ``max_batch_seconds``, with torch's default threads and with 1 thread (a true per-core figure),
+   against the peer: the same model's transformers ``MimiModel.encode``, one utterance at a time, as SODA's
+   data preparation runs it (its feature extractor only pads a single utterance: left out);
 2. decode + resample only (the worker side): ``audio_decode.decode`` over the corpus, in one process;
 3. the whole pipeline: ``preprocess_audio`` on the demo corpus (decode workers, encode, tokenize, write the
    datasets; tokenizer from ``tools/build_tokenizer.py --input``), a fresh output directory each run,
@@ -42,8 +44,9 @@ import time
 import numpy as np
 import torch
 
+from megatron_soda.codec.base import DEFAULT_BATCH_SECONDS, default_batch_seconds
 from megatron_soda.codec.loading import CodecConfig, load_codec
-from megatron_soda.data import audio_pipeline
+from megatron_soda.data import codec_job
 from megatron_soda.data.audio_decode import DecodeTask, decode
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 from megatron_soda.data.manifest import read_inputs
@@ -114,6 +117,7 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
     while sum(map(len, clips)) < args.encode_seconds * codec.sample_rate:  # corpus clips in order, cycled
         clips.append(waves[len(clips) % len(waves)])
     audio_s, dev, rows = sum(map(len, clips)) / codec.sample_rate, codec.device.type, []
+    rows.append(bench_peer(codec, clips, audio_s, args, n_threads))
     variants = [(s, n_threads) for s in args.batch_seconds]
     variants += [(s, 1) for s in args.single_thread_batch_seconds if dev == "cpu" and n_threads > 1]
     for batch_s, threads in variants:
@@ -133,7 +137,7 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
         )
         print(f"  encode, {batch_s:g} s batches, {threads} thread(s): {rows[-1]['rate']:.1f}x realtime", flush=True)
     torch.set_num_threads(n_threads)
-    codec.max_batch_seconds = CodecConfig.max_batch_seconds
+    codec.max_batch_seconds = default_batch_seconds(codec.device)
     codes = codec.encode(clips)
     m = measure(lambda: codec.decode(codes), args.repeats)
     rows.append(
@@ -149,6 +153,25 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
     )
     print(f"  codec decode: {rows[-1]['rate']:.1f}x realtime", flush=True)
     return rows
+
+
+PEER = "peer: transformers `MimiModel.encode`, one utterance at a time (SODA's data prep)"
+
+
+def bench_peer(codec, clips: list, audio_s: float, args, n_threads: int) -> dict:
+    """The same weights through transformers' own ``MimiModel.encode``, utterance by utterance."""
+    model, dev = codec.model, codec.device
+
+    def encode_each():
+        with torch.inference_mode():
+            for wave in clips:
+                audio = torch.from_numpy(wave)[None, None].to(dev, codec.dtype)
+                model.encode(audio, num_quantizers=codec.num_codebooks).audio_codes.cpu()
+
+    m = measure(encode_each, args.repeats)
+    r = row(PEER, "batch of 1", dev, n_threads, n_threads if dev == "cpu" else None, audio_s, m)
+    print(f"  peer encode, one utterance at a time: {r['rate']:.1f}x realtime", flush=True)
+    return r
 
 
 def bench_worker_decode(tasks: list, rate: int, args) -> dict:
@@ -192,12 +215,12 @@ def instrumented(clock: Clock):
     """Times codec load, tokenizer load, encode and the wait for decoded audio inside ``preprocess_audio``.
 
     Patches the names the pipeline looks up when a job runs: ``codec.loading.load_codec`` (imported
-    inside ``preprocess_audio``), and ``audio_pipeline.DecodePool`` / ``load_tokenizer``. ``DecodePool.map``
+    inside ``load_codec_and_tokenizer``), and ``codec_job.DecodePool`` / ``load_tokenizer``. ``DecodePool.map``
     decodes in this process with no workers, so its wait is the decode time there.
     """
     from megatron_soda.codec import loading
 
-    saved = (loading.load_codec, audio_pipeline.DecodePool, audio_pipeline.load_tokenizer)
+    saved = (loading.load_codec, codec_job.DecodePool, codec_job.load_tokenizer)
 
     def load(config):
         codec = clock.wrap(saved[0], "codec load")(config)
@@ -208,12 +231,12 @@ def instrumented(clock: Clock):
         def map(self, *a, **k):
             return clock.wrap_iter(super().map(*a, **k), "decode (wait)")
 
-    loading.load_codec, audio_pipeline.DecodePool = load, Pool
-    audio_pipeline.load_tokenizer = clock.wrap(saved[2], "tokenizer load")
+    loading.load_codec, codec_job.DecodePool = load, Pool
+    codec_job.load_tokenizer = clock.wrap(saved[2], "tokenizer load")
     try:
         yield
     finally:
-        loading.load_codec, audio_pipeline.DecodePool, audio_pipeline.load_tokenizer = saved
+        loading.load_codec, codec_job.DecodePool, codec_job.load_tokenizer = saved
 
 
 def bench_pipeline(manifest, tokenizer, codec_config, device, args, tmp, n_threads, cores) -> list[dict]:
@@ -295,6 +318,15 @@ def report(rows: list, pipe_rows: list, meta: dict) -> str:
             f"**{fmt(r['rate'])}** | **{fmt(r['per_core'])}** | {fmt(r['best'])} | {fmt(r['per_cpu_s'])} | "
             f"{statistics.median(o):.2f}, {max(o):.2f}; {r['redone']} |"
         )
+    peer = next((r for r in rows if r["stage"] == PEER), None)
+    if peer:
+        lines += ["", f"Against the peer ({peer['rate']:.1f}x realtime on {peer['threads']} threads):", ""]
+        for r in rows:
+            if r["stage"] == "codec encode" and r["threads"] == peer["threads"]:
+                lines.append(f"- `codec.encode`, {r['setting']}: **{r['rate'] / peer['rate']:.2f}x the peer**")
+        lines.append(
+            f"- default `max_batch_seconds` per device (`codec.base.DEFAULT_BATCH_SECONDS`): {DEFAULT_BATCH_SECONDS}"
+        )
     if pipe_rows:
         names = list(pipe_rows[0]["parts"])
         lines += [
@@ -365,14 +397,16 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--encode-seconds", type=float, default=60.0, help="audio per codec measurement")
-    p.add_argument("--batch-seconds", type=floats, default=[5, 10, 30, 120], help="max_batch_seconds to encode with")
+    p.add_argument(
+        "--batch-seconds", type=floats, default=[2.5, 5, 10, 30, 120], help="max_batch_seconds to encode with"
+    )
     p.add_argument("--single-thread-batch-seconds", type=floats, default=[5, 120], help="... also with 1 thread")
     p.add_argument("--decode-passes", type=int, default=5, help="corpus passes per decode + resample run")
     p.add_argument(
         "--pipeline",
         type=settings,
         default=[(1, 120), (2, 120), (2, 5)],
-        help="preprocess_audio settings, WORKERS:MAX_BATCH_SECONDS,... (120: the codec's default)",
+        help="preprocess_audio settings, WORKERS:MAX_BATCH_SECONDS,... (5: the CPU default, 120: the GPU one)",
     )
     p.add_argument("--utterances", type=int, default=None, help="use only the first N utterances of the corpus")
     p.add_argument("--max-wait", type=float, default=MAX_WAIT_S, help="seconds per measurement to wait out other load")

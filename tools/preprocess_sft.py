@@ -9,9 +9,10 @@
 (source_audio, source_language, source_text, target_text, target_audio, target_language), SODA's S2ST
 sequence; --variant sft trains the response only, lm every token. Audio paths are relative to the JSONL
 file. Bad records (missing field or audio, unknown language, longer than --seq-length) go to rejects files
-with their reason and file:line. The job is sharded and resumable as preprocess_audio's is; merge
-shards/tokens_?????.idx (the loss flags come along) and train with --data-path on the merged prefix. The
-report (also <output-dir>/report.json) is printed as JSON; --json writes it to a file too.
+with their reason and file:line. The job is sharded, resumable and shared by workers as preprocess_audio's is
+(--num-workers-total, --worker-rank, --finalize); train with --data-path <output-dir>/tokens, the merged
+shards (the loss flags come along). The report (also <output-dir>/report.json) is printed as JSON;
+--json writes it to a file too.
 """
 
 import json

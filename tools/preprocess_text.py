@@ -5,8 +5,9 @@
         --tokenizer tokenizers/soda
 
 Each document becomes <|begin_of_text|>text<|end_of_text|>, as SODA renders its text share
-(Nemotron-CC). Bad lines go to shards/rejects_*.jsonl with their reason; a rerun resumes. The report is
-printed as JSON; --json writes it to a file too.
+(Nemotron-CC). Bad lines go to shards/rejects_*.jsonl with their reason; a rerun resumes. Workers share
+a job by shards as tools/preprocess_audio.py's do (--num-workers-total, --worker-rank, --finalize, or a
+SLURM array's variables). The report is printed as JSON; --json writes it to a file too.
 """
 
 import json

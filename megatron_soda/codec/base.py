@@ -8,7 +8,7 @@ its own frame count, so a clip's codes never depend on what it was batched with.
 from __future__ import annotations
 
 import abc
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -23,6 +23,16 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if device_info().cuda else "cpu")
     return torch.device(device)
+
+
+DEFAULT_BATCH_SECONDS = {"cpu": 5.0, "cuda": 120.0}
+"""``max_batch_seconds`` when none is given, per device type: the fastest measured there
+(``bench/bench_preprocess.py``; figures in bench/RESULTS.md). On a CPU small batches stay in cache (120 s
+of audio is ~740 MB per activation in the first convolutions); a GPU wants large ones."""
+
+
+def default_batch_seconds(device: torch.device) -> float:
+    return DEFAULT_BATCH_SECONDS.get(device.type, DEFAULT_BATCH_SECONDS["cuda"])
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> torch.dtype:
@@ -75,10 +85,12 @@ class AudioCodec(abc.ABC):
     """Clips of fewer frames are encoded and decoded alone: the backend reads this far past a clip's start,
     so a shorter clip's codes would see whatever follows it in a batch (EnCodec's reflection padding)."""
 
-    def __init__(self, *, device="auto", dtype="auto", max_batch_seconds: float = 120.0, random_init: bool = False):
+    def __init__(self, *, device="auto", dtype="auto", max_batch_seconds: Optional[float] = None, random_init=False):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.quantizer_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        if max_batch_seconds is None:
+            max_batch_seconds = default_batch_seconds(self.device)
         if max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
         self.max_batch_seconds = max_batch_seconds

@@ -42,7 +42,7 @@ def check_codec(config: CodecConfig) -> None:
     check_at_least("--num-codebooks", config.num_codebooks, 1)
     if config.bandwidth is not None and config.bandwidth <= 0:
         raise ValueError(f"--bandwidth must be > 0 kbps, got {config.bandwidth}")
-    if config.max_batch_seconds <= 0:
+    if config.max_batch_seconds is not None and config.max_batch_seconds <= 0:
         raise ValueError(f"--codec-batch-seconds must be > 0, got {config.max_batch_seconds}")
     kind, _, index = config.device.partition(":")
     if kind not in _DEVICES or (index and (kind == "auto" or not index.isdigit())):

@@ -35,9 +35,9 @@ class CodecConfig:
     dtype: str = field(default="auto", metadata=flag(hidden=True))
     """Network dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
     The quantizer always runs in float32."""
-    max_batch_seconds: float = field(default=120.0, metadata=flag("--codec-batch-seconds"))
-    """padded audio per encoder call; bounds memory, larger batches run faster (on a CPU ~5 runs about 2x
-    faster, see bench/RESULTS.md)."""
+    max_batch_seconds: Optional[float] = field(default=None, metadata=flag("--codec-batch-seconds"))
+    """padded audio per encoder call (bounds memory); default: the fastest measured on the device
+    (codec.base.DEFAULT_BATCH_SECONDS: 5 on a CPU, 120 on a GPU; bench/RESULTS.md)."""
     config_overrides: dict = field(
         default_factory=dict, metadata=flag("--codec-config", parse=json_object, metavar="JSON")
     )

@@ -2,7 +2,9 @@
 
 Output directory::
 
-    job.json                    what this job is (config and input fingerprints); a rerun must match it
+    job.json                    what this job is (config, records, codec) and how many workers share it;
+                                every worker and rerun must match it
+    tokens.*, codes.*           every shard's tokens (and codes) merged, written by finalizing
     rejects_input.jsonl         manifest lines refused before any audio was read
     shards/tokens_NNNNN.*       rendered sequences (IndexedDataset; one sequence per rendered document), with
                                 tokens_NNNNN.vocab.json: the tokenizer and vocabulary layout that made them
@@ -12,11 +14,15 @@ Output directory::
     shards/meta_NNNNN.jsonl     one line per kept utterance (id, text, speaker, recording, seconds, frames,
                                 and `document`: its document's index in the shard's codes dataset)
     shards/rejects_NNNNN.jsonl  utterances refused while decoding, with their reasons
-    shards/shard_NNNNN.json     counts; written last, it is the shard's commit point
-    report.json                 totals over all shards
+    shards/shard_NNNNN.json     counts, its audio files' digest, the codec's device and dtype; written last,
+                                it is the shard's commit point
+    timing/shard_NNNNN.json     wall seconds the shard took on its device (throughput.json sums them)
+    report.json                 totals over all shards, written once every shard is committed
 
 A killed job rerun with the same command skips committed shards and redoes the rest from scratch, so
-no utterance is lost or duplicated, and the result is byte-identical to an uninterrupted run.
+no utterance is lost or duplicated, and the result is byte-identical to an uninterrupted run. Workers
+(``--num-workers-total W --worker-rank r``, or a SLURM array, srun or torchrun) share a job by shards:
+worker r does shard i when i % W == r; the last to finish (or ``--finalize``) merges and reports.
 """
 
 from __future__ import annotations
@@ -33,17 +39,15 @@ from megatron_soda.codec.config import CodecConfig
 from megatron_soda.data.audio_decode import Decoded, DecodeTask
 from megatron_soda.data.codec_job import (
     check_codec_job,
-    decoding,
     encode_decoded,
-    file_stat,
     job_fingerprint,
     load_codec_and_tokenizer,
+    run_shards,
     shard_ranges,
-    write_report,
 )
 from megatron_soda.data.formats import Utterance, document_orders, render, speech_document
 from megatron_soda.data.indexed_dataset import DatasetWriter, add_vocab_record, vocab_record
-from megatron_soda.data.jobs import ShardedJob, jsonl, write_atomic
+from megatron_soda.data.jobs import WorkerConfig, finish, jsonl, open_job, write_atomic
 from megatron_soda.data.manifest import Reject, group_documents, read_inputs, rejects_jsonl
 from megatron_soda.flags import flag
 
@@ -66,6 +70,7 @@ class AudioPreprocessConfig:
     tokenizer: str
     """SODA tokenizer directory (tools/build_tokenizer.py)."""
     codec: CodecConfig = field(default_factory=CodecConfig)
+    cluster: WorkerConfig = field(default_factory=WorkerConfig)
     documents_per_shard: int = 1000
     """documents per output shard (the unit of resume)."""
     workers: int = 2
@@ -102,13 +107,14 @@ class AudioPreprocessConfig:
 
 
 def _fingerprint(config: AudioPreprocessConfig, records, codec) -> dict:
-    """``codec_job.job_fingerprint`` over each record's audio (path, size, mtime), transcript and segment."""
-    rows = ((r.audio, file_stat(r.audio), r.text, r.start, r.end, r.recording, r.index) for r in records)
+    """``codec_job.job_fingerprint`` over each record's audio path, transcript and segment."""
+    rows = ((r.audio, r.text, r.start, r.end, r.recording, r.index) for r in records)
     return job_fingerprint(config, rows, codec)
 
 
-def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress, vocab) -> None:
-    """Encodes, renders and commits shard ``index``; ``vocab`` (``vocab_record``) goes beside its datasets."""
+def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress, vocab) -> dict:
+    """Encodes, renders and writes shard ``index`` and returns its counts (for its commit); ``vocab``
+    (``vocab_record``) goes beside its datasets."""
     records = [r for document in documents for r in document]
     tasks = [
         DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records
@@ -164,51 +170,48 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
         )
     write_atomic(job.path("meta", index, ".jsonl"), jsonl(meta))
     write_atomic(job.path("rejects", index, ".jsonl"), rejects_jsonl(rejects))
-    job.commit(
-        index,
-        {
-            "documents": len(utterances_per_doc),
-            "sequences": len(token_docs),
-            "utterances": len(meta),
-            "seconds": sum(m["seconds"] for m in meta),
-            "tokens": int(sum(lengths)),
-            "audio_tokens": int(sum(code_lengths)),
-            "rejects": dict(Counter(r.reason for r in rejects)),
-        },
-    )
+    return {
+        "documents": len(utterances_per_doc),
+        "sequences": len(token_docs),
+        "utterances": len(meta),
+        "seconds": sum(m["seconds"] for m in meta),
+        "tokens": int(sum(lengths)),
+        "audio_tokens": int(sum(code_lengths)),
+        "rejects": dict(Counter(r.reason for r in rejects)),
+    }
 
 
 def preprocess_audio(config: AudioPreprocessConfig) -> dict:
-    """Runs (or resumes) a preprocessing job and returns its report."""
+    """Runs (or resumes) this worker's share of a preprocessing job; returns the job's report once every
+    shard is committed, else this worker's part (``finalized`` false)."""
     if config.documents_per_shard <= 0:
         raise ValueError(f"documents_per_shard must be positive, got {config.documents_per_shard}")
     tokenizer, codec = load_codec_and_tokenizer(config)
     records, input_rejects = read_inputs(config.inputs)
-    job = ShardedJob(config.output_dir, _fingerprint(config, records, codec), config.overwrite)
-    job.write("rejects_input.jsonl", rejects_jsonl(input_rejects))
+    job = open_job(config, _fingerprint(config, records, codec))
     documents = group_documents(records, config.max_document_seconds)
     orders = document_orders(len(documents), config.text_first_probability, config.seed)
     shards = shard_ranges(len(documents), config.documents_per_shard)
-    todo = [i for i in range(len(shards)) if not job.is_committed(i)]
     vocab = vocab_record(tokenizer.layout, config.tokenizer)  # beside every dataset written: what its ids mean
-    for i in set(range(len(shards))) - set(todo):  # shards committed by code that wrote no record
-        add_vocab_record(job.path("tokens", i), vocab)
-        add_vocab_record(job.path("codes", i), {**vocab, "content": "codes"})
+    for i in job.own(len(shards)):  # shards committed by code that wrote no record
+        if job.is_committed(i):
+            add_vocab_record(job.path("tokens", i), vocab)
+            add_vocab_record(job.path("codes", i), {**vocab, "content": "codes"})
     logger.info(
-        "%d utterances in %d documents, %d shards (%d to do), %d input rejects",
+        "%d utterances in %d documents, %d shards, %d input rejects",
         len(records),
         len(documents),
         len(shards),
-        len(todo),
         len(input_rejects),
     )
 
-    if todo:
-        total = sum(len(documents[d]) for i in todo for d in shards[i])
-        with decoding(config.workers, total, config.progress, unit="utt") as (pool, progress):
-            for i in todo:
-                docs = [documents[d] for d in shards[i]]
-                _process_shard(
-                    job, i, docs, [orders[d] for d in shards[i]], codec, tokenizer, pool, config, progress, vocab
-                )
-    return write_report(job, len(shards), input_rejects)
+    def process(i, pool, progress):
+        docs = [documents[d] for d in shards[i]]
+        orders_i = [orders[d] for d in shards[i]]
+        return _process_shard(job, i, docs, orders_i, codec, tokenizer, pool, config, progress, vocab)
+
+    def audio_of(i):
+        return [r.audio for d in shards[i] for r in documents[d]]
+
+    run_shards(job, config, codec, len(shards), audio_of, process, unit="utt")
+    return finish(job, len(shards), ("tokens", "codes"), input_rejects, config.cluster.finalize)

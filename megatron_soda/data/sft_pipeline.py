@@ -7,19 +7,21 @@ packer would cut it and leave a response without its prompt.
 
 Output directory (the audio pipeline's layout, ``jobs.ShardedJob``)::
 
-    job.json                    what this job is (config and input fingerprints); a rerun must match it
+    job.json                    what this job is (config, records, codec) and how many workers share it
+    tokens.*                    every shard's tokens and loss flags merged, written by finalizing
     rejects_input.jsonl         example lines refused before any audio was read (bad JSON, missing field,
                                 unknown language, ...)
     shards/tokens_NNNNN.*       one sequence per kept example, with tokens_NNNNN.vocab.json (the tokenizer and
                                 vocabulary layout) and tokens_NNNNN.loss.bin/.idx (its 0/1 loss flags)
     shards/meta_NNNNN.jsonl     one line per kept example: id, source (file:line), tokens, trained tokens, seconds
     shards/rejects_NNNNN.jsonl  examples refused while reading audio or rendering, with their reasons
-    shards/shard_NNNNN.json     counts; written last, it is the shard's commit point
-    report.json                 totals over all shards
+    shards/shard_NNNNN.json     counts, audio digest, codec device and dtype; written last, the commit point
+    timing/shard_NNNNN.json     wall seconds per shard on its device
+    report.json                 totals over all shards, written once every shard is committed
 
-Train on it as on preprocess_audio's output: merge the shards (``tools/merge_datasets.py --input
-<output-dir>/shards/tokens_?????.idx --output data/sft``; the flags come along; the pattern leaves out the
-flags' own ``tokens_NNNNN.loss.idx``) and pass ``--data-path data/sft``. Packed (``tools/pack_dataset.py
+Workers share a job as preprocess_audio's do (``--num-workers-total``/``--worker-rank``, ``--finalize``).
+Train on it as on preprocess_audio's output: ``--data-path <output-dir>/tokens`` (the merged shards; the
+flags come along). Packed (``tools/pack_dataset.py
 --seq-length N``, trained with ``--packed-data``), each example stays whole in one row.
 """
 
@@ -37,17 +39,15 @@ from megatron_soda.codec.config import CodecConfig
 from megatron_soda.data.audio_decode import Decoded, DecodeTask
 from megatron_soda.data.codec_job import (
     check_codec_job,
-    decoding,
     encode_decoded,
-    file_stat,
     job_fingerprint,
     load_codec_and_tokenizer,
+    run_shards,
     shard_ranges,
-    write_report,
 )
 from megatron_soda.data.formats import render
 from megatron_soda.data.indexed_dataset import DatasetWriter, vocab_record
-from megatron_soda.data.jobs import ShardedJob, jsonl, write_atomic
+from megatron_soda.data.jobs import WorkerConfig, finish, jsonl, open_job, write_atomic
 from megatron_soda.data.manifest import Reject, read_records, rejects_jsonl
 from megatron_soda.data.s2st_format import Variant
 from megatron_soda.data.sft_records import CVSS_LANGUAGES, parse_generic, s2st_parser
@@ -78,6 +78,7 @@ class SFTPreprocessConfig:
     languages: Optional[List[str]] = field(default=None, metadata=flag(nargs="+"))
     """--format s2st only: the language codes records may use (default: CVSS's 21 source languages and en)."""
     codec: CodecConfig = field(default_factory=CodecConfig)
+    cluster: WorkerConfig = field(default_factory=WorkerConfig)
     documents_per_shard: int = 1000
     """examples per output shard (the unit of resume)."""
     workers: int = 2
@@ -126,13 +127,15 @@ def read_examples(config: SFTPreprocessConfig):
 
 
 def _fingerprint(config: SFTPreprocessConfig, records, codec) -> dict:
-    """``codec_job.job_fingerprint`` over each record's fields and its audio files' size and mtime."""
-    rows = ((asdict(r), [file_stat(clip.path) for clip in r.clips()]) for r in records)
+    """``codec_job.job_fingerprint`` over each record's fields (its audio files' sizes and times are its
+    shard's)."""
+    rows = (asdict(r) for r in records)
     return job_fingerprint(config, rows, codec)
 
 
-def _process_shard(job, index, records, codec, tokenizer, pool, config, progress, vocab) -> None:
-    """Encodes, renders, checks and commits shard ``index``: kept examples with their flags, rejects with reasons."""
+def _process_shard(job, index, records, codec, tokenizer, pool, config, progress, vocab) -> dict:
+    """Encodes, renders, checks and writes shard ``index`` (kept examples with their flags, rejects with
+    reasons); returns its counts, for its commit."""
     tasks = [
         DecodeTask(clip.path, clip.start, clip.end, codec.sample_rate, config.min_seconds, config.max_seconds)
         for record in records
@@ -178,35 +181,31 @@ def _process_shard(job, index, records, codec, tokenizer, pool, config, progress
         writer.add_documents(tokens, lengths, loss_mask=flags)
     write_atomic(job.path("meta", index, ".jsonl"), jsonl(meta))
     write_atomic(job.path("rejects", index, ".jsonl"), rejects_jsonl(rejects))
-    job.commit(
-        index,
-        {
-            "examples": len(kept),
-            "tokens": int(sum(lengths)),
-            "trained_tokens": int(flags.sum()),
-            "seconds": sum(m["seconds"] for m in meta),
-            "rejects": dict(Counter(r.reason for r in rejects)),
-        },
-    )
+    return {
+        "examples": len(kept),
+        "tokens": int(sum(lengths)),
+        "trained_tokens": int(flags.sum()),
+        "seconds": sum(m["seconds"] for m in meta),
+        "rejects": dict(Counter(r.reason for r in rejects)),
+    }
 
 
 def preprocess_sft(config: SFTPreprocessConfig) -> dict:
-    """Runs (or resumes) a fine-tuning preprocessing job and returns its report."""
+    """Runs (or resumes) this worker's share of a fine-tuning preprocessing job; returns the job's report
+    once every shard is committed, else this worker's part (``finalized`` false)."""
     check_at_least("documents_per_shard", config.documents_per_shard, 1)
     tokenizer, codec = load_codec_and_tokenizer(config)
     records, input_rejects = read_examples(config)
-    job = ShardedJob(config.output_dir, _fingerprint(config, records, codec), config.overwrite)
-    job.write("rejects_input.jsonl", rejects_jsonl(input_rejects))
+    job = open_job(config, _fingerprint(config, records, codec))
     shards = shard_ranges(len(records), config.documents_per_shard)
-    todo = [i for i in range(len(shards)) if not job.is_committed(i)]
     vocab = vocab_record(tokenizer.layout, config.tokenizer)
-    logger.info(
-        "%d examples, %d shards (%d to do), %d input rejects", len(records), len(shards), len(todo), len(input_rejects)
-    )
-    if todo:
-        total = sum(len(records[k].clips()) for i in todo for k in shards[i])
-        with decoding(config.workers, total, config.progress, unit="clip") as (pool, progress):
-            for i in todo:
-                shard = [records[k] for k in shards[i]]
-                _process_shard(job, i, shard, codec, tokenizer, pool, config, progress, vocab)
-    return write_report(job, len(shards), input_rejects)
+    logger.info("%d examples, %d shards, %d input rejects", len(records), len(shards), len(input_rejects))
+
+    def process(i, pool, progress):
+        return _process_shard(job, i, [records[k] for k in shards[i]], codec, tokenizer, pool, config, progress, vocab)
+
+    def audio_of(i):
+        return [clip.path for k in shards[i] for clip in records[k].clips()]
+
+    run_shards(job, config, codec, len(shards), audio_of, process, unit="clip")
+    return finish(job, len(shards), ("tokens",), input_rejects, config.cluster.finalize)

@@ -2,14 +2,15 @@
 
 Each document is rendered as ``<|begin_of_text|>text<|end_of_text|>`` (plain text, no text markers).
 Inputs are JSONL (one object per line, text under ``text_key``) or parquet (a string column). Bad
-lines (not UTF-8, not JSON, no text) go to the rejects with their reason. Output layout and resume
-follow ``jobs.ShardedJob``: ``shards/tokens_NNNNN.*`` (with ``tokens_NNNNN.vocab.json``, the tokenizer and
-vocabulary layout that made them), ``shards/rejects_NNNNN.jsonl``, ``report.json``.
+lines (not UTF-8, not JSON, no text) go to the rejects with their reason. Output layout, resume and
+workers follow ``jobs.ShardedJob``: ``shards/tokens_NNNNN.*`` (with ``tokens_NNNNN.vocab.json``, the
+tokenizer and vocabulary layout that made them), ``shards/rejects_NNNNN.jsonl``, and once every shard is
+committed ``tokens.*`` (the shards merged) and ``report.json``. Every worker reads the inputs through (they
+are what numbers the shards) and tokenizes only its own shards.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -20,7 +21,7 @@ import numpy as np
 from megatron_soda.checks import check_at_least, check_dir, check_file, check_output_dir
 from megatron_soda.data.formats import render, text_document
 from megatron_soda.data.indexed_dataset import DatasetWriter, add_vocab_record, vocab_record
-from megatron_soda.data.jobs import ShardedJob, content_digest, file_fingerprint, summarize, write_atomic
+from megatron_soda.data.jobs import WorkerConfig, content_digest, file_fingerprint, finish, open_job, write_atomic
 from megatron_soda.data.manifest import Reject, is_encodable, read_jsonl
 from megatron_soda.flags import flag
 
@@ -55,6 +56,7 @@ class TextPreprocessConfig:
     """field (JSONL) or column (parquet) holding the text."""
     documents_per_shard: int = 100_000
     """documents per output shard (the unit of resume)."""
+    cluster: WorkerConfig = field(default_factory=WorkerConfig)
     overwrite: bool = False
     """discard an existing job in --output-dir and start again."""
     progress: bool = True
@@ -69,6 +71,7 @@ class TextPreprocessConfig:
         if not self.text_key:
             raise ValueError("--text-key may not be empty")
         check_at_least("--documents-per-shard", self.documents_per_shard, 1)
+        self.cluster.check(self.overwrite)
 
 
 def _jsonl_texts(path: str, key: str) -> Iterator[Tuple[str, Union[str, Reject]]]:
@@ -108,8 +111,24 @@ def read_texts(paths: List[str], key: str) -> Iterator[Tuple[str, Union[str, Rej
             yield source, item
 
 
+def _run_shard(job, index: int, chunk, tokenizer, vocab: dict) -> None:
+    """Renders and commits shard ``index`` (its ``chunk`` of (source, text or Reject)) unless committed."""
+    layout = tokenizer.layout
+    if job.is_committed(index):
+        add_vocab_record(job.path("tokens", index), vocab)  # committed by code that wrote none
+        return
+    docs = [render(text_document(tokenizer.encode_text(t)), layout).ids for _, t in chunk if isinstance(t, str)]
+    rejects = [r for _, r in chunk if isinstance(r, Reject)]
+    with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True, vocab=vocab) as writer:
+        writer.add_documents(np.concatenate(docs) if docs else np.zeros(0, np.int64), [len(d) for d in docs])
+    write_atomic(job.path("rejects", index, ".jsonl"), "".join(r.to_json() + "\n" for r in rejects))
+    counts = {"documents": len(docs), "tokens": int(sum(len(d) for d in docs))}
+    job.commit(index, {**counts, "rejects": dict(Counter(r.reason for r in rejects))})
+
+
 def preprocess_text(config: TextPreprocessConfig) -> dict:
-    """Runs (or resumes) a text job and returns its report."""
+    """Runs (or resumes) this worker's share of a text job; returns the job's report once every shard is
+    committed, else this worker's part (``finalized`` false)."""
     from tqdm import tqdm
 
     if config.documents_per_shard <= 0:
@@ -120,9 +139,8 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
         "job": {k: v for k, v in asdict(config).items() if k in ("text_key", "documents_per_shard")},
     }
     tokenizer = load_tokenizer("--tokenizer", config.tokenizer)  # before the output directory is claimed
-    job = ShardedJob(config.output_dir, fingerprint, config.overwrite)
-    layout = tokenizer.layout
-    vocab = vocab_record(layout, config.tokenizer)
+    job = open_job(config, fingerprint)
+    vocab = vocab_record(tokenizer.layout, config.tokenizer)
     records = read_texts(config.inputs, config.text_key)
     index = 0
     with tqdm(unit="doc", desc="preprocess_text", disable=not config.progress) as bar:
@@ -130,28 +148,8 @@ def preprocess_text(config: TextPreprocessConfig) -> dict:
             chunk = list(islice(records, config.documents_per_shard))
             if not chunk:
                 break
-            if job.is_committed(index):
-                add_vocab_record(job.path("tokens", index), vocab)  # committed by code that wrote none
-            else:
-                docs = [
-                    render(text_document(tokenizer.encode_text(t)), layout).ids for _, t in chunk if isinstance(t, str)
-                ]
-                rejects = [r for _, r in chunk if isinstance(r, Reject)]
-                with DatasetWriter(job.path("tokens", index), layout.vocab_size, overwrite=True, vocab=vocab) as writer:
-                    writer.add_documents(
-                        np.concatenate(docs) if docs else np.zeros(0, np.int64), [len(d) for d in docs]
-                    )
-                write_atomic(job.path("rejects", index, ".jsonl"), "".join(r.to_json() + "\n" for r in rejects))
-                job.commit(
-                    index,
-                    {
-                        "documents": len(docs),
-                        "tokens": int(sum(len(d) for d in docs)),
-                        "rejects": dict(Counter(r.reason for r in rejects)),
-                    },
-                )
+            if job.share.owns(index) and not config.cluster.finalize:
+                _run_shard(job, index, chunk, tokenizer, vocab)
             bar.update(len(chunk))
             index += 1
-    report = summarize(job.reports(index))
-    job.write("report.json", json.dumps(report, indent=2))
-    return report
+    return finish(job, index, ("tokens",), (), config.cluster.finalize)
