@@ -69,6 +69,11 @@ def test_cpu_study_runs_end_to_end_and_a_stopped_run_resumes(isoflop, data, tmp_
         (study / "results.json").write_text(json.dumps(results))
         assert run(isoflop, "fit", "--output-dir", study, "--bootstrap", 20, "--predict", 1e12) == 0
     fit = json.loads((study / "fit.json").read_text())
-    assert len(fit["approach2"]["budgets"]) == 2 and fit["predictions"][0]["parametric"]["shape"]["width"] % 16 == 0
+    assert len(fit["approach2"]["budgets"]) == 2 and fit["predictions"][0]["approach2"]["shape"]["width"] % 16 == 0
+    # six runs at two budgets rarely pin down approach 3's five parameters: then it says so, with no numbers
+    parametric = fit["parametric"]
+    assert parametric["identifiable"] == ("parametric" in fit["predictions"][0]) and (
+        parametric["identifiable"] or parametric["reason"]
+    )
     assert run(isoflop, "plot", "--output-dir", study) == 0
     assert all((study / "plots" / name).stat().st_size > 1000 for name in ("isoflop.png", "frontier.png", "curves.png"))

@@ -33,14 +33,13 @@ import numpy as np
 
 from megatron_soda.checks import check_at_least, check_file, check_output_dir
 from megatron_soda.codec import CodecConfig
-from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
-from megatron_soda.data.indexed_dataset import merge_datasets, validate_dataset
+from megatron_soda.data.indexed_dataset import validate_dataset
 from megatron_soda.data.packing import pack_dataset
-from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
 from megatron_soda.flags import FlagParser, flag
 from megatron_soda.logs import hide_known_notices
+from megatron_soda.scaling import demo_corpus
 
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "demo_corpus"
+CORPUS = demo_corpus.CORPUS
 
 
 def step(title: str) -> None:
@@ -80,7 +79,7 @@ def main(argv=None) -> int:
     hide_known_notices()
     logging.getLogger("megatron.core").setLevel(logging.ERROR)  # its in-memory index notices
 
-    from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
+    from megatron_soda.tokenizer import load_soda_tokenizer
 
     start = time.time()
     out = Path(args.output_dir)
@@ -88,9 +87,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True)
 
     step("1. tokenizer")
-    texts = [json.loads(line)["text"] for name in ("text.jsonl", "manifest.jsonl") for line in open(corpus / name)]
-    save_soda_tokenizer(build_soda_tokenizer(train_bpe(texts, vocab_size=1024)), out / "tokenizer")
-    tokenizer = load_soda_tokenizer(out / "tokenizer")
+    tokenizer = load_soda_tokenizer(demo_corpus.build_tokenizer(corpus, out))
     layout = tokenizer.layout
     print(
         f"{layout.vocab_size} ids: text < {layout.base_size}, <|text_start|> {layout.text_start_id}, "
@@ -98,34 +95,16 @@ def main(argv=None) -> int:
     )
 
     step("2. preprocess speech (Mimi, random weights) and text")
-    speech = preprocess_audio(
-        AudioPreprocessConfig(
-            inputs=[str(corpus / "manifest.jsonl")],
-            output_dir=str(out / "speech_job"),
-            tokenizer=str(out / "tokenizer"),
-            codec=CodecConfig(name="mimi", random_init=True),
-            documents_per_shard=10,
-            workers=args.workers,
-        )
-    )
+    speech = demo_corpus.preprocess_speech(corpus, out, args.workers)
     print(
         f"speech: {speech['utterances']} utterances, {speech['hours'] * 3600:.0f} s, {speech['documents']} documents "
         f"-> {speech['sequences']} sequences (both orders), {speech['tokens']} tokens; rejects {speech['rejects']}"
     )
-    text = preprocess_text(
-        TextPreprocessConfig(
-            inputs=[str(corpus / "text.jsonl")],
-            output_dir=str(out / "text_job"),
-            tokenizer=str(out / "tokenizer"),
-            progress=False,
-        )
-    )
+    text = demo_corpus.preprocess_text_documents(corpus, out)
     print(f"text:   {text['documents']} documents, {text['tokens']} tokens")
 
     step("3. merge, validate, pack")
-    for name, job in (("speech", speech), ("text", text)):
-        shards = [out / f"{name}_job" / "shards" / f"tokens_{i:05d}" for i in range(job["shards"])]
-        merge_datasets(out / name, shards, progress=False)
+    demo_corpus.merge_jobs(out, {"speech": speech, "text": text})
     for name in ("speech", "text"):
         print(validate_dataset(out / name, layout.vocab_size))
     plan = pack_dataset(out / "speech", out / "speech_packed", args.seq_length)

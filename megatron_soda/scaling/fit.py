@@ -7,14 +7,24 @@ attention and LM head: the budgets' own convention, the paper's 3e18..3e20) or 6
 a budget the runs' C, and their tokens per parameter, vary a little with the shape; both are read at N* from a
 least-squares line through the budget's runs in log N (exact where they are constant). D* = C / (k N*): with
 ``k`` unset, k is the budget's own C / (N D) read at N* the same way, i.e. the tokens the optimal run would
-train on; ``--k 6`` gives Chinchilla's D* = C / (6 N*) instead. The bootstrap resamples runs within each
-budget (seeded) and refits everything; a resample whose parabola cannot be fitted (fewer than three distinct
-N, or not convex) is discarded and counted.
+train on; ``--k 6`` gives Chinchilla's D* = C / (6 N*) instead.
+
+The intervals come from a residual bootstrap (seeded): each resample adds resampled residuals to fitted values
+and refits, so it keeps every budget and every model size. Which residuals depends on what the runs leave:
+
+- ``parabola residuals`` when the budgets' parabolas leave at least one residual degree of freedom per budget
+  (runs beyond three, pooled): each budget's losses become its parabola's fitted values plus residuals drawn
+  from all budgets' (leverage-corrected, centred) residuals; every parabola, optimum and law is refitted. A
+  resample whose parabola is not convex is discarded and counted.
+- ``frontier residuals`` otherwise (three runs per budget pass exactly through their parabola and leave no
+  residual): the optima's residuals about the power laws (leverage-corrected, centred; one budget's residuals
+  drawn together for N*, D* and loss*) are added to the laws' fitted values and the laws refitted. This needs
+  at least three budgets; with two there is no bootstrap, and the output says so.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -148,9 +158,13 @@ def power_law(log_c: np.ndarray, log_y: np.ndarray) -> tuple:
     return float(log_coefficient), float(exponent)
 
 
+LAWS = ("N_opt", "D_opt", "loss_opt")
+"""The fitted power laws, each ~ C^exponent."""
+
+
 def _laws(optima: List[Dict[str, float]]) -> Dict[str, tuple]:
     log_c = np.log([o["C"] for o in optima])
-    return {key: power_law(log_c, np.log([o[key] for o in optima])) for key in ("N_opt", "D_opt", "loss_opt")}
+    return {key: power_law(log_c, np.log([o[key] for o in optima])) for key in LAWS}
 
 
 def approach2(obs: Observations, k: Optional[float] = None) -> Dict[str, Any]:
@@ -162,24 +176,84 @@ def approach2(obs: Observations, k: Optional[float] = None) -> Dict[str, Any]:
     return {"budgets": optima, "laws": _laws(optima)}
 
 
-def bootstrap_approach2(obs: Observations, k: Optional[float], samples: int, seed: int) -> Dict[str, Any]:
-    """The power laws refitted on ``samples`` resamples of runs within budgets: their (ln a, exponent) pairs."""
-    rng = np.random.default_rng(seed)
-    groups = list(obs.groups().items())
-    laws: Dict[str, List[tuple]] = {"N_opt": [], "D_opt": [], "loss_opt": []}
-    discarded = 0
+BOOTSTRAP_METHODS = {
+    "parabola residuals": "residual bootstrap of the per-budget parabolas (residuals pooled over budgets)",
+    "frontier residuals": "residual bootstrap of the power laws (the optima's residuals about each law)",
+    "none": "no bootstrap (it needs --bootstrap > 0, and three budgets or more than three runs per budget)",
+}
+
+
+def _adjusted_residuals(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares residuals of ``y`` on ``design`` divided by sqrt(1 - leverage), so that resampling them
+    keeps the noise's variance; points the fit passes through (leverage 1) leave none."""
+    coefficients, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ coefficients
+    leverage = np.einsum("ij,ji->i", design, np.linalg.pinv(design))
+    keep = leverage < 1 - 1e-9
+    return residual[keep] / np.sqrt(1 - leverage[keep])
+
+
+def bootstrap_method(obs: Observations) -> tuple:
+    """Which residual bootstrap the runs allow (see the module's docstring), and the residual degrees of
+    freedom it rests on (few: the intervals are rough, and tend to be too narrow)."""
+    groups = obs.groups()
+    spare = sum(max(0, len(index) - 3) for index in groups.values())
+    if spare >= len(groups):
+        return "parabola residuals", spare
+    return ("frontier residuals", len(groups) - 2) if len(groups) >= 3 else ("none", 0)
+
+
+def _parabola_resamples(obs, groups, k, samples, rng):
+    """Optima of ``samples`` resamples of the losses: parabola fits plus pooled residuals."""
+    fitted, pooled = obs.loss.copy(), []
+    for index in groups.values():
+        design = np.vander(obs.log_n[index], 3)
+        fitted[index] = design @ np.linalg.lstsq(design, obs.loss[index], rcond=None)[0]
+        pooled.append(_adjusted_residuals(design, obs.loss[index]))
+    pool = np.concatenate(pooled)
+    pool -= pool.mean()
+    out, discarded = [], 0
     for _ in range(samples):
+        resample = replace(obs, loss=fitted + rng.choice(pool, size=fitted.size))
         try:
-            optima = [
-                budget_optimum(obs, index[rng.integers(0, len(index), len(index))], k, budget)
-                for budget, index in groups
-            ]
+            out.append([budget_optimum(resample, index, k, budget) for budget, index in groups.items()])
         except FitError:
             discarded += 1
-            continue
-        for key, law in _laws(optima).items():
-            laws[key].append(law)
-    return {"laws": {key: np.array(value).reshape(-1, 2) for key, value in laws.items()}, "discarded": discarded}
+    return out, discarded
+
+
+def bootstrap_approach2(obs: Observations, k: Optional[float], samples: int, seed: int) -> Dict[str, Any]:
+    """The power laws refitted on ``samples`` residual-bootstrap resamples (``bootstrap_method``): their
+    (ln coefficient, exponent) pairs per law, the method and its residual degrees of freedom, and how many
+    resamples were discarded."""
+    rng = np.random.default_rng(seed)
+    groups = obs.groups()
+    method, freedom = bootstrap_method(obs) if samples > 0 else ("none", 0)
+    laws: Dict[str, List[tuple]] = {key: [] for key in LAWS}
+    discarded = 0
+    if method == "parabola residuals":
+        resamples, discarded = _parabola_resamples(obs, groups, k, samples, rng)
+        for optima in resamples:
+            for key, law in _laws(optima).items():
+                laws[key].append(law)
+    elif method == "frontier residuals":
+        optima = [budget_optimum(obs, index, k, budget) for budget, index in groups.items()]
+        log_c = np.log([o["C"] for o in optima])
+        design = np.vander(log_c, 2)
+        log_y = np.log([[o[key] for key in LAWS] for o in optima])  # [budget, law]
+        fitted = design @ np.linalg.lstsq(design, log_y, rcond=None)[0]
+        residual = np.stack([_adjusted_residuals(design, log_y[:, j]) for j in range(len(LAWS))], axis=1)
+        residual -= residual.mean(axis=0)
+        for _ in range(samples):
+            drawn = fitted + residual[rng.integers(0, len(residual), len(log_c))]
+            for j, key in enumerate(LAWS):
+                laws[key].append(power_law(log_c, drawn[:, j]))
+    return {
+        "laws": {key: np.array(value).reshape(-1, 2) for key, value in laws.items()},
+        "discarded": discarded,
+        "method": method,
+        "degrees_of_freedom": freedom,
+    }
 
 
 def interval(values: np.ndarray, confidence: float) -> Optional[List[float]]:

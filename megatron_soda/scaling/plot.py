@@ -77,7 +77,7 @@ def plot_frontiers(plt, fit: Dict[str, Any], path) -> None:
             curves = np.exp(samples[:, :1] + samples[:, 1:] * np.log(grid)[None, :])
             band = np.array([interval(curves[:, j], level) for j in range(len(grid))])
             axes.fill_between(grid, band[:, 0], band[:, 1], alpha=0.25, label=f"{100 * level:g}% bootstrap band")
-        if "parametric" in fit:
+        if fit.get("parametric", {}).get("identifiable"):
             exponent = fit["parametric"][f"{key}_exponent"]
             anchor = law["coefficient"] * c[0] ** law["exponent"]
             axes.plot(grid, anchor * (grid / c[0]) ** exponent, "--", label=f"approach 3 slope C^{exponent:.3f}")

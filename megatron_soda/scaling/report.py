@@ -14,6 +14,9 @@ from megatron_soda.scaling.parametric import PARAMETERS, fit_parametric
 from megatron_soda.scaling.predict import family_shapes, predictions
 from megatron_soda.scaling.study import Study, write_json
 
+ROUGH_BELOW = 5
+"""Bootstrap intervals resting on fewer residual degrees of freedom are flagged as rough in the table."""
+
 
 @dataclass
 class FitConfig:
@@ -36,10 +39,41 @@ def _law(law: tuple, samples: np.ndarray, confidence: float) -> Dict[str, Any]:
     }
 
 
+def _parametric(obs: approach.Observations, settings: FitSettings) -> Dict[str, Any]:
+    """Approach 3 with its residual-bootstrap intervals, or why the runs do not identify it."""
+    form = "L(N, D) = E + A / N^alpha + B / D^beta (Huber on log L, delta 1e-3)"
+    parametric = fit_parametric(obs.log_n, obs.log_d, obs.loss, settings.bootstrap, settings.bootstrap_seed)
+    if not parametric["identifiable"]:
+        return {**parametric, "form": form}
+    samples = parametric.pop("bootstrap", np.zeros((0, 5)))
+    p = parametric["parameters"]
+    columns = dict(zip(PARAMETERS, samples.T)) if len(samples) else {}
+    transformed = {"E": "e", "A": "a", "B": "b"}
+    intervals = {}
+    for name in ("E", "A", "B", "alpha", "beta"):
+        values = columns.get(transformed.get(name, name), np.zeros(0))
+        values = np.exp(values) if name in transformed else values
+        intervals[name] = interval(values, settings.confidence)
+    a, b = p["alpha"], p["beta"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        split = (columns["beta"] / (columns["alpha"] + columns["beta"])) if columns else np.zeros(0)
+    split = split[np.isfinite(split)]
+    parametric.update(
+        parameters={name: float(value) for name, value in p.items()},
+        intervals=intervals,
+        N_opt_exponent=b / (a + b),
+        D_opt_exponent=a / (a + b),
+        N_opt_exponent_interval=interval(split, settings.confidence),
+        D_opt_exponent_interval=interval(1 - split, settings.confidence),
+        bootstrap={"method": "residuals of log L about the best fit", "samples": len(samples)},
+        form=form,
+    )
+    return parametric
+
+
 def fit_results(results: Dict[str, Any], settings: FitSettings) -> Dict[str, Any]:
     """Every fit of a results table (``collect``'s output) under ``settings``."""
     obs = approach.observations(results["runs"], settings)
-    groups = obs.groups()
     two = approach.approach2(obs, settings.k)
     boot = approach.bootstrap_approach2(obs, settings.k, settings.bootstrap, settings.bootstrap_seed)
     k_text = (
@@ -63,7 +97,10 @@ def fit_results(results: Dict[str, Any], settings: FitSettings) -> Dict[str, Any
                 for key in ("N_opt", "D_opt", "loss_opt")
             },
             "bootstrap": {
-                "samples": settings.bootstrap - boot["discarded"],
+                "method": boot["method"],
+                "description": approach.BOOTSTRAP_METHODS[boot["method"]],
+                "degrees_of_freedom": boot["degrees_of_freedom"],
+                "samples": len(boot["laws"]["N_opt"]),
                 "discarded": boot["discarded"],
                 "seed": settings.bootstrap_seed,
                 "replicates": {key: value.tolist() for key, value in boot["laws"].items()},
@@ -72,28 +109,9 @@ def fit_results(results: Dict[str, Any], settings: FitSettings) -> Dict[str, Any
     }
     parametric = None
     if settings.parametric:
-        parametric = fit_parametric(obs.log_n, obs.log_d, obs.loss, groups, settings.bootstrap, settings.bootstrap_seed)
-        samples = parametric.pop("bootstrap", np.zeros((0, 5)))
-        p = parametric["parameters"]
-        columns = dict(zip(PARAMETERS, samples.T)) if len(samples) else {}
-        transformed = {"E": "e", "A": "a", "B": "b"}
-        intervals = {}
-        for name in ("E", "A", "B", "alpha", "beta"):
-            values = columns.get(transformed.get(name, name), np.zeros(0))
-            values = np.exp(values) if name in transformed else values
-            intervals[name] = interval(values, settings.confidence)
-        a, b = p["alpha"], p["beta"]
-        split = (columns["beta"] / (columns["alpha"] + columns["beta"])) if columns else np.zeros(0)
-        parametric.update(
-            parameters={name: float(value) for name, value in p.items()},
-            intervals=intervals,
-            N_opt_exponent=b / (a + b),
-            D_opt_exponent=a / (a + b),
-            N_opt_exponent_interval=interval(split, settings.confidence),
-            D_opt_exponent_interval=interval(1 - split, settings.confidence),
-            form="L(N, D) = E + A / N^alpha + B / D^beta (Huber on log L, delta 1e-3)",
-        )
-        out["parametric"] = parametric
+        out["parametric"] = _parametric(obs, settings)
+        if out["parametric"]["identifiable"]:
+            parametric = out["parametric"]
     if settings.predict:
         shapes = family_shapes(
             results["family_shape"], results["vocab_size"], results["seq_length"], settings.parameters, settings.flops
@@ -127,17 +145,28 @@ def fit_table(fit: Dict[str, Any]) -> List[str]:
         )
     boot = two["bootstrap"]
     level = f"{100 * fit['settings']['confidence']:g}%"
-    lines.append(
-        f"  power laws ({level} intervals over {boot['samples']} bootstrap resamples, {boot['discarded']} discarded):"
-    )
+    if boot["method"] == "none":
+        lines.append(f"  power laws ({boot['description']}):")
+    else:
+        discarded = f", {boot['discarded']} discarded" if boot["discarded"] else ""
+        lines.append(
+            f"  power laws ({level} intervals, {boot['description']}: {boot['samples']} resamples{discarded}):"
+        )
+        if boot["degrees_of_freedom"] < ROUGH_BELOW:
+            lines.append(
+                f"    (the residuals have {boot['degrees_of_freedom']} degree(s) of freedom: the intervals are rough "
+                f"and likely too narrow; more budgets, or more runs per budget, firm them up)"
+            )
     for key, name in (("N_opt", "N*"), ("D_opt", "D*"), ("loss_opt", "loss*")):
         law = two[key]
         span = _span(law["exponent_interval"])
         lines.append(f"    {name:<6} = {law['coefficient']:.4g} C^{law['exponent']:.4f}   exponent {span}")
-    if "parametric" in fit:
-        p = fit["parametric"]
+    p = fit.get("parametric")
+    if p is not None and not p["identifiable"]:
+        lines += ["", f"approach 3: {p['form']}", f"    not identifiable from {p['runs']} runs: {p['reason']}"]
+    elif p is not None:
         q, i = p["parameters"], p["intervals"]
-        lines += ["", f"approach 3: {p['form']}"]
+        lines += ["", f"approach 3: {p['form']} ({p['bootstrap']['method']} bootstrap)"]
         for name in ("E", "A", "B", "alpha", "beta"):
             lines.append(f"    {name:<6} = {q[name]:.4g}   {_span(i[name])}")
         lines.append(
