@@ -47,11 +47,14 @@ def test_cpu_study_runs_end_to_end_and_a_stopped_run_resumes(isoflop, data, tmp_
     assert run(isoflop, *launch, "--runs", "6e9-d32", "--extra-args", f"{quiet} --exit-interval 2") == 0
     assert run(isoflop, "collect", "--output-dir", study) == 2
     assert "6e9-d32 (stopped at iteration 2 of" in capsys.readouterr().err
+    # the stopped run resumes under torchrun, two data-parallel processes; then the rest run here
+    assert run(isoflop, *launch, "--runs", "6e9-d32", "--nproc-per-node", 2, "--extra-args", quiet) == 0
     assert run(isoflop, *launch, "--extra-args", quiet, "--json", tmp_path / "launch.json") == 0
     summary = json.loads((tmp_path / "launch.json").read_text())
     assert summary["finished"] == 6 and summary["failed"] == []
     records = [json.loads(line) for line in (study / "runs" / "6e9-d32" / "metrics.jsonl").read_text().splitlines()]
     assert [r["resume"]["iteration"] for r in records if "resume" in r] == [2]
+    assert [r["resume"]["run"]["layout"]["data"] for r in records if "resume" in r] == [2]  # by torchrun, DP=2
     assert len(list((study / "runs" / "6e9-d32" / "checkpoint").glob("iter_*"))) == 1  # the last one kept
     capsys.readouterr()
     assert (
