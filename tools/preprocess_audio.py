@@ -21,49 +21,23 @@ with --worker-rank r --num-workers-total W. The report (also <output-dir>/report
 JSON; --json writes it to a file too.
 """
 
-import json
-import logging
-import os
 import sys
-from dataclasses import dataclass, field
-from typing import Optional
 
-from megatron_soda.flags import FlagParser, base_config, flag
-from megatron_soda.tool_json import check_json_path, write_json
+from megatron_soda.flags import FlagParser
+from megatron_soda.job_tool import job_tool_parser, run_job_tool
 
 
 def build_parser() -> FlagParser:
     # Imported here, not at the top: spawned decode workers re-import this module and must stay lean.
     from megatron_soda.data.audio_pipeline import AudioPreprocessConfig
 
-    @dataclass
-    class AudioPreprocessTool(AudioPreprocessConfig):
-        json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
-        """also write the report as one JSON object to PATH ("-": stdout only, printed once)."""
-
-        def check(self) -> None:
-            AudioPreprocessConfig.check(self)
-            check_json_path(self.json)
-
-    return FlagParser(
-        AudioPreprocessTool, prog=os.path.basename(__file__), description=__doc__, check=AudioPreprocessTool.check
-    )
+    return job_tool_parser(AudioPreprocessConfig, __file__, __doc__)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = build_parser().parse(argv)
     from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 
-    try:
-        report = preprocess_audio(base_config(AudioPreprocessConfig, config))
-    except (ValueError, OSError) as error:
-        print(f"preprocess_audio: {error}", file=sys.stderr)
-        return 1
-    if config.json != "-":
-        print(json.dumps(report, indent=2))
-    write_json(config.json, report)
-    return 0
+    return run_job_tool(build_parser(), AudioPreprocessConfig, preprocess_audio, argv)
 
 
 if __name__ == "__main__":

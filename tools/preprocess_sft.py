@@ -15,49 +15,23 @@ shards (the loss flags come along). The report (also <output-dir>/report.json) i
 --json writes it to a file too.
 """
 
-import json
-import logging
-import os
 import sys
-from dataclasses import dataclass, field
-from typing import Optional
 
-from megatron_soda.flags import FlagParser, base_config, flag
-from megatron_soda.tool_json import check_json_path, write_json
+from megatron_soda.flags import FlagParser
+from megatron_soda.job_tool import job_tool_parser, run_job_tool
 
 
 def build_parser() -> FlagParser:
     # Imported here, not at the top: spawned decode workers re-import this module and must stay lean.
     from megatron_soda.data.sft_pipeline import SFTPreprocessConfig
 
-    @dataclass
-    class SFTPreprocessTool(SFTPreprocessConfig):
-        json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
-        """also write the report as one JSON object to PATH ("-": stdout only, printed once)."""
-
-        def check(self) -> None:
-            SFTPreprocessConfig.check(self)
-            check_json_path(self.json)
-
-    return FlagParser(
-        SFTPreprocessTool, prog=os.path.basename(__file__), description=__doc__, check=SFTPreprocessTool.check
-    )
+    return job_tool_parser(SFTPreprocessConfig, __file__, __doc__)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = build_parser().parse(argv)
     from megatron_soda.data.sft_pipeline import SFTPreprocessConfig, preprocess_sft
 
-    try:
-        report = preprocess_sft(base_config(SFTPreprocessConfig, config))
-    except (ValueError, OSError) as error:
-        print(f"preprocess_sft: {error}", file=sys.stderr)
-        return 1
-    if config.json != "-":
-        print(json.dumps(report, indent=2))
-    write_json(config.json, report)
-    return 0
+    return run_job_tool(build_parser(), SFTPreprocessConfig, preprocess_sft, argv)
 
 
 if __name__ == "__main__":

@@ -15,46 +15,19 @@ codes and metadata disagree is skipped and reported. The report (also <output-di
 as JSON; --json writes it to a file too.
 """
 
-import json
-import logging
-import os
 import sys
-from dataclasses import dataclass, field
-from typing import Optional
 
-from megatron_soda.data.rerender import RerenderConfig
-from megatron_soda.flags import FlagParser, base_config, flag
-from megatron_soda.tool_json import check_json_path, write_json
-
-
-@dataclass
-class RerenderTool(RerenderConfig):
-    json: Optional[str] = field(default=None, metadata=flag(metavar="PATH"))
-    """also write the report as one JSON object to PATH ("-": stdout only, printed once)."""
-
-    def check(self) -> None:
-        RerenderConfig.check(self)
-        check_json_path(self.json)
+from megatron_soda.data.rerender import RerenderConfig, rerender
+from megatron_soda.flags import FlagParser
+from megatron_soda.job_tool import job_tool_parser, run_job_tool
 
 
 def build_parser() -> FlagParser:
-    return FlagParser(RerenderTool, prog=os.path.basename(__file__), description=__doc__, check=RerenderTool.check)
+    return job_tool_parser(RerenderConfig, __file__, __doc__)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = build_parser().parse(argv)
-    from megatron_soda.data.rerender import rerender
-
-    try:
-        report = rerender(base_config(RerenderConfig, config))
-    except (ValueError, OSError) as error:
-        print(f"rerender: {error}", file=sys.stderr)
-        return 1
-    if config.json != "-":
-        print(json.dumps(report, indent=2))
-    write_json(config.json, report)
-    return 0
+    return run_job_tool(build_parser(), RerenderConfig, rerender, argv)
 
 
 if __name__ == "__main__":
