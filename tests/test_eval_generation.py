@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from megatron_soda.evaluation.base import REGISTRY, EvalContext, EvalSettings
-from megatron_soda.evaluation.generation_tasks import NO_SPEAKER_NOTE, WAV_DIR, read_tts_list, run_asr, run_tts
+from megatron_soda.evaluation.generation_tasks import WAV_DIR, read_tts_list, run_asr, run_tts
+from megatron_soda.evaluation.speaker import NO_SPEAKER_NOTE
 from megatron_soda.evaluation.wer import corpus_wer, normalize, word_errors
 from tests.learned import TRANSCRIPT, codec
 

@@ -18,22 +18,13 @@ from megatron_soda.data.s2st_format import S2STExample, Variant, s2st_document
 from megatron_soda.training.logger import iteration_records
 from tests.dist import launch
 from tests.test_pretrain import pretrain_process
+from tests.test_s2st import examples as s2st_examples
 
 PAIRS = [("fr", "le chat dort", "the cat sat"), ("de", "der hund bellt", "a dog ran")]
 
 
-def examples(layout, frames=(5, 6)):
-    rng = np.random.default_rng(0)
-    return [
-        S2STExample(
-            source_codes=rng.integers(0, layout.codebook_size, (layout.num_codebooks, frames[0])),
-            source_language=language,
-            source_text=source,
-            target_text=target,
-            target_codes=rng.integers(0, layout.codebook_size, (layout.num_codebooks, frames[1])),
-        )
-        for language, source, target in PAIRS
-    ]
+def examples(layout):
+    return s2st_examples(layout, pairs=PAIRS)
 
 
 def write_s2st(prefix, learned, variant, copies, pairs=None):

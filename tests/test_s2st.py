@@ -19,7 +19,8 @@ def tokenizer(tmp_path_factory):
     return load_soda_tokenizer(root / "tok")
 
 
-def examples(layout, frames=(5, 6)):
+def examples(layout, frames=(5, 6), pairs=PAIRS):
+    """Made-up S2ST examples: random source and target codes, each pair's texts."""
     rng = np.random.default_rng(0)
     return [
         S2STExample(
@@ -29,7 +30,7 @@ def examples(layout, frames=(5, 6)):
             target_text=target,
             target_codes=rng.integers(0, layout.codebook_size, (layout.num_codebooks, frames[1])),
         )
-        for language, source, target in PAIRS
+        for language, source, target in pairs
     ]
 
 

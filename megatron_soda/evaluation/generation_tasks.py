@@ -38,7 +38,7 @@ from megatron_soda.data.formats import Kind
 from megatron_soda.data.manifest import Reject, UtteranceRecord, read_manifest
 from megatron_soda.evaluation.base import EvalContext, Skipped, TaskResult, TaskSpec, register
 from megatron_soda.evaluation.scoring import batches_by_tokens
-from megatron_soda.evaluation.speaker import SpeakerSimilarity
+from megatron_soda.evaluation.speaker import SpeakerSimilarity, summarize_similarity
 from megatron_soda.evaluation.wer import errors_of, normalize, pooled_wer, word_errors
 from megatron_soda.inference.outputs import answer_segment, finish
 from megatron_soda.inference.prompts import TASKS, Task, build_prompt, task_sampling
@@ -56,9 +56,6 @@ NORMALISATION_NOTE = (
     "whitespace, lowercases); wer = total errors / total reference words, mean_utterance_wer = mean of "
     "per-utterance WERs"
 )
-NO_SPEAKER_NOTE = "speaker similarity not computed (no --speaker-model)"
-
-
 # ---- shared ----------------------------------------------------------------------------------------
 
 
@@ -425,16 +422,11 @@ def run_tts(path: str, context: EvalContext) -> TaskResult:
         transcribe.note,
         f"speech sampled as SODA's TTS evaluation: {describe_sampling(sampling)}",
     ]
-    similarities = [r["speaker_similarity"] for r in records if "speaker_similarity" in r]
-    if similarity is None:
-        notes.append(NO_SPEAKER_NOTE)
-    elif not similarities:
-        notes.append("speaker similarity not computed: no item had both a voice prompt and generated speech")
-    else:
-        metrics["speaker_similarity"] = float(np.mean(similarities))
-        notes.append(
-            f"{similarity.describe('the prompt speech')}; mean over {len(similarities)} of {len(records)} items"
+    notes.append(
+        summarize_similarity(
+            records, similarity, metrics, "the prompt speech", "both a voice prompt and generated speech"
         )
+    )
     return TaskResult(
         task="tts", metrics=metrics, primary="wer", n=len(records), items=records, skipped=skipped, notes=notes
     )

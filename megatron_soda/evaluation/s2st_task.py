@@ -28,7 +28,6 @@ from megatron_soda.data.formats import Kind
 from megatron_soda.evaluation.base import EvalContext, Skipped, TaskResult, TaskSpec, register
 from megatron_soda.evaluation.bleu import corpus_bleu, sentence_bleu
 from megatron_soda.evaluation.generation_tasks import (
-    NO_SPEAKER_NOTE,
     OwnTranscriber,
     PipelineTranscriber,
     check_context,
@@ -39,7 +38,7 @@ from megatron_soda.evaluation.generation_tasks import (
     prompt_requests,
     sampling_for,
 )
-from megatron_soda.evaluation.speaker import SpeakerSimilarity
+from megatron_soda.evaluation.speaker import SpeakerSimilarity, summarize_similarity
 from megatron_soda.evaluation.wer import normalize
 from megatron_soda.inference.outputs import answer_segment
 from megatron_soda.inference.prompts import Task
@@ -156,16 +155,7 @@ def _result(records, skipped, transcribe, similarity, text_sampling, speech_samp
         f"translation text: {describe_sampling(text_sampling)}",
         f"speech sampled as SODA's TTS evaluation: {describe_sampling(speech_sampling)}",
     ]
-    similarities = [r["speaker_similarity"] for r in records if "speaker_similarity" in r]
-    if similarity is None:
-        notes.append(NO_SPEAKER_NOTE)
-    elif not similarities:
-        notes.append("speaker similarity not computed: no item had generated speech")
-    else:
-        metrics["speaker_similarity"] = float(np.mean(similarities))
-        notes.append(
-            f"{similarity.describe('the source speech')}; mean over {len(similarities)} of {len(records)} items"
-        )
+    notes.append(summarize_similarity(records, similarity, metrics, "the source speech", "generated speech"))
     return TaskResult(
         task="s2st",
         metrics=metrics,

@@ -11,6 +11,8 @@ import os
 import numpy as np
 import torch
 
+NO_SPEAKER_NOTE = "speaker similarity not computed (no --speaker-model)"
+
 WAVLM_RATE = 16000
 """WavLM's input rate, for a model directory saved without its feature extractor."""
 
@@ -53,3 +55,15 @@ class SpeakerSimilarity:
         from megatron_soda.inference.requests import load_clip
 
         return self.between(generated, rate, load_clip(reference_path, self.rate), self.rate)
+
+
+def summarize_similarity(records, similarity, metrics: dict, reference: str, needs: str) -> str:
+    """Adds the items' mean ``speaker_similarity`` (to ``reference``) to ``metrics``; the note that says how it
+    was measured, or why it was not (no ``--speaker-model``, or no item had ``needs``)."""
+    if similarity is None:
+        return NO_SPEAKER_NOTE
+    values = [r["speaker_similarity"] for r in records if "speaker_similarity" in r]
+    if not values:
+        return f"speaker similarity not computed: no item had {needs}"
+    metrics["speaker_similarity"] = float(np.mean(values))
+    return f"{similarity.describe(reference)}; mean over {len(values)} of {len(records)} items"
