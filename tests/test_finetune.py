@@ -150,7 +150,7 @@ def test_a_model_fine_tuned_on_made_up_pairs_translates_a_source_into_its_target
         *("--load", learned["root"] / "ckpt", "--finetune", "--finetune-recipe", "soda-s2st-sft"),
         *("--tokenizer", learned["root"] / "tok", "--data-path", tmp_path / "packed", "--packed-data"),
         *("--split", "100,0,0", "--seq-length", 256, "--micro-batch-size", 2, "--global-batch-size", 4),
-        *("--train-iters", 50, "--lr", 1e-2, "--save", tmp_path / "ckpt", "--metrics-file", tmp_path / "m.jsonl"),
+        *("--train-iters", 100, "--lr", 1e-2, "--save", tmp_path / "ckpt", "--metrics-file", tmp_path / "m.jsonl"),
         "--skip-data-validation",
     )
     records = iteration_records(tmp_path / "m.jsonl")
