@@ -33,6 +33,20 @@ def run_tool(name, *args, expect=0):
     return result
 
 
+def run_tool_here(name, *args, expect=0):
+    """``tools/<name>.py``'s main() run in this process (no interpreter start, no second import of torch)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_tool_here_{name}", ROOT / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    try:
+        code = tool.main(list(map(str, args)))
+    except SystemExit as exit:
+        code = exit.code
+    assert code == expect
+
+
 def train_learned(root):
     """Trains the tiny model on one utterance (both orders, as preprocessing renders it) until it knows it,
     and exports it: ``{"root", "tokenizer", "codes", "layout"}`` with root/tok, root/utterance.wav,

@@ -3,7 +3,6 @@
 (it never saw a translation: the numbers are whatever they are, the report's shape is what is tested).
 Every model here is built from a config with random weights; nothing downloads."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -12,8 +11,7 @@ import sacrebleu
 import soundfile
 
 from megatron_soda.evaluation.bleu import corpus_bleu, sentence_bleu
-from tests.dist import ROOT
-from tests.learned import TRANSCRIPT
+from tests.learned import TRANSCRIPT, run_tool_here
 from tests.test_eval_generation import TINY_WAV2VEC2
 from tests.test_generation import codec_flags
 
@@ -62,15 +60,7 @@ def test_speaker_similarity_is_one_for_the_same_clip_and_less_for_another(learne
 
 
 def evaluate(*args, expect=0):
-    """``tools/evaluate.py`` run in this process."""
-    spec = importlib.util.spec_from_file_location("_s2st_evaluate_tool", ROOT / "tools" / "evaluate.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    try:
-        code = tool.main(list(map(str, args)))
-    except SystemExit as exit:
-        code = exit.code
-    assert code == expect
+    run_tool_here("evaluate", *args, expect=expect)
 
 
 def test_the_s2st_task_reports_bleu_asr_bleu_and_speaker_similarity_from_a_cvss_style_list(

@@ -3,14 +3,12 @@ translation text and the wav of its speech, bad lines reported by file:line; our
 export translate alike. The model is conftest's ``learned`` one (it never saw a translation: its outputs
 are whatever they are, the wiring is what is tested)."""
 
-import importlib.util
 import json
 
 import pytest
 import soundfile
 
-from tests.dist import ROOT
-from tests.learned import TRANSCRIPT
+from tests.learned import TRANSCRIPT, run_tool_here
 from tests.test_generation import codec_flags
 
 SHORT = ["--max-new-tokens", 16, "--text-max-new-tokens", 6, "--temperature", 0, "--structured-decoding"]
@@ -18,15 +16,7 @@ SHORT = ["--max-new-tokens", 16, "--text-max-new-tokens", 6, "--temperature", 0,
 
 
 def generate(*args, expect=0):
-    """``tools/generate.py`` run in this process (no interpreter start, no second import of torch)."""
-    spec = importlib.util.spec_from_file_location("_s2st_generate_tool", ROOT / "tools" / "generate.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    try:
-        code = tool.main(list(map(str, args)))
-    except SystemExit as exit:
-        code = exit.code
-    assert code == expect
+    run_tool_here("generate", *args, expect=expect)
 
 
 def records(out):
