@@ -5,9 +5,11 @@ Measures, in one run, with Mimi at SODA's settings (the default ``MimiConfig``: 
 32 codebooks kept; random weights unless ``--codec-path``: weights do not change the compute):
 
 1. codec encode only: ``codec.encode(waves)`` on demo-corpus utterances resampled to 24 kHz once beforehand,
-   at several ``max_batch_seconds``, with torch's default threads and with 1 thread (a true per-core figure),
-   against the peer: the same model's transformers ``MimiModel.encode``, one utterance at a time, as SODA's
-   data preparation runs it (its feature extractor only pads a single utterance: left out);
+   at several ``max_batch_seconds``, with each Mimi encoder implementation (``--encoders``: the GEMM one,
+   the CPU default, and transformers' modules batched), with torch's default threads and with 1 thread (a
+   true per-core figure), against the peer: the same model's transformers ``MimiModel.encode``, one
+   utterance at a time, as SODA's data preparation runs it (its feature extractor only pads a single
+   utterance: left out);
 2. decode + resample only (the worker side): ``audio_decode.decode`` over the corpus, in one process;
 3. the whole pipeline: ``preprocess_audio`` on the demo corpus (decode workers, encode, tokenize, write the
    datasets; tokenizer from ``tools/build_tokenizer.py --input``), a fresh output directory each run,
@@ -118,24 +120,18 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
         clips.append(waves[len(clips) % len(waves)])
     audio_s, dev, rows = sum(map(len, clips)) / codec.sample_rate, codec.device.type, []
     rows.append(bench_peer(codec, clips, audio_s, args, n_threads))
-    variants = [(s, n_threads) for s in args.batch_seconds]
-    variants += [(s, 1) for s in args.single_thread_batch_seconds if dev == "cpu" and n_threads > 1]
-    for batch_s, threads in variants:
+    encoders = {e: codec if e == codec.encoder_impl else with_encoder(codec, e) for e in args.encoders}
+    variants = [(e, s, n_threads) for s in args.batch_seconds for e in encoders]
+    variants += [
+        (e, s, 1) for s in args.single_thread_batch_seconds for e in encoders if dev == "cpu" and n_threads > 1
+    ]
+    for encoder, batch_s, threads in variants:
         torch.set_num_threads(threads)
-        codec.max_batch_seconds = batch_s
-        m = measure(lambda: codec.encode(clips), args.repeats)
-        rows.append(
-            row(
-                "codec encode",
-                f"max_batch_seconds={batch_s:g}",
-                dev,
-                threads,
-                threads if dev == "cpu" else None,
-                audio_s,
-                m,
-            )
-        )
-        print(f"  encode, {batch_s:g} s batches, {threads} thread(s): {rows[-1]['rate']:.1f}x realtime", flush=True)
+        encoders[encoder].max_batch_seconds = batch_s
+        m = measure(lambda: encoders[encoder].encode(clips), args.repeats)
+        setting = f"encoder={encoder}, max_batch_seconds={batch_s:g}"
+        rows.append(row("codec encode", setting, dev, threads, threads if dev == "cpu" else None, audio_s, m))
+        print(f"  encode, {setting}, {threads} thread(s): {rows[-1]['rate']:.1f}x realtime", flush=True)
     torch.set_num_threads(n_threads)
     codec.max_batch_seconds = default_batch_seconds(codec.device)
     codes = codec.encode(clips)
@@ -156,6 +152,13 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
 
 
 PEER = "peer: transformers `MimiModel.encode`, one utterance at a time (SODA's data prep)"
+
+
+def with_encoder(codec, encoder: str):
+    """The same Mimi (same weights, device and dtype) with another encoder implementation."""
+    from megatron_soda.codec.mimi import MimiCodec
+
+    return MimiCodec(codec.model, codec.num_codebooks, encoder=encoder, device=codec.device, dtype=codec.dtype)
 
 
 def bench_peer(codec, clips: list, audio_s: float, args, n_threads: int) -> dict:
@@ -399,6 +402,12 @@ def parse_args(argv=None):
     p.add_argument("--encode-seconds", type=float, default=60.0, help="audio per codec measurement")
     p.add_argument(
         "--batch-seconds", type=floats, default=[2.5, 5, 10, 30, 120], help="max_batch_seconds to encode with"
+    )
+    p.add_argument(
+        "--encoders",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=["gemm", "transformers"],
+        help="Mimi encoder implementations to time (codec.mimi.ENCODERS)",
     )
     p.add_argument("--single-thread-batch-seconds", type=floats, default=[5, 120], help="... also with 1 thread")
     p.add_argument("--decode-passes", type=int, default=5, help="corpus passes per decode + resample run")

@@ -39,6 +39,8 @@ def check_codec(config: CodecConfig) -> None:
             "--codec-config applies to random-init codecs only (--codec-random-init); a pretrained "
             "codec keeps its config"
         )
+    if config.encoder != "auto" and config.name != "mimi":
+        raise ValueError(f"--codec-encoder applies to --codec mimi only, not {config.name}")
     check_at_least("--num-codebooks", config.num_codebooks, 1)
     if config.bandwidth is not None and config.bandwidth <= 0:
         raise ValueError(f"--bandwidth must be > 0 kbps, got {config.bandwidth}")

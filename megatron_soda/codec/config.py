@@ -38,6 +38,9 @@ class CodecConfig:
     max_batch_seconds: Optional[float] = field(default=None, metadata=flag("--codec-batch-seconds"))
     """padded audio per encoder call (bounds memory); default: the fastest measured on the device
     (codec.base.DEFAULT_BATCH_SECONDS: 5 on a CPU, 120 on a GPU; bench/RESULTS.md)."""
+    encoder: str = field(default="auto", metadata=flag("--codec-encoder", choices=("auto", "gemm", "transformers")))
+    """Mimi only: its encoder's implementation. auto: gemm on a CPU (channels-last GEMMs, the faster there),
+    transformers on a GPU (batched); both compute the same function (codes agree but for float rounding)."""
     config_overrides: dict = field(
         default_factory=dict, metadata=flag("--codec-config", parse=json_object, metavar="JSON")
     )

@@ -45,6 +45,8 @@ def load_codec(config: CodecConfig) -> AudioCodec:
             raise ValueError(f"{other} does not apply to {config.name}; it sets its codebooks with {backend.option}")
     if config.path and config.random_init:
         raise ValueError("pass either --codec-path or --codec-random-init, not both")
+    if config.encoder != "auto" and config.name != "mimi":
+        raise ValueError(f"encoder={config.encoder!r} applies to mimi only, not {config.name}")
     if not config.path and not config.random_init:
         raise ValueError(
             f"no weights for the {config.name} codec: pass --codec-path (a local directory or hub id, e.g. "
@@ -82,6 +84,7 @@ def load_codec(config: CodecConfig) -> AudioCodec:
     return backend.codec_class(
         model,
         **({} if option is None else {backend.option: option}),
+        **({"encoder": config.encoder} if config.name == "mimi" else {}),
         device=config.device,
         dtype=config.dtype,
         max_batch_seconds=config.max_batch_seconds,

@@ -9,24 +9,39 @@ from __future__ import annotations
 import torch
 
 from megatron_soda.codec.base import AudioCodec
+from megatron_soda.codec.mimi_gemm import MimiGemmEncoder
 
 DEFAULT_NUM_CODEBOOKS = 8
 """SODA's choice: 1 semantic + 7 acoustic codebooks, 100 tokens per second."""
+
+ENCODERS = ("auto", "gemm", "transformers")
+"""Implementations of Mimi's encoder network: ``gemm`` (``codec.mimi_gemm``, the faster on a CPU),
+``transformers`` (``MimiModel``'s own modules, batched: the one for GPUs); ``auto`` picks by device."""
+
+
+def resolve_encoder(encoder: str, device: torch.device) -> str:
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown Mimi encoder {encoder!r}; choose {', '.join(ENCODERS)}")
+    if encoder == "auto":
+        return "gemm" if device.type == "cpu" else "transformers"
+    return encoder
 
 
 class MimiCodec(AudioCodec):
     """``transformers.MimiModel`` behind the ``AudioCodec`` interface.
 
     Encoding calls the encoder and the quantizer separately (what ``MimiModel.encode`` does in one call) so
-    the quantizer can run in ``quantizer_dtype`` while the network runs in ``dtype``. Mimi's encoder accepts
-    a ``padding_mask`` but ignores it (transformers 5.24): batch padding stays out of a clip's codes by
-    causality instead (causal convolutions padded with zeros, causal sliding-window attention).
+    the quantizer can run in ``quantizer_dtype`` while the network runs in ``dtype``. transformers' encoder
+    accepts a ``padding_mask`` but ignores it (transformers 5.24): batch padding stays out of a clip's codes
+    by causality instead (causal convolutions padded with zeros, causal sliding-window attention). The
+    ``gemm`` encoder runs each clip at its own length, so it computes no padding at all.
     """
 
     name = "mimi"
 
-    def __init__(self, model, num_codebooks: int = DEFAULT_NUM_CODEBOOKS, **kwargs):
+    def __init__(self, model, num_codebooks: int = DEFAULT_NUM_CODEBOOKS, encoder: str = "auto", **kwargs):
         super().__init__(**kwargs)
+        self.encoder_impl = resolve_encoder(encoder, self.device)
         config = model.config
         semantic, available = config.num_semantic_quantizers, config.num_quantizers
         if not semantic <= num_codebooks <= available:
@@ -43,10 +58,22 @@ class MimiCodec(AudioCodec):
         self.num_codebooks = num_codebooks
         self.codebook_size = int(config.codebook_size)
         self.model = self._place(model, model.quantizer)
+        self._gemm = MimiGemmEncoder(self.model) if self.encoder_impl == "gemm" else None
 
     def _encode_batch(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        latents = self.model.encoder(audio.to(self.dtype), padding_mask=mask).latents.to(self.quantizer_dtype)
-        return self.model.quantizer.encode(latents, self.num_codebooks).transpose(0, 1)  # [K, B, T] -> [B, K, T]
+        if self._gemm is None:
+            latents = self.model.encoder(audio.to(self.dtype), padding_mask=mask).latents.to(self.quantizer_dtype)
+            return self.model.quantizer.encode(latents, self.num_codebooks).transpose(0, 1)  # [K, B, T] -> [B, K, T]
+        hop = self.samples_per_frame
+        lengths = [-(-int(n) // hop) * hop for n in mask[:, 0].sum(-1).tolist()]
+        latents = self._gemm.latents([audio[i, 0, :n].to(self.dtype) for i, n in enumerate(lengths)])
+        frames = [lat.shape[1] for lat in latents]
+        # One quantizer call over every clip's frames side by side: it works frame by frame.
+        codes = self.model.quantizer.encode(torch.cat(latents, 1)[None].to(self.quantizer_dtype), self.num_codebooks)
+        out = codes.new_zeros(len(lengths), self.num_codebooks, audio.shape[-1] // hop)
+        for i, part in enumerate(torch.split(codes[:, 0], frames, dim=1)):
+            out[i, :, : frames[i]] = part
+        return out
 
     def _decode_batch(self, codes: torch.Tensor) -> torch.Tensor:
         latents = self.model.quantizer.decode(codes).to(self.dtype)

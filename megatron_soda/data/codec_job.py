@@ -77,8 +77,9 @@ def file_stat(path: str) -> Optional[Tuple[int, int]]:
 
 
 def codec_identity(config, codec) -> dict:
-    """What makes a codec's codes: a resume with another is refused. Not its device, dtype or batch size
-    (recorded per shard by ``codec_run``): they change the codes no more than float rounding does."""
+    """What makes a codec's codes: a resume with another is refused. Not its device, dtype, batch size or
+    encoder implementation (recorded per shard by ``codec_run``): they change the codes no more than float
+    rounding does."""
     weights = config.codec.path
     return {
         "name": codec.name,
@@ -95,7 +96,8 @@ def codec_identity(config, codec) -> dict:
 
 def codec_run(codec) -> dict:
     """How a shard's codec ran, kept in its commit."""
-    return {"device": codec.device.type, "dtype": str(codec.dtype).replace("torch.", "")}
+    run = {"device": codec.device.type, "dtype": str(codec.dtype).replace("torch.", "")}
+    return {**run, "encoder": codec.encoder_impl} if hasattr(codec, "encoder_impl") else run
 
 
 def job_fingerprint(config, rows: Iterable[Iterable], codec) -> dict:

@@ -334,7 +334,7 @@ def summarize(reports: List[dict], input_rejects=()) -> dict:
                 for reason, count in value.items():
                     rejects[reason] = rejects.get(reason, 0) + count
             elif key == "codec":
-                run = f"{value['device']} {value['dtype']}"
+                run = " ".join(str(v) for v in value.values())  # e.g. "cpu float32 gemm"
                 codecs[run] = codecs.get(run, 0) + 1
             elif key != "shard" and isinstance(value, (int, float)):
                 totals[key] = totals.get(key, 0) + value
