@@ -46,8 +46,9 @@ import time
 import numpy as np
 import torch
 
-from megatron_soda.codec.base import DEFAULT_BATCH_SECONDS, default_batch_seconds
+from megatron_soda.codec.base import DEFAULT_BATCH_SECONDS
 from megatron_soda.codec.loading import CodecConfig, load_codec
+from megatron_soda.codec.mimi import GEMM_BATCH_SECONDS
 from megatron_soda.data import codec_job
 from megatron_soda.data.audio_decode import DecodeTask, decode
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
@@ -133,13 +134,13 @@ def bench_codec(codec, waves: list, args, n_threads: int) -> list[dict]:
         rows.append(row("codec encode", setting, dev, threads, threads if dev == "cpu" else None, audio_s, m))
         print(f"  encode, {setting}, {threads} thread(s): {rows[-1]['rate']:.1f}x realtime", flush=True)
     torch.set_num_threads(n_threads)
-    codec.max_batch_seconds = default_batch_seconds(codec.device)
+    codec.max_batch_seconds = None  # the defaults
     codes = codec.encode(clips)
     m = measure(lambda: codec.decode(codes), args.repeats)
     rows.append(
         row(
             "codec decode (codes -> audio)",
-            f"max_batch_seconds={codec.max_batch_seconds:g}",
+            f"max_batch_seconds={codec.batch_seconds('decode'):g}",
             dev,
             n_threads,
             n_threads if dev == "cpu" else None,
@@ -328,7 +329,8 @@ def report(rows: list, pipe_rows: list, meta: dict) -> str:
             if r["stage"] == "codec encode" and r["threads"] == peer["threads"]:
                 lines.append(f"- `codec.encode`, {r['setting']}: **{r['rate'] / peer['rate']:.2f}x the peer**")
         lines.append(
-            f"- default `max_batch_seconds` per device (`codec.base.DEFAULT_BATCH_SECONDS`): {DEFAULT_BATCH_SECONDS}"
+            f"- default `max_batch_seconds` per device (`codec.base.DEFAULT_BATCH_SECONDS`): {DEFAULT_BATCH_SECONDS}; "
+            f"Mimi's gemm encoder (the CPU default): {GEMM_BATCH_SECONDS:g} (`codec.mimi.GEMM_BATCH_SECONDS`)"
         )
     if pipe_rows:
         names = list(pipe_rows[0]["parts"])

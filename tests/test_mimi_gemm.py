@@ -71,8 +71,13 @@ def test_batched_codes_equal_each_clip_alone():
         np.testing.assert_array_equal(codec.encode([wave])[0], codes)
 
 
-def test_encoder_choice_auto_flag_and_record():
+def test_encoder_choice_auto_flag_record_and_batch_defaults():
     assert mimi().encoder_impl == "gemm"  # auto on a CPU
+    # gemm pads nothing, so large encode batches cost no work; transformers' modules (and decoding) keep 5 s
+    assert [mimi().batch_seconds(d) for d in ("encode", "decode")] == [120.0, 5.0]
+    assert [mimi("transformers").batch_seconds(d) for d in ("encode", "decode")] == [5.0, 5.0]
+    given = load_codec(CodecConfig(random_init=True, config_overrides=TINY_MIMI, max_batch_seconds=7.5))
+    assert [given.batch_seconds(d) for d in ("encode", "decode")] == [7.5, 7.5]
     assert codec_run(mimi("transformers"))["encoder"] == "transformers"
     with pytest.raises(ValueError, match="--codec-encoder applies to --codec mimi only"):
         check_codec(CodecConfig(name="encodec", random_init=True, encoder="gemm"))

@@ -26,7 +26,8 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
 
 
 DEFAULT_BATCH_SECONDS = {"cpu": 5.0, "cuda": 120.0}
-"""``max_batch_seconds`` when none is given, per device type: the fastest measured there
+"""``max_batch_seconds`` when none is given, per device type: the fastest measured there for transformers'
+networks
 (``bench/bench_preprocess.py``; figures in bench/RESULTS.md). On a CPU small batches stay in cache (120 s
 of audio is ~740 MB per activation in the first convolutions); a GPU wants large ones."""
 
@@ -89,11 +90,10 @@ class AudioCodec(abc.ABC):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.quantizer_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
-        if max_batch_seconds is None:
-            max_batch_seconds = default_batch_seconds(self.device)
-        if max_batch_seconds <= 0:
+        if max_batch_seconds is not None and max_batch_seconds <= 0:
             raise ValueError(f"max_batch_seconds must be positive, got {max_batch_seconds}")
         self.max_batch_seconds = max_batch_seconds
+        """Audio per network call (padded), both ways; None: ``batch_seconds``' defaults."""
         self.random_init = random_init
 
     def _place(self, model: torch.nn.Module, quantizer: torch.nn.Module) -> torch.nn.Module:
@@ -105,6 +105,11 @@ class AudioCodec(abc.ABC):
         for child in model.children():
             child.to(self.quantizer_dtype if child is quantizer else self.dtype)
         return model
+
+    def batch_seconds(self, direction: str) -> float:
+        """Padded audio per ``direction`` (``encode``/``decode``) call: ``max_batch_seconds`` when set, else
+        the fastest measured on the device (``DEFAULT_BATCH_SECONDS``)."""
+        return self.max_batch_seconds or default_batch_seconds(self.device)
 
     @property
     def frame_rate(self) -> float:
@@ -137,7 +142,7 @@ class AudioCodec(abc.ABC):
         waves = [self._check_waveform(i, w) for i, w in enumerate(_as_list(waveforms, "waveforms"))]
         padded = [self.num_frames(len(w)) * self.samples_per_frame for w in waves]
         out: list[np.ndarray] = [np.zeros((self.num_codebooks, 0), np.int64)] * len(waves)
-        max_samples = int(self.max_batch_seconds * self.sample_rate)
+        max_samples = int(self.batch_seconds("encode") * self.sample_rate)
         for batch in plan_batches(padded, max_samples, self.min_batched_frames * self.samples_per_frame):
             length = padded[batch[0]]
             if length == 0:
@@ -162,7 +167,7 @@ class AudioCodec(abc.ABC):
         """Codes ``[K, T]`` -> mono float32 waveforms of ``T * samples_per_frame`` samples, in input order."""
         items = [self._check_codes(i, c) for i, c in enumerate(_as_list(codes, "codes"))]
         frames = [c.shape[1] for c in items]
-        max_frames = int(self.max_batch_seconds * self.frame_rate)
+        max_frames = int(self.batch_seconds("decode") * self.frame_rate)
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(items)
         for batch in plan_batches(frames, max_frames, self.min_batched_frames):
             length = frames[batch[0]]

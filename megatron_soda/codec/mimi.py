@@ -19,6 +19,12 @@ ENCODERS = ("auto", "gemm", "transformers")
 ``transformers`` (``MimiModel``'s own modules, batched: the one for GPUs); ``auto`` picks by device."""
 
 
+GEMM_BATCH_SECONDS = 120.0
+"""Default audio per ``gemm`` encode call: it computes each clip at its own length (no padding), so a large
+batch costs no work and reads the transformer's and codebooks' weights once for many clips (the fastest
+measured on a CPU: ``bench/bench_preprocess.py``, bench/RESULTS.md)."""
+
+
 def resolve_encoder(encoder: str, device: torch.device) -> str:
     if encoder not in ENCODERS:
         raise ValueError(f"unknown Mimi encoder {encoder!r}; choose {', '.join(ENCODERS)}")
@@ -59,6 +65,11 @@ class MimiCodec(AudioCodec):
         self.codebook_size = int(config.codebook_size)
         self.model = self._place(model, model.quantizer)
         self._gemm = MimiGemmEncoder(self.model) if self.encoder_impl == "gemm" else None
+
+    def batch_seconds(self, direction: str) -> float:
+        if self.max_batch_seconds is None and direction == "encode" and self._gemm is not None:
+            return GEMM_BATCH_SECONDS
+        return super().batch_seconds(direction)
 
     def _encode_batch(self, audio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self._gemm is None:

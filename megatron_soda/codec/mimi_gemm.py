@@ -26,11 +26,12 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-STREAM_WEIGHT_BYTES = 2 << 20
+STREAM_WEIGHT_BYTES = 1 << 20
 """Layers run chunk by chunk while their weights stay under this size (they are re-read every chunk)."""
 
-DEFAULT_CHUNK_FRAMES = 2
-"""Chunk of the streamed layers, in code frames (2 x 1920 samples: ~1 MB activations at 64 channels)."""
+DEFAULT_CHUNK_FRAMES = 8
+"""Chunk of the streamed layers, in code frames (8 x 1920 samples: ~4 MB activations at 64 channels). 2 to
+16 frames and 0.5 to 2 MiB of streamed weights measure within 5% of each other on a 2-core CPU."""
 
 
 class CausalConv:
