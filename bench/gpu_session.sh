@@ -280,8 +280,13 @@ def train():
 
 
 def preprocess():
-    hits = re.findall(r"encode, (\S+) s batches, (\d+) thread\(s\): (\S+)x realtime", output("preprocess"))
-    return "codec encode " + ", ".join(f"{b} s batches {x}x realtime" for b, _, x in hits) if hits else ""
+    text = output("preprocess")
+    peer = re.search(r"peer encode, one utterance at a time: (\S+)x realtime", text)
+    hits = re.findall(r"encode, encoder=(\S+), max_batch_seconds=(\S+), (\d+) thread\(s\): (\S+)x realtime", text)
+    ratio = lambda x: f" = {float(x) / float(peer[1]):.2f}x the peer" if peer else ""
+    parts = [f"{e} {b} s batches {x}x realtime{ratio(x)}" for e, b, threads, x in hits]
+    head = f"peer (MimiModel.encode per utterance) {peer[1]}x realtime; " if peer else ""
+    return head + "codec encode " + ", ".join(parts) if hits else ""
 
 
 def generate():

@@ -152,11 +152,15 @@ def test_a_job_resumes_with_another_codec_dtype_but_never_with_another_codec(tmp
         (out / "shards" / name).unlink()
     (out / "report.json").unlink()
 
-    bf16 = CodecConfig(random_init=True, config_overrides=TINY_MIMI, dtype="bfloat16")
+    # another dtype and encoder implementation: the same codec, recorded per shard
+    bf16 = CodecConfig(random_init=True, config_overrides=TINY_MIMI, dtype="bfloat16", encoder="transformers")
     report = preprocess_audio(config([manifest], out, tokenizer_dir, documents_per_shard=1, codec=bf16))
-    assert report["codec_runs"] == {"cpu float32 gemm": 1, "cpu bfloat16 gemm": 1} and report["shards"] == 2
+    assert report["codec_runs"] == {"cpu float32 gemm": 1, "cpu bfloat16 transformers": 1} and report["shards"] == 2
     runs = [json.loads((out / "shards" / f"shard_0000{i}.json").read_text())["codec"] for i in (0, 1)]
-    assert runs == [{"device": "cpu", "dtype": "float32"}, {"device": "cpu", "dtype": "bfloat16"}]
+    assert runs == [
+        {"device": "cpu", "dtype": "float32", "encoder": "gemm"},
+        {"device": "cpu", "dtype": "bfloat16", "encoder": "transformers"},
+    ]
 
     other = CodecConfig(random_init=True, config_overrides=TINY_MIMI, seed=1)  # other weights
     with pytest.raises(ValueError, match="different job \\(codec \\(job.json has .*'seed': 0.*this run .*'seed': 1"):

@@ -68,6 +68,23 @@ def test_parallel_layout_gives_the_single_process_losses(reference, layout):
     assert np.mean(losses) == pytest.approx(np.log(get_preset("tiny").vocab_size), rel=0.02)
 
 
+def run_fresh(root, tp, pp, vp, tied):
+    out = root / f"fresh-{'tied' if tied else 'untied'}-{tp}-{pp}-{vp}.json"
+    args = ["--layers", 8, "--tp", tp, "--pp", pp, "--fresh", "--out", out, *(["--vp", vp] if vp else [])]
+    launch("parallel_loss.py", tp * pp, *args, *(["--tied"] if tied else []))
+    return json.loads(out.read_text())
+
+
+@pytest.mark.timeout(600)
+def test_a_fresh_model_is_the_same_at_every_layout(tmp_path):
+    """Layers seeded by their global number (as training builds them): no shared checkpoint needed."""
+    for tied, layouts in ((False, [(1, 2, None), (2, 2, None), (1, 4, 2)]), (True, [(2, 2, None)])):
+        expected = run_fresh(tmp_path, 1, 1, None, tied)
+        assert np.mean(expected) == pytest.approx(np.log(get_preset("tiny").vocab_size), rel=0.02)
+        for layout in layouts:
+            assert run_fresh(tmp_path, *layout, tied) == pytest.approx(expected, abs=1e-5), (tied, layout)
+
+
 @pytest.mark.timeout(400)
 def test_tied_embeddings_across_pipeline_stages_give_the_single_process_losses(reference):
     losses, expected = run_layout(reference, 2, 2, None, tied=True), json.loads((reference / "tied.json").read_text())

@@ -663,3 +663,14 @@ def test_data_parallel_ranks_split_the_global_batch_and_train_as_one(demo_data):
     for key in ("lm loss", "grad norm"):
         assert [line[key] for line in two] == pytest.approx([line[key] for line in one], rel=1e-5), key
     assert len({line["lm loss"] for line in one}) == 4  # the steps differ: the comparison means something
+
+
+@pytest.mark.timeout(600)
+def test_a_fresh_run_trains_the_same_model_at_another_pipeline_layout(demo_data):
+    """No checkpoint in common: each layer is drawn from its own seeded stream, whichever stage builds it."""
+    args = ["--train-iters", 3, "--lr-decay-style", "constant"]
+    one = pretrain(demo_data, "fresh_pp1", *args)
+    two = pretrain(demo_data, "fresh_pp2", *args, "--pipeline-model-parallel-size", 2, world=2)
+    for key in ("lm loss", "grad norm"):
+        assert [line[key] for line in two] == pytest.approx([line[key] for line in one], rel=1e-5), key
+    assert len({line["lm loss"] for line in one}) == 3

@@ -8,6 +8,7 @@ local modules otherwise; core attention as ``--attention-backend`` says (``ATTEN
 
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Optional
 
 import torch
@@ -17,11 +18,13 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megatron_soda import optional
 from megatron_soda.device import device_info
 from megatron_soda.models.attention import FlashAttention, FlexAttention, SDPAttention
 from megatron_soda.models.presets import ModelShape, RopeScaling
+from megatron_soda.models.seeded_layer import SeededTransformerLayer
 
 ATTENTION_BACKENDS = {
     "auto": "the fastest this build has: te with Transformer Engine, else flash with flash-attn on CUDA, else sdpa",
@@ -82,12 +85,15 @@ def resolve_attention_backend(name: str, params_dtype: torch.dtype = torch.float
     return name
 
 
-def layer_spec(attention_backend: str = "auto", params_dtype: torch.dtype = torch.float32) -> ModuleSpec:
+def layer_spec(
+    attention_backend: str = "auto", params_dtype: torch.dtype = torch.float32, init_seed: Optional[int] = None
+) -> ModuleSpec:
     """The transformer layer for a backend.
 
     Linear layers and norms are Transformer Engine's whenever it is installed (FP8 needs them), and
     megatron-core's local modules otherwise; core attention is TE's for te/fused/unfused, megatron's
-    own for local, ours (attention.py) for sdpa/flex/flash.
+    own for local, ours (attention.py) for sdpa/flex/flash. With ``init_seed`` each layer draws its
+    weights from a stream of its own (``seeded_layer``): the same fresh model at every pipeline layout.
     """
     backend = resolve_attention_backend(attention_backend, params_dtype)
     if backend != "local" and optional.available("transformer_engine"):
@@ -98,6 +104,10 @@ def layer_spec(attention_backend: str = "auto", params_dtype: torch.dtype = torc
         spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
     if backend in _OUR_CORE_ATTENTION:
         spec.submodules.self_attention.submodules.core_attention = _OUR_CORE_ATTENTION[backend]
+    if init_seed is not None:
+        if spec.module is not TransformerLayer:
+            raise ValueError(f"cannot seed layers of {spec.module.__name__}: expected megatron-core's TransformerLayer")
+        spec = dataclasses.replace(spec, module=SeededTransformerLayer, params={**spec.params, "init_seed": init_seed})
     return spec
 
 
@@ -248,8 +258,10 @@ def build_gpt_model(
     pre_process: bool = True,
     post_process: bool = True,
     vp_stage: Optional[int] = None,
+    init_seed: Optional[int] = None,
 ) -> GPTModel:
-    """One pipeline stage (or the whole model) of ``shape`` with the padded vocabulary.
+    """One pipeline stage (or the whole model) of ``shape`` with the padded vocabulary; ``init_seed``: layers
+    seeded by their global number (``layer_spec``), as training builds them.
 
     RoPE scaling reaches megatron in full: the factor through ``GPTModel``, the other three settings
     through ``apply_rope_scaling`` right after construction.
@@ -259,7 +271,7 @@ def build_gpt_model(
         check_rope_scaling(rope)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(attention_backend, config.params_dtype),
+        transformer_layer_spec=layer_spec(attention_backend, config.params_dtype, init_seed),
         vocab_size=shape.padded_vocab_size(),
         max_sequence_length=shape.max_position_embeddings,
         pre_process=pre_process,

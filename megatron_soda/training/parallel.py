@@ -112,8 +112,11 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
-def build_model_chunks(shape, config, attention_backend: str = "auto") -> List[torch.nn.Module]:
-    """This rank's model: one chunk, or one per virtual stage for the interleaved schedule."""
+def build_model_chunks(
+    shape, config, attention_backend: str = "auto", init_seed: Optional[int] = None
+) -> List[torch.nn.Module]:
+    """This rank's model: one chunk, or one per virtual stage for the interleaved schedule. ``init_seed``
+    seeds each layer by its global number: the same fresh model at every pipeline layout."""
     from megatron.core import parallel_state
 
     from megatron_soda.models.gpt import build_gpt_model
@@ -130,6 +133,7 @@ def build_model_chunks(shape, config, attention_backend: str = "auto") -> List[t
                 pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
                 post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp),
                 vp_stage=vp,
+                init_seed=init_seed,
             )
         )
     return models

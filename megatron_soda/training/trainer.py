@@ -110,7 +110,7 @@ class Trainer:
             recompute_num_layers=t.recompute_num_layers,
         )
         chunks = parallel.build_model_chunks(
-            plan.shape, model_config, attention_backend=self.config.model.attention_backend
+            plan.shape, model_config, attention_backend=self.config.model.attention_backend, init_seed=t.seed
         )
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, use_distributed_optimizer=plan.distributed_optimizer
