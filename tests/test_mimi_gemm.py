@@ -1,6 +1,6 @@
 """Mimi's GEMM encoder (the CPU default) computes transformers' encoder: same latents up to float rounding,
 the same codes but for near-ties, through every layer kind (streamed chunks, dilated and strided
-convolutions, replicate padding, sliding-window attention, grouped keys and values)."""
+convolutions, zero and replicate padding, sliding-window attention, grouped keys and values)."""
 
 import numpy as np
 import pytest
@@ -30,17 +30,24 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     "overrides",
     [
         {},
-        # a window shorter than the clips, GQA, two residual layers per stage (dilated 3-tap convolutions)
-        {"sliding_window": 5, "num_key_value_heads": 1, "num_residual_layers": 2, "num_hidden_layers": 2},
+        # a window shorter than the clips, GQA, two residual layers per stage (dilated 3-tap convolutions),
+        # every convolution padded by replicating its first (ELU'd) row
+        {
+            "sliding_window": 5,
+            "num_key_value_heads": 1,
+            "num_residual_layers": 2,
+            "num_hidden_layers": 2,
+            "pad_mode": "replicate",
+        },
     ],
-    ids=["tiny", "window-gqa-dilated"],
+    ids=["tiny", "window-gqa-dilated-replicate"],
 )
 @pytest.mark.parametrize("chunk_frames", [1, 3])
 def test_latents_equal_transformers_encoder_clip_by_clip(overrides, chunk_frames):
     codec = mimi("transformers", dtype="float64", **overrides)
     gemm = MimiGemmEncoder(codec.model, chunk_frames=chunk_frames, stream_weight_bytes=20_000)
     assert 0 < gemm.streamed < len(gemm.layers)  # early layers chunk by chunk, the rest whole
-    clips = [torch.from_numpy(speech_like(n * HOP, seed=n)).double() for n in (1, 4, 13)]
+    clips = [torch.from_numpy(speech_like(n * HOP, seed=n)).double() - 0.3 for n in (1, 4, 13)]  # starts < 0
     with torch.inference_mode():
         reference = [codec.model.encoder(c[None, None]).latents[0] for c in clips]
     for got, want in zip(gemm.latents(clips), reference):
@@ -65,8 +72,9 @@ def test_default_mimi_latents_and_codes_match_transformers_in_float32():
 def test_batched_codes_equal_each_clip_alone():
     codec = mimi("gemm", dtype="float64", **{"num_hidden_layers": 2})
     codec.max_batch_seconds = 4.0
-    waves = [speech_like(n, seed=n) for n in (24_000, 30_000, 12_345, 1_000, 40_000)]
+    waves = [speech_like(n, seed=n) for n in (24_000, 30_000, 12_345, 1_000, 0, 40_000)]  # one empty
     together = codec.encode(waves)
+    assert together[4].shape == (8, 0)
     for wave, codes in zip(waves, together):
         np.testing.assert_array_equal(codec.encode([wave])[0], codes)
 
@@ -86,6 +94,10 @@ def test_encoder_choice_auto_flag_record_and_batch_defaults():
     gemm = MimiGemmEncoder(mimi().model)
     with pytest.raises(ValueError, match=r"clip 0: \[1000\] samples; give 1-D clips of whole 1920-sample frames"):
         gemm.latents([torch.zeros(1000)])
+    # a model the gemm encoder does not cover: auto falls back, an explicit gemm is refused with the reason
+    assert mimi(use_causal_conv=False).encoder_impl == "transformers"
+    with pytest.raises(ValueError, match="--codec-encoder gemm cannot run this Mimi model: only causal"):
+        mimi("gemm", use_causal_conv=False)
 
 
 def test_bfloat16_network_runs_on_the_gemm_path():

@@ -319,3 +319,21 @@ def test_the_ablation_script_dry_run_passes_and_a_missing_variable_is_named(sour
     planned = subprocess.run(["bash", script], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert planned.returncode == 0, planned.stderr[-3000:]
     assert "memory per GPU" in planned.stdout
+
+
+def test_drawn_orders_stay_preprocessings_where_a_whole_document_was_rejected(source, tmp_path):
+    """The first recording's audio is missing: shard 0 keeps only document 1, which still gets draw 1."""
+    seed = next(s for s in range(100) if len(set(o for (o,) in document_orders(4, 0.5, s)[:2])) == 2)
+    manifest, _, _ = corpus_subset(tmp_path, recordings=4)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    first = lines[0]["recording"]
+    for line in lines:
+        if line["recording"] == first:
+            line["audio"] = str(tmp_path / "missing.flac")
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    settings = dict(text_first_probability=0.5, seed=seed)
+    report = preprocess_audio(config([manifest], tmp_path / "job", str(source / "tok"), **settings))
+    rejected = sum(line["recording"] == first for line in lines)
+    assert report["documents"] == 3 and sum(report["rejects"].values()) == rejected
+    run(tmp_path / "job", tmp_path / "again", source / "tok", **settings)
+    assert same_files(tmp_path / "job" / "shards", tmp_path / "again" / "shards", token_files(tmp_path / "job"))

@@ -37,8 +37,8 @@ class CodecConfig:
     The quantizer always runs in float32."""
     max_batch_seconds: Optional[float] = field(default=None, metadata=flag("--codec-batch-seconds"))
     """padded audio per codec call (bounds memory); default: the fastest measured on the device
-    (codec.base.DEFAULT_BATCH_SECONDS: 5 on a CPU, 120 on a GPU; 120 for Mimi's gemm encoder, which pads
-    nothing; bench/RESULTS.md)."""
+    (codec.base.DEFAULT_BATCH_SECONDS: 5 on a CPU, 120 on a GPU; encoding with Mimi's gemm encoder, which
+    pads nothing: 120; bench/RESULTS.md)."""
     encoder: str = field(default="auto", metadata=flag("--codec-encoder", choices=("auto", "gemm", "transformers")))
     """Mimi only: its encoder's implementation. auto: gemm on a CPU (channels-last GEMMs, the faster there),
     transformers on a GPU (batched); both compute the same function (codes agree but for float rounding)."""

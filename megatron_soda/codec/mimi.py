@@ -6,17 +6,22 @@ self-supervised speech model), 1-7 are acoustic. Every number here is read from 
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from megatron_soda.codec.base import AudioCodec
 from megatron_soda.codec.mimi_gemm import MimiGemmEncoder
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_CODEBOOKS = 8
 """SODA's choice: 1 semantic + 7 acoustic codebooks, 100 tokens per second."""
 
 ENCODERS = ("auto", "gemm", "transformers")
 """Implementations of Mimi's encoder network: ``gemm`` (``codec.mimi_gemm``, the faster on a CPU),
-``transformers`` (``MimiModel``'s own modules, batched: the one for GPUs); ``auto`` picks by device."""
+``transformers`` (``MimiModel``'s own modules, batched: the one for GPUs); ``auto`` picks by device (and
+falls back to transformers' for a configuration the gemm encoder does not cover)."""
 
 
 GEMM_BATCH_SECONDS = 120.0
@@ -64,7 +69,15 @@ class MimiCodec(AudioCodec):
         self.num_codebooks = num_codebooks
         self.codebook_size = int(config.codebook_size)
         self.model = self._place(model, model.quantizer)
-        self._gemm = MimiGemmEncoder(self.model) if self.encoder_impl == "gemm" else None
+        self._gemm = None
+        if self.encoder_impl == "gemm":
+            try:
+                self._gemm = MimiGemmEncoder(self.model)
+            except ValueError as error:
+                if encoder != "auto":
+                    raise ValueError(f"--codec-encoder gemm cannot run this Mimi model: {error}") from error
+                logger.info("Mimi's gemm encoder cannot run this model (%s); using transformers'", error)
+                self.encoder_impl = "transformers"
 
     def batch_seconds(self, direction: str) -> float:
         if self.max_batch_seconds is None and direction == "encode" and self._gemm is not None:
@@ -77,13 +90,14 @@ class MimiCodec(AudioCodec):
             return self.model.quantizer.encode(latents, self.num_codebooks).transpose(0, 1)  # [K, B, T] -> [B, K, T]
         hop = self.samples_per_frame
         lengths = [-(-int(n) // hop) * hop for n in mask[:, 0].sum(-1).tolist()]
-        latents = self._gemm.latents([audio[i, 0, :n].to(self.dtype) for i, n in enumerate(lengths)])
+        rows = [i for i, n in enumerate(lengths) if n]  # an empty clip batched with others: no frames
+        latents = self._gemm.latents([audio[i, 0, : lengths[i]].to(self.dtype) for i in rows])
         frames = [lat.shape[1] for lat in latents]
         # One quantizer call over every clip's frames side by side: it works frame by frame.
         codes = self.model.quantizer.encode(torch.cat(latents, 1)[None].to(self.quantizer_dtype), self.num_codebooks)
         out = codes.new_zeros(len(lengths), self.num_codebooks, audio.shape[-1] // hop)
-        for i, part in enumerate(torch.split(codes[:, 0], frames, dim=1)):
-            out[i, :, : frames[i]] = part
+        for i, count, part in zip(rows, frames, torch.split(codes[:, 0], frames, dim=1)):
+            out[i, :, :count] = part
         return out
 
     def _decode_batch(self, codes: torch.Tensor) -> torch.Tensor:

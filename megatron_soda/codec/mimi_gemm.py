@@ -46,6 +46,11 @@ class CausalConv:
         self.kernel, self.stride, self.dilation = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
         if conv.groups != 1:
             raise ValueError(f"grouped convolutions are not supported (groups={conv.groups})")
+        if not module.causal or module.pad_mode not in ("constant", "replicate"):
+            raise ValueError(
+                f"only causal convolutions padded with zeros or by replication are supported (causal="
+                f"{module.causal}, pad_mode={module.pad_mode!r})"
+            )
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.pad = (self.kernel - 1) * self.dilation + 1 - self.stride
         self.replicate = module.pad_mode == "replicate"
@@ -64,24 +69,24 @@ class CausalConv:
             self.mode = "windows"
             self.weights = [weight.permute(2, 1, 0).reshape(self.kernel * self.in_channels, -1).contiguous()]
 
-    def context(self, x: torch.Tensor) -> torch.Tensor:
-        """The left padding before the clip's first rows ``x``."""
-        if self.replicate:
-            return x[:1].expand(self.pad, -1)
-        return x.new_zeros(self.pad, self.in_channels)
-
-    def __call__(self, x: torch.Tensor, context: torch.Tensor, elu: bool = False, residual=None):
-        """``x`` ``[n, in]`` (ELU applied first when ``elu``) after ``context`` ``[pad, in]`` ->
-        (``[n / stride, out]`` (+ ``residual``), the context for the rows that follow)."""
+    def __call__(self, x: torch.Tensor, context: Optional[torch.Tensor], elu: bool = False, residual=None):
+        """``x`` ``[n, in]`` (ELU applied first when ``elu``) after ``context`` ``[pad, in]`` (None: the clip
+        starts here, padded as ``MimiConv1d`` pads it) -> (``[n / stride, out]`` (+ ``residual``), the context
+        for the rows that follow)."""
         n = x.shape[0]
         if n % self.stride:
             raise ValueError(f"{n} rows do not divide by the stride {self.stride}")
         rows = torch.empty(self.pad + n, self.in_channels, dtype=x.dtype, device=x.device)
-        rows[: self.pad] = context
         if elu:
             torch._C._nn.elu(x, 1.0, 1, 1, out=rows[self.pad :])
         else:
             rows[self.pad :] = x
+        if context is not None:
+            rows[: self.pad] = context
+        elif self.replicate:
+            rows[: self.pad] = rows[self.pad]  # the first row as the convolution sees it (after the ELU)
+        else:
+            rows[: self.pad] = 0
         out_rows = n // self.stride
         if self.mode == "frames":
             frames = rows.view(-1, self.stride * self.in_channels)
@@ -105,28 +110,23 @@ class _ResnetBlock:
     def __init__(self, block):
         if not isinstance(block.shortcut, torch.nn.Identity):
             raise ValueError("Mimi resnet blocks with a convolution shortcut are not supported")
+        _check_elus(block.block)
         self.convs = [CausalConv(layer) for layer in block.block if hasattr(layer, "conv")]
         self.weight_bytes = sum(c.weight_bytes for c in self.convs)
         self.stride = 1
 
-    def contexts(self, x):
-        return [self.convs[0].context(x), None]
-
     def __call__(self, x, contexts, elu):
         first, second = self.convs
+        contexts = contexts or (None, None)
         h, c0 = first(x, contexts[0], elu=True)
-        c1 = second.context(h) if contexts[1] is None else contexts[1]
-        out, c1 = second(h, c1, elu=True, residual=x)
-        return out, [c0, c1]
+        out, c1 = second(h, contexts[1], elu=True, residual=x)
+        return out, (c0, c1)
 
 
 class _Conv:
     def __init__(self, module):
         self.conv = CausalConv(module)
         self.weight_bytes, self.stride = self.conv.weight_bytes, self.conv.stride
-
-    def contexts(self, x):
-        return self.conv.context(x)
 
     def __call__(self, x, context, elu):
         return self.conv(x, context, elu=elu)
@@ -145,6 +145,7 @@ class MimiGemmEncoder:
         self.chunk = chunk_frames * self.hop
         self.layers: list[tuple[object, bool]] = []  # (layer, ELU before it)
         elu = False
+        _check_elus(encoder.encoder_seanet.layers)
         for layer in encoder.encoder_seanet.layers:
             if isinstance(layer, torch.nn.ELU):
                 elu = True
@@ -179,7 +180,7 @@ class MimiGemmEncoder:
         out = []
         for h in hidden:
             if self.downsample is not None:
-                h, _ = self.downsample(h, self.downsample.context(h))
+                h, _ = self.downsample(h, None)
             out.append(h.t())
         return out
 
@@ -190,13 +191,11 @@ class MimiGemmEncoder:
         for start in range(0, rows.shape[0], self.chunk):
             x = rows[start : start + self.chunk]
             for i, (layer, elu) in enumerate(self.layers[: self.streamed]):
-                if contexts[i] is None:
-                    contexts[i] = layer.contexts(x)
                 x, contexts[i] = layer(x, contexts[i], elu)
             chunks.append(x)
         x = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         for layer, elu in self.layers[self.streamed :]:
-            x, _ = layer(x, layer.contexts(x), elu)
+            x, _ = layer(x, None, elu)
         return x
 
     def _transformer(self, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -224,6 +223,12 @@ class MimiGemmEncoder:
             x = x + layer.self_attn_layer_scale(attn.o_proj(torch.cat(outs)))
             x = x + layer.mlp_layer_scale(layer.mlp(layer.post_attention_layernorm(x)))
         return list(torch.split(x, lengths))
+
+
+def _check_elus(layers) -> None:
+    for layer in layers:
+        if isinstance(layer, torch.nn.ELU) and layer.alpha != 1.0:
+            raise ValueError(f"only ELUs of alpha 1 are supported (alpha={layer.alpha})")
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

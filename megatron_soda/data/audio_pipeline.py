@@ -112,9 +112,9 @@ def _fingerprint(config: AudioPreprocessConfig, records, codec) -> dict:
     return job_fingerprint(config, rows, codec)
 
 
-def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress, vocab) -> dict:
-    """Encodes, renders and writes shard ``index`` and returns its counts (for its commit); ``vocab``
-    (``vocab_record``) goes beside its datasets."""
+def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config, progress, vocab, first) -> dict:
+    """Encodes, renders and writes shard ``index`` (the job's documents ``first``, ``first + 1``, ...) and
+    returns its counts (for its commit); ``vocab`` (``vocab_record``) goes beside its datasets."""
     records = [r for document in documents for r in document]
     tasks = [
         DecodeTask(r.audio, r.start, r.end, codec.sample_rate, config.min_seconds, config.max_seconds) for r in records
@@ -151,6 +151,7 @@ def _process_shard(job, index, documents, orders, codec, tokenizer, pool, config
                     "speaker": record.speaker,
                     "recording": record.recording,
                     "document": len(utterances_per_doc),
+                    "job_document": first + number,  # the order draw's index (rerender.py draws it again)
                     "seconds": codes.shape[1] / codec.frame_rate,
                     "frames": int(codes.shape[1]),
                 }
@@ -208,7 +209,7 @@ def preprocess_audio(config: AudioPreprocessConfig) -> dict:
     def process(i, pool, progress):
         docs = [documents[d] for d in shards[i]]
         orders_i = [orders[d] for d in shards[i]]
-        return _process_shard(job, i, docs, orders_i, codec, tokenizer, pool, config, progress, vocab)
+        return _process_shard(job, i, docs, orders_i, codec, tokenizer, pool, config, progress, vocab, shards[i][0])
 
     def audio_of(i):
         return [r.audio for d in shards[i] for r in documents[d]]

@@ -22,8 +22,10 @@ Output directory, as preprocessing's, one shard per source shard::
 Resumable and deterministic like preprocessing: a killed job rerun with the same command redoes only
 uncommitted shards and ends byte-identical to an uninterrupted run, and the source's own settings (all
 codebooks, both orders, or the same probability and seed) give the source's tokens byte for byte. Orders are
-drawn per document slot (shard i, document j: slot ``i * documents_per_shard + j``), preprocessing's draw for
-that document unless preprocessing dropped a whole earlier document of the shard (every utterance rejected).
+drawn per document of the source job (its index, ``job_document``, kept in ``meta_*.jsonl``), so each
+document gets preprocessing's draw even where preprocessing dropped another whole document of the shard
+(every utterance rejected). Jobs written before that index was kept are drawn per document slot (shard i,
+document j: ``i * documents_per_shard + j``), exact unless such a document was dropped.
 
 **Vocabulary below the source's K: compact.** ``VocabLayout(num_codebooks=K)`` keeps the base, the specials
 and the audio offset, so every id keeps its meaning (codebook k, code c is ``audio_offset + k * C + c`` in
@@ -181,6 +183,8 @@ class StoredUtterance:
     text: str
     codes: np.ndarray  # [K_source, T]
     seconds: float
+    job_document: Optional[int] = None
+    """Its document's index in the source job (the order draw's); None in jobs written before it was kept."""
 
 
 def read_shard(source: Source, index: int) -> Union[List[List[StoredUtterance]], Reject]:
@@ -206,6 +210,7 @@ def read_shard(source: Source, index: int) -> Union[List[List[StoredUtterance]],
         frames = np.array([int(m["frames"]) for m in meta], dtype=np.int64)
         documents = np.array([int(m["document"]) for m in meta], dtype=np.int64)
         seconds = [float(m["seconds"]) for m in meta]
+        job_documents = [None if m.get("job_document") is None else int(m["job_document"]) for m in meta]
     except (ValueError, KeyError, TypeError) as error:
         return reject("bad_meta", f"{meta_path}: unreadable utterance metadata ({error!r})")
 
@@ -247,9 +252,15 @@ def read_shard(source: Source, index: int) -> Union[List[List[StoredUtterance]],
             "bad_codes", f"{codes_prefix}.bin: id {at} ({flat[at]}) is not a code of codebook {position[at] % K}"
         )
 
+    first, per_shard = index * source.documents_per_shard, source.documents_per_shard
+    outside = [j for j in job_documents if j is not None and not first <= j < first + per_shard]
+    if outside:
+        return reject("document_mismatch", f"{meta_path} names job document {outside[0]}, not one of this shard's")
     utterances = [
-        StoredUtterance(text, (flat[start : start + length].reshape(-1, K).T % C), sec)
-        for text, start, length, sec in zip(texts, starts.tolist(), lengths.tolist(), seconds)
+        StoredUtterance(text, (flat[start : start + length].reshape(-1, K).T % C), sec, job_document)
+        for text, start, length, sec, job_document in zip(
+            texts, starts.tolist(), lengths.tolist(), seconds, job_documents
+        )
     ]
     return [utterances[a:b] for a, b in zip(doc_starts[:-1].tolist(), doc_starts[1:].tolist())]
 
@@ -341,6 +352,8 @@ def rerender(config: RerenderConfig) -> dict:
             documents = read_shard(source, index)
             first = index * source.documents_per_shard
             shard_orders = orders[first : first + source.documents_per_shard]
+            if not isinstance(documents, Reject) and all(d[0].job_document is not None for d in documents):
+                shard_orders = [orders[d[0].job_document] for d in documents]  # exact where documents were dropped
             if isinstance(documents, Reject) or len(documents) > len(shard_orders):
                 _skip_shard(job, index, documents, source)
             else:
