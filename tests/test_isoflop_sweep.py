@@ -3,6 +3,7 @@ widths of a few steps each; a run stopped part-way is refused by collect, by nam
 it from its checkpoint and finishes the study."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -80,3 +81,30 @@ def test_cpu_study_runs_end_to_end_and_a_stopped_run_resumes(isoflop, data, tmp_
     )
     assert run(isoflop, "plot", "--output-dir", study) == 0
     assert all((study / "plots" / name).stat().st_size > 1000 for name in ("isoflop.png", "frontier.png", "curves.png"))
+
+
+@pytest.mark.timeout(600)
+def test_the_sweep_runs_as_a_real_slurm_array_and_collects(slurm_cluster, isoflop, data, tmp_path, monkeypatch):
+    """``launch --slurm --submit`` on the test suite's SLURM cluster: one array task per run, then collect."""
+    study = tmp_path / "study"
+    plan = ["--output-dir", study, "--family", "cpu", "--budgets", 3e9, "--seq-length", 32, "--batch-size", 2]
+    plan += ["--flop-tolerance", 0.25, "--tokenizer", data / "tok", "--split", "80,20,0", "--eval-samples", 8]
+    assert run(isoflop, "plan", *plan, "--micro-batch-size", 2) == 0
+    names = [r["name"] for r in json.loads((study / "plan.json").read_text())["runs"]]
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**slurm_cluster.env, "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    launch = ["launch", "--output-dir", study, "--data-path", "0.9", data / "speech", "0.1", data / "text"]
+    launch += ["--extra-args", "--num-workers 0 --skip-data-validation", "--json", tmp_path / "submit.json"]
+    assert run(isoflop, *launch, "--slurm", "--submit", "--slurm-gpus-per-node", 0, "--slurm-time", "00:10:00") == 0
+    submitted = json.loads((tmp_path / "submit.json").read_text())
+    assert submitted["submitted"] and "--gpus-per-node" not in (study / "slurm" / "isoflop.sbatch").read_text()
+    job = submitted["sbatch"].split()[-1]
+    slurm_cluster.wait_for_empty_queue(timeout=480, job=job)
+    logs = sorted((study / "slurm").glob(f"{job}_*.out"))
+    assert len(logs) == len(names), logs
+    assert run(isoflop, "collect", "--output-dir", study) == 0, [log.read_text()[-2000:] for log in logs]
+    results = json.loads((study / "results.json").read_text())
+    assert sorted(r["name"] for r in results["runs"]) == sorted(names)
+    assert all(np.isfinite(r["loss_lm"]) for r in results["runs"])

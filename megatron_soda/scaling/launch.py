@@ -60,6 +60,9 @@ class LaunchSettings:
     """#SBATCH --time of each task."""
     slurm_max_parallel: Optional[int] = None
     """at most this many array tasks at once (--array=0-N%M)."""
+    slurm_gpus_per_node: Optional[int] = None
+    """#SBATCH --gpus-per-node (default: --nproc-per-node, one GPU per process); 0 asks for none (a CPU
+    cluster, where a GPU request is refused)."""
 
 
 @dataclass
@@ -262,7 +265,9 @@ def slurm_script(config: LaunchConfig) -> str:
         f"#SBATCH --time={settings.slurm_time}",
         f"#SBATCH --output={study.slurm}/%A_%a.out",
     ]
-    lines.append(f"#SBATCH --gpus-per-node={settings.nproc_per_node}")  # one GPU per process
+    gpus = settings.nproc_per_node if settings.slurm_gpus_per_node is None else settings.slurm_gpus_per_node
+    if gpus:
+        lines.append(f"#SBATCH --gpus-per-node={gpus}")
     if settings.slurm_partition:
         lines.append(f"#SBATCH --partition={settings.slurm_partition}")
     if settings.slurm_account:
