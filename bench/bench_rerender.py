@@ -41,6 +41,7 @@ from bench_common import write_section
 from bench_preprocess import CORPUS, Clock, machine, measure
 
 from megatron_soda.codec.loading import CodecConfig
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data import audio_pipeline
 from megatron_soda.data import rerender as rerender_module
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
@@ -57,17 +58,6 @@ against preprocessing the same audio from scratch (`tools/preprocess_audio.py`),
 measured in one run of the script (its docstring says how). Target (the issue): re-rendering well over 10x
 faster than preprocessing.
 """
-TINY_MIMI = dict(
-    hidden_size=64,
-    num_filters=8,
-    num_hidden_layers=1,
-    intermediate_size=128,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    codebook_dim=16,
-    vector_quantization_hidden_dimension=16,
-    upsample_groups=64,
-)  # --quick: tests/tiny_codecs.py's Mimi (bench/ does not import tests/)
 
 RERENDERS = {
     "original: 8 codebooks, both orders": {},

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 
 from megatron_soda.codec import CodecConfig
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.formats import Order, Utterance, render, speech_document
 from megatron_soda.data.indexed_dataset import vocab_record, write_dataset
 from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from tests.dist import ROOT
-from tests.tiny_codecs import TINY_MIMI
 
 TRANSCRIPT = "the cat sat on the mat"
 

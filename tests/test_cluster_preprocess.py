@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from megatron_soda.codec import CodecConfig
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.audio_pipeline import preprocess_audio
 from megatron_soda.data.jobs import WorkerConfig, launcher_share
 from tests.test_preprocess_audio import assert_same_outputs, config, corpus_subset, tokenizer_dir  # noqa: F401
-from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 MERGED = [f"{kind}{ext}" for kind in ("tokens", "codes") for ext in (".bin", ".idx", ".vocab.json")]

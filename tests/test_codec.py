@@ -12,8 +12,8 @@ import torch
 
 from megatron_soda.codec import CodecConfig, load_codec
 from megatron_soda.codec.base import plan_batches, resolve_dtype
+from megatron_soda.codec.tiny import TINY_ENCODEC, TINY_MIMI
 from megatron_soda.tokenizer import SODA_LAYOUT, VocabLayout
-from tests.tiny_codecs import TINY_ENCODEC, TINY_MIMI
 
 SMALL = {"mimi": TINY_MIMI, "encodec": TINY_ENCODEC}
 

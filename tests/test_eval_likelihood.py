@@ -14,6 +14,7 @@ import torch
 
 from megatron_soda.codec import CodecConfig
 from megatron_soda.codec.audio_io import resample
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.formats import Document, Kind, Segment, render
 from megatron_soda.data.indexed_dataset import vocab_record, write_dataset
 from megatron_soda.evaluation import likelihood_tasks
@@ -23,7 +24,6 @@ from megatron_soda.evaluation.datasets import count_rows, decode_audio, read_row
 from megatron_soda.evaluation.scoring import MegatronScorer, Scorer, likelihood_item, mean_log_probs
 from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from tests.test_pretrain import pretrain_process
-from tests.tiny_codecs import TINY_MIMI
 
 SOURCE_RATE = 16_000  # the benchmarks' rate: every clip is resampled to the codec's 24 kHz
 WUGGY = [("brick", "blick"), ("garden", "garbon"), ("window", "wintow"), ("river", "rivol")]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from megatron_soda.codec import CodecConfig
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 from megatron_soda.data.indexed_dataset import (
     DatasetWriter,
@@ -41,7 +42,6 @@ from megatron_soda.tokenizer import (
 )
 from megatron_soda.training.plan import check_datasets, parse_train_config, plan_run
 from tests.test_preprocess_audio import CORPUS
-from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.inference.engine import MegatronGenerator
 from megatron_soda.inference.prompts import TASKS, Task, build_prompt, task_sampling
 from megatron_soda.inference.sampling import SamplingConfig, candidates, sample
 from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
 from megatron_soda.tokenizer.layout import VocabLayout
 from tests.learned import TRANSCRIPT, run_tool
-from tests.tiny_codecs import TINY_MIMI
 
 GREEDY = SamplingConfig(temperature=0.0)
 

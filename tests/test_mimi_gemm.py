@@ -9,9 +9,9 @@ import torch
 from megatron_soda.codec import CodecConfig, load_codec
 from megatron_soda.codec.cli import check_codec
 from megatron_soda.codec.mimi_gemm import MimiGemmEncoder
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.codec_job import codec_run
 from tests.test_codec import speech_like
-from tests.tiny_codecs import TINY_MIMI
 
 HOP = 1920
 

@@ -15,11 +15,11 @@ import soundfile as sf
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_soda.codec import CodecConfig
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 from megatron_soda.data.formats import Kind, parse
 from megatron_soda.data.indexed_dataset import validate_dataset
 from megatron_soda.tokenizer import build_soda_tokenizer, save_soda_tokenizer, train_bpe
-from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "demo_corpus"

@@ -13,12 +13,12 @@ import soundfile as sf
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_soda.codec import CodecConfig
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.formats import Kind, parse
 from megatron_soda.data.indexed_dataset import has_loss_mask, read_loss_mask, validate_dataset
 from megatron_soda.data.sft_pipeline import SFTPreprocessConfig, preprocess_sft
 from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
 from tests.test_preprocess_audio import assert_same_outputs
-from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 24_000  # Mimi's: 12.5 frames (100 tokens of 8 codebooks) per second

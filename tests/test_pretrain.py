@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from megatron_soda.codec import CodecConfig
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.audio_pipeline import AudioPreprocessConfig, preprocess_audio
 from megatron_soda.data.indexed_dataset import merge_datasets, write_dataset
 from megatron_soda.data.packing import pack_dataset
@@ -17,7 +18,6 @@ from megatron_soda.training.logger import iteration_records, read_metrics
 from megatron_soda.training.plan import parse_train_config, plan_run
 from tests.dist import launch
 from tests.test_preprocess_audio import CORPUS
-from tests.tiny_codecs import TINY_MIMI
 
 
 @pytest.fixture(scope="module")

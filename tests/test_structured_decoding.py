@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.formats import Kind, parse, parse_lenient, split_documents
 from megatron_soda.inference.prompts import build_prompt
 from megatron_soda.inference.sampling import SamplingConfig
 from megatron_soda.inference.structured import StructuredDecoding
 from megatron_soda.tokenizer.layout import VocabLayout
-from tests.tiny_codecs import TINY_MIMI
 
 L = VocabLayout(base_size=300, bos_id=0, eos_id=1)
 K, C = L.num_codebooks, L.codebook_size

@@ -11,12 +11,12 @@ import soundfile as sf
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_soda.codec import CodecConfig, load_codec
+from megatron_soda.codec.tiny import TINY_MIMI
 from megatron_soda.data.detokenize import detokenize, write_detokenized
 from megatron_soda.data.formats import Order, Utterance, render, speech_document
 from megatron_soda.data.indexed_dataset import validate_dataset
 from megatron_soda.data.text_pipeline import TextPreprocessConfig, preprocess_text
 from megatron_soda.tokenizer import load_soda_tokenizer
-from tests.tiny_codecs import TINY_MIMI
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "data" / "demo_corpus"

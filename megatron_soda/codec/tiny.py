@@ -1,4 +1,5 @@
-"""Codec configurations small enough for tests: random weights, real shapes and ids (8 codebooks x 2048)."""
+"""Codec configurations small enough for tests and quick benchmarks: random weights, real shapes and ids
+(8 codebooks x 2048). Torch-free."""
 
 TINY_MIMI = dict(
     hidden_size=64,
