@@ -4,7 +4,8 @@
 #   SIZE=600m DATA="0.95 data/speech 0.05 data/text" TOKENIZER=tokenizers/soda bash examples/pretrain.sh
 #
 # SIZE: 135m, 600m, 1.7b or 4b (layout and micro-batch from examples/soda_sizes.sh). A killed run started
-# again resumes from the newest checkpoint in $OUT/ckpt. DRY_RUN=1 prints the plan (model, layout, run
+# again resumes from the newest checkpoint in $OUT/ckpt; SIGTERM to torchrun (which passes it on) makes
+# the run save one at the end of the iteration under way and exit with code 75. DRY_RUN=1 prints the plan (model, layout, run
 # size, memory per GPU; SODA's vocabulary when TOKENIZER is unset) and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."

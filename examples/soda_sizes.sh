@@ -14,13 +14,14 @@ soda_size() {
   esac
 }
 
-# The flags every pretraining launch shares: SODA's recipe comes with --model; resume from $OUT/ckpt.
+# The flags every pretraining launch shares: SODA's recipe comes with --model; resume from $OUT/ckpt,
+# and on SIGTERM (preemption, a time limit) save there and exit with code 75.
 pretrain_flags() {
   PRETRAIN_FLAGS=(
     --model "$MODEL" --data-path $DATA
     --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP" --micro-batch-size "$MICRO_BATCH"
     --bf16 --use-distributed-optimizer
-    --save "$OUT/ckpt" --load "$OUT/ckpt" --save-interval "${SAVE_INTERVAL:-1000}"
+    --save "$OUT/ckpt" --load "$OUT/ckpt" --save-interval "${SAVE_INTERVAL:-1000}" --exit-signal-handler
     --eval-interval "${EVAL_INTERVAL:-1000}" --split "${SPLIT:-998,2,0}" --log-interval 10
     --tensorboard-dir "$OUT/tensorboard" --metrics-file "$OUT/metrics.jsonl"
   )

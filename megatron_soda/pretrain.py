@@ -9,7 +9,8 @@ z-loss 1e-4); flags override it. Any other shape comes from Megatron-LM's flags 
 --hidden-size, ...) and brings no recipe. --finetune starts from --load's weights alone. --dry-run
 checks everything and prints the model, layout, run size and memory per GPU without touching data
 or devices. Runs on CPU too (gloo), where tests drive real TP/PP with it. Under torchrun, or plain srun
-(ranks and the master derived from SLURM's variables: ``launch_env``).
+(ranks and the master derived from SLURM's variables: ``launch_env``). A run stopped early on request
+(--exit-signal-handler, --exit-duration-in-mins) saves and exits with code 75: relaunch it with --load.
 """
 
 from __future__ import annotations
@@ -17,22 +18,27 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Optional
 
 from megatron_soda import launch_env
 from megatron_soda.logs import quiet_logs
 from megatron_soda.training.config import TrainConfig
 from megatron_soda.training.plan import RunPlan, describe, parse_train_config, plan_run
+from megatron_soda.training.stopping import EXIT_RESUMABLE
 
 logger = logging.getLogger("megatron_soda.pretrain")
 
 
-def pretrain(config: TrainConfig) -> None:
-    """Trains the run ``config`` describes (library entry: checks, builds, trains, closes)."""
-    train(plan_run(config))
+def pretrain(config: TrainConfig) -> Optional[str]:
+    """Trains the run ``config`` describes (library entry: checks, builds, trains, closes).
+
+    Returns why it stopped early on request (a signal, --exit-duration-in-mins), or None.
+    """
+    return train(plan_run(config))
 
 
-def train(plan: RunPlan) -> None:
-    """Builds and trains a checked run."""
+def train(plan: RunPlan) -> Optional[str]:
+    """Builds and trains a checked run; returns ``Trainer.train``'s stop reason."""
     from megatron_soda.training.trainer import Trainer  # megatron-core: after every check
 
     if int(os.environ.get("RANK", 0)) == 0:
@@ -41,7 +47,7 @@ def train(plan: RunPlan) -> None:
     trainer = Trainer(plan)
     try:
         trainer.setup()
-        trainer.train()
+        return trainer.train()
     finally:
         trainer.close()
 
@@ -59,8 +65,8 @@ def main(argv=None) -> int:
     if config.dry_run:
         print("\n".join(describe(plan)))
         return 0
-    train(plan)  # a failure from here on is not a usage error: it keeps its traceback
-    return 0
+    stopped = train(plan)  # a failure from here on is not a usage error: it keeps its traceback
+    return EXIT_RESUMABLE if stopped else 0
 
 
 if __name__ == "__main__":

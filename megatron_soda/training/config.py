@@ -30,6 +30,8 @@ SHAPE_FIELDS = (
 """ModelConfig fields named as the ``ModelShape`` fields they set."""
 SHAPE_FLAGS = SHAPE_FIELDS + ("untie_embeddings_and_output_weights", "use_rope_scaling", "rope_scaling_factor")
 """ModelConfig fields that describe a shape (given any of them, the model is a custom shape)."""
+EXIT_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+"""The signals --exit-signal-handler can answer (``training/stopping.py``)."""
 
 
 @dataclass
@@ -202,6 +204,15 @@ class TrainingConfig:
     exit_interval: Optional[int] = None
     """stop after the first iteration whose number is a multiple of this (saving first when --save is set), as
     Megatron-LM does; the schedule still spans --train-iters, so a later --load continues the same run."""
+    exit_duration_in_mins: Optional[float] = None
+    """stop after the first iteration that ends this many minutes after the run started, saving to --save and
+    exiting with code 75 (a relaunch with --load continues): set it below a job's time limit."""
+    exit_signal_handler: bool = False
+    """on --exit-signal (preemption, a time limit), finish the iteration under way on every rank, save to
+    --save and exit with code 75 (a relaunch with --load continues)."""
+    exit_signal: str = field(default="SIGTERM", metadata=flag(choices=EXIT_SIGNALS))
+    """the signal --exit-signal-handler answers (SLURM and torchrun send SIGTERM; sbatch --signal may name
+    another, ahead of the time limit)."""
 
     @property
     def tokens_per_iteration(self) -> int:

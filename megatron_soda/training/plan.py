@@ -302,6 +302,16 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         from megatron_soda import optional
 
         optional.require("wandb", "--wandb-project")
+    if t.exit_duration_in_mins is not None and not t.exit_duration_in_mins > 0:
+        raise ValueError(f"--exit-duration-in-mins must be > 0, got {t.exit_duration_in_mins}")
+    for name, asked in (
+        ("--exit-signal-handler", t.exit_signal_handler),
+        ("--exit-duration-in-mins", t.exit_duration_in_mins is not None),
+    ):
+        if asked and not config.checkpoint.save:
+            raise ValueError(
+                f"{name} needs --save: the checkpoint it writes before stopping is what a relaunch continues"
+            )
     if config.checkpoint.finetune and not config.checkpoint.load:
         raise ValueError("--finetune needs --load (the checkpoint whose weights to start from)")
     for flag_name, path in (("--save", config.checkpoint.save), ("--tensorboard-dir", config.logging.tensorboard_dir)):

@@ -53,6 +53,10 @@ class Trainer:
         self.benchmarks = None
         """``evaluation.in_training.TrainingEvaluator`` of --eval-tasks-data, if given."""
         self._mix_counts = None
+        self.started = time.time()
+        """When this run (this process) started: --exit-duration-in-mins counts from here."""
+        self.stop_reason: Optional[str] = None
+        """Why ``train`` stopped before --train-iters on request (a signal, the time budget), or None."""
 
     # ---- build ----------------------------------------------------------------------------------
 
@@ -347,10 +351,15 @@ class Trainer:
 
     # ---- the loop -------------------------------------------------------------------------------
 
-    def train(self) -> None:
-        """Steps until --train-iters (or --exit-interval), logging, evaluating and saving as configured."""
+    def train(self) -> Optional[str]:
+        """Steps until --train-iters (or --exit-interval), logging, evaluating and saving as configured.
+
+        Returns ``stop_reason``: why the run stopped early on request (``training/stopping.py``), after
+        saving, or None when it ran its course.
+        """
         from megatron_soda.training.data import Prefetcher
         from megatron_soda.training.flops import peak_bf16_flops, six_n_flops_per_token, training_flops_per_token
+        from megatron_soda.training.stopping import StopRequests
 
         plan, t = self.plan, self.config.training
         flops_per_token = training_flops_per_token(plan.shape, t.seq_length)
@@ -362,12 +371,17 @@ class Trainer:
             lambda first, pool: self.micro_batches(self.train_data, first, t.global_batch_size, pool),
             self.config.data.num_workers,
         )
+        stops = StopRequests(
+            t.exit_signal if t.exit_signal_handler else None, t.exit_duration_in_mins, started=self.started
+        )
         try:
-            self._train_loop(prefetch, flops_per_token, six_n, peak, names)
+            with stops:
+                self._train_loop(prefetch, flops_per_token, six_n, peak, names, stops)
         finally:
             prefetch.close()
+        return self.stop_reason
 
-    def _train_loop(self, prefetch, flops_per_token: float, six_n: float, peak: Optional[float], names) -> None:
+    def _train_loop(self, prefetch, flops_per_token: float, six_n: float, peak: Optional[float], names, stops) -> None:
         from megatron_soda.data.gpt_blend import samples_per_dataset
         from megatron_soda.training.flops import mfu
 
@@ -404,15 +418,29 @@ class Trainer:
                 values["MFU"] = mfu(rate / plan.world_size, plan.shape, t.seq_length, peak)
             console = self.iteration % self.config.logging.log_interval == 0 or self.iteration == plan.train_iters
             self.log.log(self.iteration, plan.train_iters, values, console=console, average=True)
-            exiting = t.exit_interval is not None and self.iteration % t.exit_interval == 0
             last = self.iteration == plan.train_iters
-            if interval and (self.iteration % interval == 0 or last):
+            # A stop on request leaves the grace period to the save: evaluations due now are skipped.
+            stop = None if last else stops.requested()
+            exiting = stop is not None or (t.exit_interval is not None and self.iteration % t.exit_interval == 0)
+            if interval and (self.iteration % interval == 0 or last) and stop is None:
                 self.log.log(self.iteration, plan.train_iters, self.evaluate(), console=True)
             tasks_interval = self.config.eval.eval_tasks_interval
-            if self.benchmarks is not None and (last or (tasks_interval and self.iteration % tasks_interval == 0)):
+            due = last or (tasks_interval and self.iteration % tasks_interval == 0)
+            if self.benchmarks is not None and due and stop is None:
                 self.log.log(self.iteration, plan.train_iters, self.benchmarks.evaluate(self.model), console=True)
             if ckpt.save and (exiting or last or (ckpt.save_interval and self.iteration % ckpt.save_interval == 0)):
                 self.save_checkpoint()
+            if stop is not None:
+                self.stop_reason = stop
+                logger.warning(
+                    "stopping at iteration %d of %d: %s; saved to %s, a relaunch with --load %s continues the run",
+                    self.iteration,
+                    plan.train_iters,
+                    stop,
+                    ckpt.save,
+                    ckpt.save,
+                )
+                break
             if exiting:
                 logger.info("exiting at iteration %d (--exit-interval %d)", self.iteration, t.exit_interval)
                 break

@@ -1,0 +1,153 @@
+"""Stopping on request: a signal or the time budget stops every rank after the same iteration, saved, with
+exit code 75, and a relaunch with --load trains the uninterrupted run's numbers."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from megatron_soda.training.checkpointing import latest_iteration
+from megatron_soda.training.logger import iteration_records
+from megatron_soda.training.stopping import EXIT_RESUMABLE, StopRequests
+from tests.dist import ROOT, finish, free_port, launch, start
+
+ITERATIONS = 40
+
+
+def run_args(learned, metrics, *extra):
+    return [
+        *("--model", "tiny", "--tokenizer", learned["root"] / "tok", "--data-path", learned["root"] / "utterance"),
+        *("--split", "100,0,0", "--seq-length", 64, "--micro-batch-size", 2, "--global-batch-size", 4),
+        *("--train-iters", ITERATIONS, "--lr", 3e-3, "--lr-decay-style", "cosine", "--lr-warmup-iters", 2),
+        *("--metrics-file", metrics, "--skip-data-validation", *extra),
+    ]
+
+
+def wait_for_records(metrics, running, timeout=120):
+    """Until ``metrics`` holds an iteration record, while ``running()`` says the run is still going."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if metrics.exists() and iteration_records(metrics):
+                return
+        except ValueError:  # a line still being written
+            pass
+        assert running(), "the run ended before it was signalled"
+        time.sleep(0.02)
+    raise AssertionError(f"no iteration recorded in {metrics} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def whole(learned, tmp_path_factory):
+    """The uninterrupted run's records (DP=2)."""
+    metrics = tmp_path_factory.mktemp("whole") / "whole.jsonl"
+    launch("pretrain_entry.py", 2, *run_args(learned, metrics))
+    return iteration_records(metrics)
+
+
+def assert_same_run(records, whole):
+    assert [r["iteration"] for r in records] == list(range(1, ITERATIONS + 1))
+    for key in ("lm loss", "grad norm", "learning rate", "consumed samples"):
+        assert [r[key] for r in records] == [r[key] for r in whole], key
+
+
+@pytest.mark.timeout(900)
+def test_a_signal_to_one_rank_stops_all_after_one_iteration_and_relaunches_continue_the_run(learned, whole, tmp_path):
+    ckpt = tmp_path / "ckpt"
+
+    # SIGTERM to rank 1 alone (as a node's share of a preempted job): both ranks stop after one iteration.
+    save = ("--save", ckpt, "--exit-signal-handler")
+    procs = start("pretrain_entry.py", 2, *run_args(learned, tmp_path / "first.jsonl", *save))
+    wait_for_records(tmp_path / "first.jsonl", lambda: all(proc.poll() is None for proc in procs))
+    procs[1].send_signal(signal.SIGTERM)
+    codes, logs = finish(procs)
+    assert codes == [EXIT_RESUMABLE] * 2, logs[0][-3000:] + logs[1][-3000:]
+    first = iteration_records(tmp_path / "first.jsonl")
+    stopped = first[-1]["iteration"]
+    assert 1 <= stopped < ITERATIONS - 1 and latest_iteration(ckpt) == stopped
+    assert f"stopping at iteration {stopped} of {ITERATIONS}: SIGTERM received" in logs[0]
+
+    # Relaunched with a time budget already spent: one more iteration, saved, exit 75 again.
+    budget = ("--load", ckpt, "--save", ckpt, "--exit-duration-in-mins", 1e-6)
+    procs = start("pretrain_entry.py", 2, *run_args(learned, tmp_path / "second.jsonl", *budget))
+    codes, logs = finish(procs)
+    assert codes == [EXIT_RESUMABLE] * 2, logs[0][-3000:]
+    assert "--exit-duration-in-mins 1e-06 reached" in logs[0]
+    second = iteration_records(tmp_path / "second.jsonl")
+    assert [r["iteration"] for r in second] == [stopped + 1] and latest_iteration(ckpt) == stopped + 1
+
+    launch("pretrain_entry.py", 2, *run_args(learned, tmp_path / "third.jsonl", "--load", ckpt, "--save", ckpt))
+    assert_same_run(first + second + iteration_records(tmp_path / "third.jsonl"), whole)
+
+
+@pytest.mark.timeout(900)
+def test_a_slurm_job_signalled_before_its_time_limit_saves_requeues_itself_and_finishes_the_run(
+    learned, whole, slurm_cluster, tmp_path
+):
+    """The example's requeue (examples/slurm_requeue.sh) on a real cluster: `scancel --signal=TERM` does
+    what `#SBATCH --signal=TERM@600` does ahead of a time limit; the requeued job resumes into the same
+    metrics file, which ends with the uninterrupted run's records, one per iteration."""
+    import sys
+
+    ckpt, metrics, log = tmp_path / "ckpt", tmp_path / "run.jsonl", tmp_path / "job.out"
+    args = " ".join(
+        f"'{a}'" for a in run_args(learned, metrics, "--save", ckpt, "--load", ckpt, "--exit-signal-handler")
+    )
+    script = tmp_path / "job.sbatch"
+    script.write_text(
+        "#!/bin/bash\nset -euo pipefail\n"
+        f"source '{ROOT}/examples/slurm_requeue.sh'\n"
+        f"run_requeueing srun --kill-on-bad-exit=1 --export=ALL,MASTER_PORT={free_port()},OMP_NUM_THREADS=1 "
+        f"'{sys.executable}' -m megatron_soda.pretrain {args}\n"
+    )
+    job = slurm_cluster.run(
+        "sbatch",
+        "--parsable",
+        "-n",
+        "2",
+        "--requeue",
+        "--open-mode=append",
+        f"--output={log}",
+        f"--chdir={ROOT}",
+        str(script),
+    ).stdout.strip()
+    wait_for_records(metrics, lambda: bool(slurm_cluster.run("squeue", "-h", "-j", job, check=False).stdout.strip()))
+    slurm_cluster.run("scancel", "--signal=TERM", job)
+    # A requeued job waits (BeginTime) before it may start again; the test does not.
+    deadline = time.time() + 120
+    while "PENDING" not in slurm_cluster.run("squeue", "-h", "-j", job, "-o", "%T", check=False).stdout:
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    slurm_cluster.wait_for_empty_queue(timeout=300, job=job)
+
+    output = log.read_text()
+    assert f"stopped early with a checkpoint saved: requeueing job {job}" in output, output[-3000:]
+    assert "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", job).stdout
+    assert_same_run(iteration_records(metrics), whole)
+    assert latest_iteration(ckpt) == ITERATIONS
+
+
+def test_the_handler_notes_its_signal_a_second_ctrl_c_interrupts_and_the_old_handler_comes_back():
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequests("SIGUSR1", None, started=time.time()) as stops:
+        assert stops.requested() is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stops.requested() == "SIGUSR1 received (--exit-signal-handler)"
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+    with StopRequests("SIGINT", None, started=time.time()) as stops:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stops.requested() is not None
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+
+
+def test_a_budget_counts_from_the_start_and_nothing_asked_means_no_collective():
+    assert StopRequests(None, None, started=0.0).requested() is None  # inactive: no process group needed
+    assert StopRequests(None, 1.0, started=time.time()).requested() is None
+    assert StopRequests(None, 1.0, started=time.time() - 61).requested() == "--exit-duration-in-mins 1 reached"
+    with pytest.raises(ValueError, match="--exit-signal 'SIGKILL': choose one of SIGTERM"):
+        StopRequests("SIGKILL", None, started=0.0)
