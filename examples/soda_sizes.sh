@@ -20,7 +20,7 @@ pretrain_flags() {
   PRETRAIN_FLAGS=(
     --model "$MODEL" --data-path $DATA
     --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP" --micro-batch-size "$MICRO_BATCH"
-    --bf16 --use-distributed-optimizer
+    --bf16 --use-distributed-optimizer --overlap-grad-reduce
     --save "$OUT/ckpt" --load "$OUT/ckpt" --save-interval "${SAVE_INTERVAL:-1000}" --exit-signal-handler
     --eval-interval "${EVAL_INTERVAL:-1000}" --split "${SPLIT:-998,2,0}" --log-interval 10
     --tensorboard-dir "$OUT/tensorboard" --metrics-file "$OUT/metrics.jsonl"

@@ -669,6 +669,19 @@ def test_data_parallel_ranks_split_the_global_batch_and_train_as_one(demo_data):
 
 
 @pytest.mark.timeout(600)
+def test_overlapping_the_gradient_reduction_with_backward_changes_no_number(demo_data):
+    """DP=2, two micro-batches per rank, buckets small enough for several: the steps of reducing after backward."""
+    args = ["--train-iters", 3, "--lr-decay-style", "constant", "--global-batch-size", 8, "--micro-batch-size", 2]
+    plain = pretrain(demo_data, "reduce_after", *args, world=2)
+    overlapped = pretrain(
+        demo_data, "reduce_overlapped", *args, "--overlap-grad-reduce", "--ddp-bucket-size", 20000, world=2
+    )
+    for key in ("lm loss", "grad norm"):
+        assert [line[key] for line in overlapped] == [line[key] for line in plain], key
+    assert len({line["lm loss"] for line in plain}) == 3
+
+
+@pytest.mark.timeout(600)
 def test_a_fresh_run_trains_the_same_model_at_another_pipeline_layout(demo_data):
     """No checkpoint in common: each layer is drawn from its own seeded stream, whichever stage builds it."""
     args = ["--train-iters", 3, "--lr-decay-style", "constant"]

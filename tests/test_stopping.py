@@ -12,7 +12,7 @@ from megatron_soda.training.logger import iteration_records
 from megatron_soda.training.stopping import EXIT_RESUMABLE, StopRequests
 from tests.dist import ROOT, finish, free_port, launch, start
 
-ITERATIONS = 40
+ITERATIONS = 60
 
 
 def run_args(learned, metrics, *extra):
@@ -129,13 +129,21 @@ def test_a_slurm_job_signalled_before_its_time_limit_saves_requeues_itself_and_f
     assert latest_iteration(ckpt) == ITERATIONS
 
 
-def test_the_handler_notes_its_signal_a_second_ctrl_c_interrupts_and_the_old_handler_comes_back():
+def test_the_handler_notes_its_signal_and_stays_once_a_stop_is_under_way():
     before = signal.getsignal(signal.SIGUSR1)
     with StopRequests("SIGUSR1", None, started=time.time()) as stops:
         assert stops.requested() is None
+    assert signal.getsignal(signal.SIGUSR1) is before  # nothing asked: the old handler comes back
+
+    stops = StopRequests("SIGUSR1", None, started=time.time()).install()
+    try:
         os.kill(os.getpid(), signal.SIGUSR1)
         assert stops.requested() == "SIGUSR1 received (--exit-signal-handler)"
-    assert signal.getsignal(signal.SIGUSR1) is before
+        stops.restore()
+        os.kill(os.getpid(), signal.SIGUSR1)  # as srun's follow-up SIGTERM: noted, the process lives on
+        assert signal.getsignal(signal.SIGUSR1) == stops._note
+    finally:
+        signal.signal(signal.SIGUSR1, before)
 
     with StopRequests("SIGINT", None, started=time.time()) as stops:
         os.kill(os.getpid(), signal.SIGINT)

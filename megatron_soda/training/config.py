@@ -299,6 +299,11 @@ class ParallelConfig:
     less activation memory at TP > 1 (NCCL)."""
     use_distributed_optimizer: bool = False
     """shard optimizer state over data-parallel ranks (megatron's distributed optimizer; CUDA only)."""
+    overlap_grad_reduce: bool = False
+    """reduce each bucket of gradients over data-parallel ranks as soon as the last micro-batch's backward has
+    produced it, overlapping the communication with the rest of backward (the same sums as reducing at the end)."""
+    ddp_bucket_size: Optional[int] = None
+    """parameters per gradient-reduction bucket (megatron-core's default: max(40M, 1M x data-parallel size))."""
 
 
 @dataclass

@@ -25,8 +25,11 @@ EXIT_RESUMABLE = 75
 class StopRequests:
     """Notes ``signal_name`` while installed, and says when every rank should stop (``requested``).
 
-    Used as a context manager around the training loop: the previous handler comes back on exit. A
-    second SIGINT (Ctrl-C pressed again) interrupts at once, as without the handler.
+    ``install`` before building (a signal during setup or loading is answered after the first iteration),
+    ``restore`` when done. Once a stop was requested, ``restore`` keeps the handler: the process is on its
+    way out with ``EXIT_RESUMABLE``, and a launcher's follow-up SIGTERM (srun ends a step's other tasks
+    as soon as one has exited) must not turn that exit into a kill. A second SIGINT (Ctrl-C pressed
+    again) interrupts at once, as without the handler.
     """
 
     def __init__(self, signal_name: Optional[str], duration_minutes: Optional[float], started: float):
@@ -36,24 +39,34 @@ class StopRequests:
         self.duration_minutes = duration_minutes
         self.started = started
         self.received: Optional[int] = None
+        self.stopping = False
+        """Whether ``requested`` has answered with a reason."""
         self._previous = None
 
     @property
     def active(self) -> bool:
         return self.signal_name is not None or self.duration_minutes is not None
 
-    def __enter__(self) -> "StopRequests":
-        if self.signal_name is not None:
+    def install(self) -> "StopRequests":
+        if self.signal_name is not None and self._previous is None:
             if threading.current_thread() is not threading.main_thread():
                 raise ValueError("--exit-signal-handler needs the training loop on the main thread (signals go there)")
             signum = getattr(signal, self.signal_name)
-            self._previous = (signum, signal.signal(signum, self._note))
+            previous = signal.signal(signum, self._note)
+            self._previous = (signum, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
+    def restore(self) -> None:
+        """The signal's previous handler back, unless a stop was requested (class docstring)."""
+        if self._previous is not None and not self.stopping:
             signal.signal(*self._previous)
             self._previous = None
+
+    def __enter__(self) -> "StopRequests":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def _note(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -75,6 +88,7 @@ class StopRequests:
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         signalled, over_budget = flags.tolist()
+        self.stopping = bool(signalled or over_budget)
         if signalled:
             return f"{self.signal_name} received (--exit-signal-handler)"
         if over_budget:

@@ -31,6 +31,7 @@ import torch
 from megatron_soda.device import device_info
 from megatron_soda.flags import as_flat_dict
 from megatron_soda.training.plan import RunPlan
+from megatron_soda.training.stopping import StopRequests
 
 logger = logging.getLogger("megatron_soda.trainer")
 
@@ -53,14 +54,18 @@ class Trainer:
         self.benchmarks = None
         """``evaluation.in_training.TrainingEvaluator`` of --eval-tasks-data, if given."""
         self._mix_counts = None
-        self.started = time.time()
-        """When this run (this process) started: --exit-duration-in-mins counts from here."""
+        t = self.config.training
+        self.stops = StopRequests(
+            t.exit_signal if t.exit_signal_handler else None, t.exit_duration_in_mins, started=time.time()
+        )
+        """--exit-signal-handler / --exit-duration-in-mins (the budget counts from here); installed by ``setup``."""
         self.stop_reason: Optional[str] = None
         """Why ``train`` stopped before --train-iters on request (a signal, the time budget), or None."""
 
     # ---- build ----------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        self.stops.install()
         self.setup_model_and_optimizer()
         self.setup_data()
         self.setup_benchmarks()
@@ -116,11 +121,20 @@ class Trainer:
         chunks = parallel.build_model_chunks(
             plan.shape, model_config, attention_backend=self.config.model.attention_backend, init_seed=t.seed
         )
+        p = self.config.parallel
         ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, use_distributed_optimizer=plan.distributed_optimizer
+            grad_reduce_in_fp32=True,
+            use_distributed_optimizer=plan.distributed_optimizer,
+            overlap_grad_reduce=p.overlap_grad_reduce,
+            bucket_size=p.ddp_bucket_size,
         )
         self.model = [DistributedDataParallel(model_config, ddp_config, module=chunk) for chunk in chunks]
         model_config.finalize_model_grads_func = finalize_model_grads
+        if p.overlap_grad_reduce:
+            # The schedules hold the reduction back for all but the last micro-batch (no_sync) and start
+            # each chunk's as its backward ends (grad_sync); finalize_model_grads waits for them.
+            model_config.no_sync_func = _one_or_list([chunk.no_sync for chunk in self.model])
+            model_config.grad_sync_func = _one_or_list([chunk.start_grad_sync for chunk in self.model])
         self.optimizer = build_megatron_optimizer(
             self.model, self.config.optimizer, bf16=t.bf16, use_distributed_optimizer=plan.distributed_optimizer
         )
@@ -359,7 +373,6 @@ class Trainer:
         """
         from megatron_soda.training.data import Prefetcher
         from megatron_soda.training.flops import peak_bf16_flops, six_n_flops_per_token, training_flops_per_token
-        from megatron_soda.training.stopping import StopRequests
 
         plan, t = self.plan, self.config.training
         flops_per_token = training_flops_per_token(plan.shape, t.seq_length)
@@ -371,17 +384,14 @@ class Trainer:
             lambda first, pool: self.micro_batches(self.train_data, first, t.global_batch_size, pool),
             self.config.data.num_workers,
         )
-        stops = StopRequests(
-            t.exit_signal if t.exit_signal_handler else None, t.exit_duration_in_mins, started=self.started
-        )
+        self.stops.install()  # a caller that skipped setup
         try:
-            with stops:
-                self._train_loop(prefetch, flops_per_token, six_n, peak, names, stops)
+            self._train_loop(prefetch, flops_per_token, six_n, peak, names)
         finally:
             prefetch.close()
         return self.stop_reason
 
-    def _train_loop(self, prefetch, flops_per_token: float, six_n: float, peak: Optional[float], names, stops) -> None:
+    def _train_loop(self, prefetch, flops_per_token: float, six_n: float, peak: Optional[float], names) -> None:
         from megatron_soda.data.gpt_blend import samples_per_dataset
         from megatron_soda.training.flops import mfu
 
@@ -419,15 +429,18 @@ class Trainer:
             console = self.iteration % self.config.logging.log_interval == 0 or self.iteration == plan.train_iters
             self.log.log(self.iteration, plan.train_iters, values, console=console, average=True)
             last = self.iteration == plan.train_iters
-            # A stop on request leaves the grace period to the save: evaluations due now are skipped.
-            stop = None if last else stops.requested()
-            exiting = stop is not None or (t.exit_interval is not None and self.iteration % t.exit_interval == 0)
+            # A stop on request leaves the grace period to the save: evaluations due now are skipped (and
+            # asked again after each evaluation, which may be when the signal came).
+            stop = None if last else self.stops.requested()
             if interval and (self.iteration % interval == 0 or last) and stop is None:
                 self.log.log(self.iteration, plan.train_iters, self.evaluate(), console=True)
+                stop = None if last else self.stops.requested()
             tasks_interval = self.config.eval.eval_tasks_interval
             due = last or (tasks_interval and self.iteration % tasks_interval == 0)
             if self.benchmarks is not None and due and stop is None:
                 self.log.log(self.iteration, plan.train_iters, self.benchmarks.evaluate(self.model), console=True)
+                stop = None if last else self.stops.requested()
+            exiting = stop is not None or (t.exit_interval is not None and self.iteration % t.exit_interval == 0)
             if ckpt.save and (exiting or last or (ckpt.save_interval and self.iteration % ckpt.save_interval == 0)):
                 self.save_checkpoint()
             if stop is not None:
@@ -451,6 +464,7 @@ class Trainer:
         if self.log is not None:
             self.log.close()
         parallel.destroy()
+        self.stops.restore()
 
     def _log_mix(self, achieved: List[float]) -> None:
         """The blend's requested and achieved shares of the training samples, once at the start."""
@@ -461,6 +475,11 @@ class Trainer:
         for k, prefix in enumerate(prefixes):
             asked = f"{weights[k] / total:.4f}" if weights else "by size"
             logger.info("data mix: %s asked %s, achieved %.4f of the training samples", prefix, asked, achieved[k])
+
+
+def _one_or_list(funcs: List[Any]) -> Any:
+    """megatron's schedules take one function for one model chunk, a list for virtual pipeline chunks."""
+    return funcs[0] if len(funcs) == 1 else funcs
 
 
 def _global_rank() -> int:
