@@ -562,6 +562,11 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--model", "soda-9b"], 1, "--model: unknown model preset 'soda-9b'"),
         (["--finetune"], 1, "--finetune needs --load"),
         (["--exit-signal-handler"], 1, "--exit-signal-handler needs --save"),
+        (["--normalization", "LayerNorm", "--no-swiglu"], 1, "--no-swiglu, --normalization LayerNorm: this trainer"),
+        (["--position-embedding-type", "learned_absolute"], 1, "learned_absolute: this trainer builds Qwen3's"),
+        (["--attention-dropout", "0.1"], 1, "--attention-dropout 0.1: .*no dropout"),
+        (["--add-qkv-bias"], 1, "--add-qkv-bias: this trainer"),
+        (["--eval-iters", "0"], 1, "--eval-iters must be >= 1"),
         (["--exit-duration-in-mins", "30"], 1, "--exit-duration-in-mins needs --save"),
         (["--exit-duration-in-mins", "0", "--save", "ckpt"], 1, "--exit-duration-in-mins must be > 0"),
         (["--fp16"], 1, "--fp16 is not supported"),
@@ -600,6 +605,38 @@ def test_impossible_settings_are_refused_naming_the_flag(argv, world, message):
     config = parse_train_config(["--data-path", "x", "--train-iters", "1", *argv])
     with pytest.raises((ValueError, ImportError), match=message):
         plan_run(config, world, check_data=False)
+
+
+SMALL_QWEN3 = [
+    *("--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "4", "--num-query-groups", "2"),
+    *("--kv-channels", "64", "--ffn-hidden-size", "768", "--rotary-base", "1000000"),
+    *("--untie-embeddings-and-output-weights", "--global-batch-size", "8", "--seq-length", "512"),
+    *("--eval-interval", "100", "--data-path", "x", "--train-iters", "10"),
+]
+# What a Megatron-LM launch script adds to say the same model (and its validation size in batches).
+MEGATRON_LM_ARCHITECTURE = [
+    *("--use-mcore-models", "--group-query-attention", "--swiglu", "--normalization", "RMSNorm"),
+    *("--disable-bias-linear", "--position-embedding-type", "rope", "--qk-layernorm"),
+    *("--attention-dropout", "0.0", "--hidden-dropout", "0.0", "--distributed-backend", "nccl"),
+]
+
+
+def test_a_megatron_lm_qwen3_script_plans_the_run_our_own_flags_plan():
+    ours = plan_run(parse_train_config([*SMALL_QWEN3, "--eval-samples", "80"]), 1, False)
+    megatron = plan_run(parse_train_config([*SMALL_QWEN3, *MEGATRON_LM_ARCHITECTURE, "--eval-iters", "10"]), 1, False)
+    assert megatron.shape == ours.shape
+    assert (megatron.shape.num_query_groups, megatron.shape.tie_embeddings) == (2, False)
+    assert megatron.config.validation_samples == ours.config.validation_samples == 80  # 10 batches of 8
+
+
+def test_pretrain_help_lists_every_flag_and_prints_nothing_else():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "megatron_soda.pretrain", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == ""
+    for name in ("--exit-signal-handler", "--overlap-grad-reduce", "--swiglu", "--eval-iters", "--attention-backend"):
+        assert name in result.stdout
 
 
 @pytest.mark.skipif(device_info().cuda, reason="the refusal is for machines without CUDA")

@@ -134,6 +134,39 @@ class ModelConfig:
 
 
 @dataclass
+class ArchitectureConfig:
+    """Megatron-LM's architecture flags, so that a launch script written for Megatron-LM runs as it is.
+
+    This trainer builds one architecture, Qwen3's (SwiGLU, RMSNorm, rotary embeddings, no biases, per-head
+    RMSNorm on queries and keys, no dropout); each flag is accepted where it says so and refused, naming
+    it, where it asks for something else (``plan.check_architecture``).
+    """
+
+    swiglu: bool = True
+    """SwiGLU MLP (always: --no-swiglu is refused)."""
+    normalization: str = field(default="RMSNorm", metadata=flag(choices=("RMSNorm", "LayerNorm")))
+    """RMSNorm (always: LayerNorm is refused)."""
+    disable_bias_linear: bool = True
+    """no biases in linear layers (always: --no-disable-bias-linear is refused)."""
+    add_qkv_bias: bool = False
+    """refused: the attention projections have no bias."""
+    position_embedding_type: str = field(default="rope", metadata=flag(choices=("rope", "learned_absolute", "none")))
+    """rotary position embeddings (always; --rotary-base sets the base)."""
+    qk_layernorm: bool = True
+    """RMSNorm on each query and key head (always, as Qwen3: --no-qk-layernorm is refused)."""
+    group_query_attention: bool = False
+    """accepted: --num-query-groups sets the key/value heads whether or not this is given."""
+    attention_dropout: float = 0.0
+    """must be 0: SODA trains without dropout."""
+    hidden_dropout: float = 0.0
+    """must be 0: SODA trains without dropout."""
+    use_mcore_models: bool = True
+    """accepted: the model is megatron-core's GPTModel."""
+    distributed_backend: str = field(default="nccl", metadata=flag(choices=("nccl", "gloo")))
+    """accepted: the backend follows the device (NCCL on GPUs, gloo on CPUs)."""
+
+
+@dataclass
 class DataConfig:
     """What the model reads."""
 
@@ -353,6 +386,8 @@ class EvalConfig:
     """validation loss every this many iterations, and always at the last."""
     eval_samples: int = 64
     """sequences of the validation split evaluated each time (the same ones whatever the batch or layout)."""
+    eval_iters: Optional[int] = None
+    """Megatron-LM's way to say --eval-samples: this many batches of --global-batch-size sequences."""
     eval_tasks_data: Optional[str] = None
     """likelihood benchmarks to run during training: a file made by tools/evaluate.py --prepare (sWUGGY,
     sBLIMP, SALMon, tWUGGY, tBLIMP, HellaSwag, read and encoded once), scored at the training layout."""
@@ -367,6 +402,7 @@ class TrainConfig:
     """A training run: pretraining, or fine-tuning from --load with --finetune."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -382,6 +418,13 @@ class TrainConfig:
     soda-s2st-lm: its whole-sequence variant; training/finetune_recipes.py); every flag still overrides them."""
     recipe: Optional[str] = field(default=None, metadata=flag(hidden=True))
     """The recipe in force (set by ``resolve_config``): "soda (<preset>)", "<name> (fine-tuning)" or None."""
+
+    @property
+    def validation_samples(self) -> int:
+        """Sequences evaluated each validation: --eval-iters x --global-batch-size, else --eval-samples."""
+        if self.eval.eval_iters is not None:
+            return self.eval.eval_iters * self.training.global_batch_size
+        return self.eval.eval_samples
 
     def lr_schedule(self):
         """The run's LR schedule, or a ValueError naming the flags that make it impossible."""

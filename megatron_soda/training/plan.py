@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from megatron_soda.checks import check_output_dir, check_output_file
 from megatron_soda.data.gpt_blend import samples_per_epoch
 from megatron_soda.flags import FlagParser
-from megatron_soda.training.config import SHAPE_FLAGS, ModelConfig, TrainConfig, recipe_defaults
+from megatron_soda.logs import hide_known_notices
+from megatron_soda.training.config import SHAPE_FLAGS, ArchitectureConfig, ModelConfig, TrainConfig, recipe_defaults
 from megatron_soda.training.finetune_recipes import FINETUNE_RECIPES
 
 
@@ -81,6 +82,7 @@ class RunPlan:
 
 
 def _attention_backend_help() -> str:
+    hide_known_notices()  # --help imports megatron-core to list what runs here; its import notices are noise
     from megatron_soda.models.gpt import ATTENTION_BACKENDS, available_attention_backends
 
     runnable = available_attention_backends()
@@ -269,9 +271,11 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         ("--eval-interval", config.eval.eval_interval),
         ("--eval-tasks-interval", config.eval.eval_tasks_interval),
         ("--exit-interval", t.exit_interval),
+        ("--eval-iters", config.eval.eval_iters),
     ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    check_architecture(config.architecture)
     if world_size % (tp * pp):
         raise ValueError(
             f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
@@ -385,6 +389,29 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
             )
         if p.use_distributed_optimizer:
             raise ValueError("--use-distributed-optimizer needs CUDA (megatron-core's distributed optimizer)")
+
+
+def check_architecture(a: ArchitectureConfig) -> None:
+    """Refuses Megatron-LM architecture flags that ask for another model than Qwen3's, naming them."""
+    other = [
+        name
+        for name, asked in (
+            ("--no-swiglu", not a.swiglu),
+            (f"--normalization {a.normalization}", a.normalization != "RMSNorm"),
+            ("--no-disable-bias-linear", not a.disable_bias_linear),
+            ("--add-qkv-bias", a.add_qkv_bias),
+            (f"--position-embedding-type {a.position_embedding_type}", a.position_embedding_type != "rope"),
+            ("--no-qk-layernorm", not a.qk_layernorm),
+            (f"--attention-dropout {a.attention_dropout:g}", a.attention_dropout != 0),
+            (f"--hidden-dropout {a.hidden_dropout:g}", a.hidden_dropout != 0),
+        )
+        if asked
+    ]
+    if other:
+        raise ValueError(
+            f"{', '.join(other)}: this trainer builds Qwen3's architecture only (SwiGLU, RMSNorm, rotary "
+            "embeddings, no biases, QK-norm, no dropout); drop the flag"
+        )
 
 
 def check_datasets(prefixes: List[str], vocab: Any, scan_tokens: bool, tokenizer: Optional[str] = None) -> None:

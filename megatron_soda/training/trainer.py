@@ -145,7 +145,7 @@ class Trainer:
         from megatron_soda.data.gpt_blend import BlendConfig, achieved_mix, build_gpt_datasets
 
         plan, d, t = self.plan, self.config.data, self.config.training
-        eval_samples = self.config.eval.eval_samples if self.config.eval.eval_interval else 0
+        eval_samples = self.config.validation_samples if self.config.eval.eval_interval else 0
         self.train_data, self.valid_data, _ = build_gpt_datasets(
             BlendConfig(
                 plan.prefixes,
@@ -312,7 +312,7 @@ class Trainer:
                 "no validation data: evaluation needs --eval-interval and a --split with a validation share"
             )
         t = self.config.training
-        wanted = self.config.eval.eval_samples
+        wanted = self.config.validation_samples
         dp = parallel_state.get_data_parallel_world_size()
         # Interleaved 1F1B needs a multiple of the pipeline size in micro-batches per rank.
         per_rank = self.plan.layout.pipeline if self.plan.layout.virtual_pipeline else 1
