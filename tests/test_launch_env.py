@@ -83,3 +83,21 @@ def test_a_two_task_srun_job_trains_the_torchrun_runs_losses(learned, slurm_clus
     assert len(srun) == 3 and [r["lm loss"] for r in srun] == [r["lm loss"] for r in torchrun]
     run = (tmp_path / "srun.jsonl").read_text().splitlines()[0]
     assert '"data": 2' in run and '"world_size": 2' in run
+
+
+def test_a_rank_that_waits_past_the_distributed_timeout_fails_instead_of_hanging():
+    import re
+
+    from tests.dist import finish, start
+
+    procs = start("timeout_worker.py", 2, 0.05, 120)  # 3 s allowed; rank 1 two minutes late
+    try:
+        log = procs[0].communicate(timeout=60)[0]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert procs[0].returncode == 3, log[-2000:]
+    waited = float(re.search(r"failed after ([\d.]+) s: .*Timed out waiting 3000ms", log).group(1))
+    assert 2.5 <= waited < 30
+    codes, logs = finish(start("timeout_worker.py", 2, 1, 1), timeout=60)  # 1 s late, a minute allowed
+    assert codes == [0, 0] and "passed the barrier" in logs[0]

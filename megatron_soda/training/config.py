@@ -335,6 +335,9 @@ class ParallelConfig:
     overlap_grad_reduce: bool = False
     """reduce each bucket of gradients over data-parallel ranks as soon as the last micro-batch's backward has
     produced it, overlapping the communication with the rest of backward (the same sums as reducing at the end)."""
+    distributed_timeout_minutes: float = 10
+    """how long a rank waits for the others in any collective before it fails naming the timeout (instead of
+    the job hanging); raise it where ranks legitimately wait, e.g. while rank 0 builds a large blend's index."""
     ddp_bucket_size: Optional[int] = None
     """parameters per gradient-reduction bucket (megatron-core's default: max(40M, 1M x data-parallel size))."""
 

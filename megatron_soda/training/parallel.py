@@ -7,6 +7,7 @@ NCCL where CUDA exists, gloo otherwise (with ``cpu_compat`` installed), so tests
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import List, Optional
@@ -63,8 +64,13 @@ def check_runs_here(layout: ParallelLayout) -> None:
         )
 
 
-def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
-    """Starts torch.distributed (if needed) and megatron-core's model-parallel groups; seeds every RNG."""
+def initialize(layout: ParallelLayout, seed: int = 1234, timeout_minutes: float = 10) -> None:
+    """Starts torch.distributed (if needed) and megatron-core's model-parallel groups; seeds every RNG.
+
+    ``timeout_minutes`` (--distributed-timeout-minutes) bounds every collective of the world and of the
+    model-parallel groups: a rank that waits longer for the others fails, naming the timeout, instead of
+    hanging the job. Raise it where ranks legitimately wait long (rank 0 building a large blend's index).
+    """
     from megatron.core import parallel_state, tensor_parallel
 
     from megatron_soda import launch_env
@@ -76,10 +82,11 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
         backend = device_info().distributed_backend
         if device_info().cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         if "RANK" in os.environ:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=timeout)
         else:  # plain `python`, no launcher: a world of one over an in-memory store (no port to pick)
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     if not _initialized_as(layout):  # a second run in one process (a benchmark) keeps the same groups
         if parallel_state.model_parallel_is_initialized():
             parallel_state.destroy_model_parallel()
@@ -87,6 +94,7 @@ def initialize(layout: ParallelLayout, seed: int = 1234) -> None:
             tensor_model_parallel_size=layout.tensor,
             pipeline_model_parallel_size=layout.pipeline,
             virtual_pipeline_model_parallel_size=layout.virtual_pipeline,
+            distributed_timeout_minutes=timeout_minutes,
         )
     torch.manual_seed(seed)
     if device_info().cuda:

@@ -306,6 +306,8 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         from megatron_soda import optional
 
         optional.require("wandb", "--wandb-project")
+    if not p.distributed_timeout_minutes > 0:
+        raise ValueError(f"--distributed-timeout-minutes must be > 0, got {p.distributed_timeout_minutes}")
     if p.ddp_bucket_size is not None and p.ddp_bucket_size < 1:
         raise ValueError(f"--ddp-bucket-size must be >= 1 parameters, got {p.ddp_bucket_size}")
     if t.exit_duration_in_mins is not None and not t.exit_duration_in_mins > 0:

@@ -101,7 +101,7 @@ class Trainer:
         from megatron_soda.training.optimizer import build_megatron_optimizer
 
         plan, t = self.plan, self.config.training
-        parallel.initialize(plan.layout, seed=t.seed)
+        parallel.initialize(plan.layout, seed=t.seed, timeout_minutes=self.config.parallel.distributed_timeout_minutes)
         dtype = torch.bfloat16 if t.bf16 else torch.float32
         model_config = transformer_config(
             plan.shape,
