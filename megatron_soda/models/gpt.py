@@ -144,8 +144,13 @@ def transformer_config(
     recompute_granularity: Optional[str] = None,
     recompute_method: Optional[str] = None,
     recompute_num_layers: Optional[int] = None,
+    use_cpu_initialization: bool = False,
 ) -> TransformerConfig:
     """megatron-core's config for ``shape``; fusions that need CUDA kernels stay off without CUDA.
+
+    Weights are drawn on the CPU without CUDA, and on a GPU with ``use_cpu_initialization``: megatron-core
+    then draws each weight whole and gives every tensor-parallel rank its shard, so a fresh model does
+    not depend on TP (the caller moves the built model to the GPU).
 
     ``fp8_format`` (e4m3 | hybrid) turns on FP8 through Transformer Engine's ``fp8_recipe``; megatron-core
     then runs every layer under TE's FP8 autocast. It needs TE's linear layers, so not ``local``.
@@ -183,7 +188,7 @@ def transformer_config(
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
-        use_cpu_initialization=not cuda,
+        use_cpu_initialization=use_cpu_initialization or not cuda,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,

@@ -9,7 +9,8 @@ so layer i has the same weights whichever stage, virtual chunk or pipeline size 
 last stage) then also draw the same numbers at every layout. Tensor parallelism changes nothing on a CPU,
 where megatron-core draws every weight whole and hands each rank its shard (``use_cpu_initialization``);
 on a GPU each tensor-parallel rank draws its shard from a stream of its own, so there only the pipeline
-layout is free (docs/design.md, "Layout-independent numerics").
+layout is free unless --use-cpu-initialization draws as on a CPU (docs/design.md, "Layout-independent
+numerics").
 """
 
 from __future__ import annotations

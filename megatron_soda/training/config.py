@@ -335,6 +335,10 @@ class ParallelConfig:
     overlap_grad_reduce: bool = False
     """reduce each bucket of gradients over data-parallel ranks as soon as the last micro-batch's backward has
     produced it, overlapping the communication with the rest of backward (the same sums as reducing at the end)."""
+    use_cpu_initialization: bool = False
+    """draw fresh weights on the CPU, each whole, every tensor-parallel rank taking its shard, then move them
+    to the GPU: a fresh GPU run is then the same model at every TP size, as on a CPU (where this is always so).
+    Slower to start, and it needs the model in host memory; Transformer Engine's layers draw their own shards."""
     distributed_timeout_minutes: float = 10
     """how long a rank waits for the others in any collective before it fails naming the timeout (instead of
     the job hanging); raise it where ranks legitimately wait, e.g. while rank 0 builds a large blend's index."""

@@ -117,10 +117,13 @@ class Trainer:
             recompute_granularity=t.recompute,
             recompute_method=t.recompute_method,
             recompute_num_layers=t.recompute_num_layers,
+            use_cpu_initialization=self.config.parallel.use_cpu_initialization,
         )
         chunks = parallel.build_model_chunks(
             plan.shape, model_config, attention_backend=self.config.model.attention_backend, init_seed=t.seed
         )
+        if model_config.use_cpu_initialization:  # drawn on the CPU: to the device (a no-op without CUDA)
+            chunks = [chunk.to(device_info().current()) for chunk in chunks]
         p = self.config.parallel
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
