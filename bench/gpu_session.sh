@@ -22,8 +22,8 @@
 #
 #   PYTHON=.venv/bin/python bash bench/gpu_session.sh smoke   # `all`'s sequence, tiny settings, CUDA hidden
 #
-# `all` (the settings block below): bf16 pretraining of soda-135m at 4096, dense and packed rows, distributed
-# optimizer, 12 iterations each; bench_train's soda-600m at 4096 (sdpa vs transformers with fused AdamW, 1
+# `all` (the settings block below): bf16 pretraining of soda-135m at 4096, dense rows (weights drawn on the
+# CPU: --use-cpu-initialization) and packed rows, distributed optimizer, 12 iterations each; bench_train's soda-600m at 4096 (sdpa vs transformers with fused AdamW, 1
 # repetition of 2 + 5 steps); bench_preprocess's codec encode on the GPU (no pipeline runs); bench_generate
 # on soda-600m in bf16; bench_evaluate (batched likelihood scoring against a one-item loop) on soda-135m in bf16,
 # 256 items, 2 repetitions. Each step runs under its own `timeout`; one with less than half its cap left before
@@ -198,6 +198,8 @@ step data "$CAP_DATA" "$PYTHON" -c "$SYNTHETIC_DATA" "$WORK/data" "$DOCUMENTS" "
 for kind in dense packed; do
     if ((CUDA)) || [[ $stage == smoke ]]; then
         data=(--data-path "$WORK/data/speech")
+        # dense rows also build the model on the CPU and move it (--use-cpu-initialization's GPU path)
+        [[ $kind == dense ]] && data+=(--use-cpu-initialization)
         [[ $kind == packed ]] && data=(--packed-data --data-path "$WORK/data/speech_packed")
         step "pretrain-$kind" "$CAP_PRETRAIN" "$PYTHON" -m megatron_soda.pretrain "${PRETRAIN_RUN[@]}" \
             --attention-backend sdpa "${data[@]}" --metrics-file "$LOGS/pretrain-$kind.jsonl"

@@ -566,7 +566,10 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--position-embedding-type", "learned_absolute"], 1, "learned_absolute: this trainer builds Qwen3's"),
         (["--attention-dropout", "0.1"], 1, "--attention-dropout 0.1: .*no dropout"),
         (["--add-qkv-bias"], 1, "--add-qkv-bias: this trainer"),
-        (["--eval-iters", "0"], 1, "--eval-iters must be >= 1"),
+        (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
+        (["--group-query-attention"], 1, "--group-query-attention without --num-query-groups"),
+        (["--ddp-bucket-size", "1000"], 1, "--ddp-bucket-size applies to --overlap-grad-reduce"),
+        (["--distributed-timeout-minutes", "inf"], 1, "--distributed-timeout-minutes must be a positive number"),
         (["--exit-duration-in-mins", "30"], 1, "--exit-duration-in-mins needs --save"),
         (["--exit-duration-in-mins", "0", "--save", "ckpt"], 1, "--exit-duration-in-mins must be > 0"),
         (["--fp16"], 1, "--fp16 is not supported"),
@@ -627,6 +630,9 @@ def test_a_megatron_lm_qwen3_script_plans_the_run_our_own_flags_plan():
     assert megatron.shape == ours.shape
     assert (megatron.shape.num_query_groups, megatron.shape.tie_embeddings) == (2, False)
     assert megatron.config.validation_samples == ours.config.validation_samples == 80  # 10 batches of 8
+    no_validation = parse_train_config([*SMALL_QWEN3, "--eval-iters", "0", "--split", "100,0,0"])
+    assert no_validation.validation_interval is None  # Megatron-LM's --eval-iters 0: nothing to validate
+    plan_run(no_validation, 1, False)
 
 
 def test_pretrain_help_lists_every_flag_and_prints_nothing_else():

@@ -155,7 +155,8 @@ class ArchitectureConfig:
     qk_layernorm: bool = True
     """RMSNorm on each query and key head (always, as Qwen3: --no-qk-layernorm is refused)."""
     group_query_attention: bool = False
-    """accepted: --num-query-groups sets the key/value heads whether or not this is given."""
+    """accepted with --num-query-groups, which sets the key/value heads whether or not this is given (alone it
+    is refused: Megatron-LM would make one group of it)."""
     attention_dropout: float = 0.0
     """must be 0: SODA trains without dropout."""
     hidden_dropout: float = 0.0
@@ -338,7 +339,7 @@ class ParallelConfig:
     use_cpu_initialization: bool = False
     """draw fresh weights on the CPU, each whole, every tensor-parallel rank taking its shard, then move them
     to the GPU: a fresh GPU run is then the same model at every TP size, as on a CPU (where this is always so).
-    Slower to start, and it needs the model in host memory; Transformer Engine's layers draw their own shards."""
+    Slower to start, and it needs the model in host memory."""
     distributed_timeout_minutes: float = 10
     """how long a rank waits for the others in any collective before it fails naming the timeout (instead of
     the job hanging); raise it where ranks legitimately wait, e.g. while rank 0 builds a large blend's index."""
@@ -394,7 +395,8 @@ class EvalConfig:
     eval_samples: int = 64
     """sequences of the validation split evaluated each time (the same ones whatever the batch or layout)."""
     eval_iters: Optional[int] = None
-    """Megatron-LM's way to say --eval-samples: this many batches of --global-batch-size sequences."""
+    """Megatron-LM's way to say --eval-samples (and wins over it): this many batches of --global-batch-size
+    sequences; 0 turns validation off."""
     eval_tasks_data: Optional[str] = None
     """likelihood benchmarks to run during training: a file made by tools/evaluate.py --prepare (sWUGGY,
     sBLIMP, SALMon, tWUGGY, tBLIMP, HellaSwag, read and encoded once), scored at the training layout."""
@@ -432,6 +434,11 @@ class TrainConfig:
         if self.eval.eval_iters is not None:
             return self.eval.eval_iters * self.training.global_batch_size
         return self.eval.eval_samples
+
+    @property
+    def validation_interval(self) -> Optional[int]:
+        """--eval-interval, or None where there is nothing to validate on (--eval-iters 0, as Megatron-LM)."""
+        return self.eval.eval_interval if self.validation_samples > 0 else None
 
     def lr_schedule(self):
         """The run's LR schedule, or a ValueError naming the flags that make it impossible."""

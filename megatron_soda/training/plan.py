@@ -271,11 +271,10 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         ("--eval-interval", config.eval.eval_interval),
         ("--eval-tasks-interval", config.eval.eval_tasks_interval),
         ("--exit-interval", t.exit_interval),
-        ("--eval-iters", config.eval.eval_iters),
     ):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    check_architecture(config.architecture)
+    check_architecture(config.architecture, config.model.num_query_groups)
     if world_size % (tp * pp):
         raise ValueError(
             f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
@@ -306,10 +305,16 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         from megatron_soda import optional
 
         optional.require("wandb", "--wandb-project")
-    if not p.distributed_timeout_minutes > 0:
-        raise ValueError(f"--distributed-timeout-minutes must be > 0, got {p.distributed_timeout_minutes}")
+    if config.eval.eval_iters is not None and config.eval.eval_iters < 0:
+        raise ValueError(f"--eval-iters must be >= 0 (0: no validation), got {config.eval.eval_iters}")
+    if not 0 < p.distributed_timeout_minutes < math.inf:
+        raise ValueError(
+            f"--distributed-timeout-minutes must be a positive number, got {p.distributed_timeout_minutes}"
+        )
     if p.ddp_bucket_size is not None and p.ddp_bucket_size < 1:
         raise ValueError(f"--ddp-bucket-size must be >= 1 parameters, got {p.ddp_bucket_size}")
+    if p.ddp_bucket_size is not None and not p.overlap_grad_reduce:
+        raise ValueError("--ddp-bucket-size applies to --overlap-grad-reduce (without it all gradients reduce at once)")
     if t.exit_duration_in_mins is not None and not t.exit_duration_in_mins > 0:
         raise ValueError(f"--exit-duration-in-mins must be > 0, got {t.exit_duration_in_mins}")
     for name, asked in (
@@ -368,7 +373,7 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         from megatron_soda.checks import check_file
 
         check_file("--eval-tasks-data", e.eval_tasks_data, " (make it with tools/evaluate.py --prepare)")
-    if config.eval.eval_interval and _split_shares(config.data.split)[1] == 0:
+    if config.validation_interval and _split_shares(config.data.split)[1] == 0:
         raise ValueError(
             f"--eval-interval {config.eval.eval_interval} needs validation data, but --split "
             f"{config.data.split} gives none; give it a validation share (e.g. 98,2,0)"
@@ -393,8 +398,13 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
             raise ValueError("--use-distributed-optimizer needs CUDA (megatron-core's distributed optimizer)")
 
 
-def check_architecture(a: ArchitectureConfig) -> None:
+def check_architecture(a: ArchitectureConfig, num_query_groups: Optional[int]) -> None:
     """Refuses Megatron-LM architecture flags that ask for another model than Qwen3's, naming them."""
+    if a.group_query_attention and num_query_groups is None:
+        raise ValueError(
+            "--group-query-attention without --num-query-groups: Megatron-LM would build one key/value group, "
+            "this trainer one per head; give --num-query-groups"
+        )
     other = [
         name
         for name, asked in (

@@ -148,7 +148,7 @@ class Trainer:
         from megatron_soda.data.gpt_blend import BlendConfig, achieved_mix, build_gpt_datasets
 
         plan, d, t = self.plan, self.config.data, self.config.training
-        eval_samples = self.config.validation_samples if self.config.eval.eval_interval else 0
+        eval_samples = self.config.validation_samples if self.config.validation_interval else 0
         self.train_data, self.valid_data, _ = build_gpt_datasets(
             BlendConfig(
                 plan.prefixes,
@@ -164,7 +164,7 @@ class Trainer:
             ),
             (plan.train_iters * t.global_batch_size, eval_samples, 0),
         )
-        if self.config.eval.eval_interval and self.valid_data is None:
+        if self.config.validation_interval and self.valid_data is None:
             raise ValueError(
                 f"--eval-interval {self.config.eval.eval_interval} needs a validation split; "
                 f"--split {d.split} gives none"
@@ -399,7 +399,7 @@ class Trainer:
         from megatron_soda.training.flops import mfu
 
         plan, t, ckpt = self.plan, self.config.training, self.config.checkpoint
-        interval = self.config.eval.eval_interval
+        interval = self.config.validation_interval
         while self.iteration < plan.train_iters:
             start = time.time()
             first = self.consumed_samples
