@@ -567,6 +567,8 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--attention-dropout", "0.1"], 1, "--attention-dropout 0.1: .*no dropout"),
         (["--add-qkv-bias"], 1, "--add-qkv-bias: this trainer"),
         (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
+        (["--dataloader-type", "cyclic", "--rope-fusion"], 1, "cyclic, --rope-fusion: not offered by this trainer"),
+        (["--make-vocab-size-divisible-by", "100"], 1, "padded to a multiple of 1,024 at every TP size"),
         (["--group-query-attention"], 1, "--group-query-attention without --num-query-groups"),
         (["--ddp-bucket-size", "1000"], 1, "--ddp-bucket-size applies to --overlap-grad-reduce"),
         (["--distributed-timeout-minutes", "inf"], 1, "--distributed-timeout-minutes must be a positive number"),
@@ -616,11 +618,15 @@ SMALL_QWEN3 = [
     *("--untie-embeddings-and-output-weights", "--global-batch-size", "8", "--seq-length", "512"),
     *("--eval-interval", "100", "--data-path", "x", "--train-iters", "10"),
 ]
-# What a Megatron-LM launch script adds to say the same model (and its validation size in batches).
+# What a Megatron-LM launch script adds to say the same model and settings this trainer fixes.
 MEGATRON_LM_ARCHITECTURE = [
     *("--use-mcore-models", "--group-query-attention", "--swiglu", "--normalization", "RMSNorm"),
     *("--disable-bias-linear", "--position-embedding-type", "rope", "--qk-layernorm"),
     *("--attention-dropout", "0.0", "--hidden-dropout", "0.0", "--distributed-backend", "nccl"),
+    *("--tokenizer-type", "HuggingFaceTokenizer", "--make-vocab-size-divisible-by", "128", "--ckpt-format"),
+    *("torch_dist", "--dataloader-type", "single", "--log-throughput", "--attention-softmax-in-fp32"),
+    *("--accumulate-allreduce-grads-in-fp32", "--no-masked-softmax-fusion", "--no-bias-swiglu-fusion"),
+    *("--no-bias-dropout-fusion", "--no-gradient-accumulation-fusion", "--no-rope-fusion"),
 ]
 
 
@@ -630,6 +636,7 @@ def test_a_megatron_lm_qwen3_script_plans_the_run_our_own_flags_plan():
     assert megatron.shape == ours.shape
     assert (megatron.shape.num_query_groups, megatron.shape.tie_embeddings) == (2, False)
     assert megatron.config.validation_samples == ours.config.validation_samples == 80  # 10 batches of 8
+    assert parse_train_config(["--tokenizer-model", "tok"]).data.tokenizer == "tok"  # Megatron-LM's name
     no_validation = parse_train_config([*SMALL_QWEN3, "--eval-iters", "0", "--split", "100,0,0"])
     assert no_validation.validation_interval is None  # Megatron-LM's --eval-iters 0: nothing to validate
     plan_run(no_validation, 1, False)

@@ -168,6 +168,46 @@ class ArchitectureConfig:
 
 
 @dataclass
+class FixedSettingsConfig:
+    """Megatron-LM flags for what this trainer fixes (formats, fused kernels, what it always logs), so a
+    Megatron-LM launch script runs as it is: accepted where they agree, refused naming the flag otherwise."""
+
+    tokenizer_type: str = field(default="HuggingFaceTokenizer", metadata=flag(choices=("HuggingFaceTokenizer",)))
+    """accepted: a SODA tokenizer is a Hugging Face tokenizer with SODA's audio and special tokens."""
+    tokenizer_model: Optional[str] = None
+    """Megatron-LM's name for --tokenizer (the SODA tokenizer directory)."""
+    make_vocab_size_divisible_by: Optional[int] = None
+    """accepted where it divides 1,024: embeddings are padded to the next multiple of 1,024 above the
+    vocabulary at every TP size, so checkpoints move between layouts."""
+    ckpt_format: str = field(default="torch_dist", metadata=flag(choices=("torch_dist",)))
+    """accepted: checkpoints are megatron-core dist checkpoints (torch_dist), loadable at any TP/PP."""
+    dataloader_type: str = field(default="single", metadata=flag(choices=("single", "cyclic")))
+    """single (accepted): samples are read in the blend's order, resumable by the samples consumed;
+    cyclic is refused."""
+    log_throughput: bool = True
+    """accepted: tokens per second and TFLOP/s per device are always logged."""
+    attention_softmax_in_fp32: bool = True
+    """accepted: attention softmax runs in fp32 (or the kernel's own fp32 accumulation)."""
+    accumulate_allreduce_grads_in_fp32: bool = True
+    """accepted: gradients are accumulated and reduced in fp32 (--no-accumulate-allreduce-grads-in-fp32 is refused)."""
+    masked_softmax_fusion: bool = False
+    """off (--no-masked-softmax-fusion accepted; the fused kernel is refused)."""
+    bias_swiglu_fusion: bool = False
+    """off: there are no biases to fuse (--no-bias-swiglu-fusion accepted)."""
+    bias_gelu_fusion: bool = False
+    """off: there are no biases to fuse (--no-bias-gelu-fusion accepted)."""
+    bias_dropout_fusion: bool = False
+    """off: there are no biases and no dropout (--no-bias-dropout-fusion accepted)."""
+    gradient_accumulation_fusion: bool = False
+    """off: it needs apex's or Transformer Engine's fused weight-gradient kernel (--no-gradient-accumulation-fusion
+    accepted)."""
+    rope_fusion: bool = False
+    """off (--no-rope-fusion accepted; the fused kernel is refused)."""
+    persist_layer_norm: bool = False
+    """off (--no-persist-layer-norm accepted)."""
+
+
+@dataclass
 class DataConfig:
     """What the model reads."""
 
@@ -412,6 +452,7 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    fixed: FixedSettingsConfig = field(default_factory=FixedSettingsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

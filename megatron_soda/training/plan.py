@@ -18,7 +18,14 @@ from megatron_soda.checks import check_output_dir, check_output_file
 from megatron_soda.data.gpt_blend import samples_per_epoch
 from megatron_soda.flags import FlagParser
 from megatron_soda.logs import hide_known_notices
-from megatron_soda.training.config import SHAPE_FLAGS, ArchitectureConfig, ModelConfig, TrainConfig, recipe_defaults
+from megatron_soda.training.config import (
+    SHAPE_FLAGS,
+    ArchitectureConfig,
+    FixedSettingsConfig,
+    ModelConfig,
+    TrainConfig,
+    recipe_defaults,
+)
 from megatron_soda.training.finetune_recipes import FINETUNE_RECIPES
 
 
@@ -125,6 +132,11 @@ def parse_train_config(
     """
     parser = train_flag_parser(prog, description)
     given = parser.given(argv)
+    model = given.pop("fixed.tokenizer_model", None)  # Megatron-LM's name for --tokenizer
+    if model is not None:
+        if given.get("data.tokenizer", model) != model:
+            parser.error(f"--tokenizer-model {model} and --tokenizer {given['data.tokenizer']} differ; give one")
+        given["data.tokenizer"] = model
     finetune = given.get("checkpoint.finetune", False)
     run_length = {"training.train_iters", "training.train_tokens", "training.train_samples", "training.train_epochs"}
     if given.get("finetune_recipe"):
@@ -275,6 +287,7 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     check_architecture(config.architecture, config.model.num_query_groups)
+    check_fixed_settings(config.fixed)
     if world_size % (tp * pp):
         raise ValueError(
             f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
@@ -423,6 +436,34 @@ def check_architecture(a: ArchitectureConfig, num_query_groups: Optional[int]) -
         raise ValueError(
             f"{', '.join(other)}: this trainer builds Qwen3's architecture only (SwiGLU, RMSNorm, rotary "
             "embeddings, no biases, QK-norm, no dropout); drop the flag"
+        )
+
+
+def check_fixed_settings(f: FixedSettingsConfig) -> None:
+    """Refuses Megatron-LM flags that ask for a setting this trainer does not offer, naming them."""
+    other = [
+        name
+        for name, asked in (
+            ("--dataloader-type cyclic", f.dataloader_type != "single"),
+            ("--no-accumulate-allreduce-grads-in-fp32", not f.accumulate_allreduce_grads_in_fp32),
+            ("--no-attention-softmax-in-fp32", not f.attention_softmax_in_fp32),
+            ("--masked-softmax-fusion", f.masked_softmax_fusion),
+            ("--bias-swiglu-fusion", f.bias_swiglu_fusion),
+            ("--bias-gelu-fusion", f.bias_gelu_fusion),
+            ("--bias-dropout-fusion", f.bias_dropout_fusion),
+            ("--gradient-accumulation-fusion", f.gradient_accumulation_fusion),
+            ("--rope-fusion", f.rope_fusion),
+            ("--persist-layer-norm", f.persist_layer_norm),
+        )
+        if asked
+    ]
+    if other:
+        raise ValueError(f"{', '.join(other)}: not offered by this trainer (see --help); drop the flag")
+    multiple = f.make_vocab_size_divisible_by
+    if multiple is not None and (multiple < 1 or 1024 % multiple):
+        raise ValueError(
+            f"--make-vocab-size-divisible-by {multiple}: embeddings are padded to a multiple of 1,024 at every "
+            "TP size (so checkpoints move between layouts); give a divisor of 1,024 or drop the flag"
         )
 
 
