@@ -15,13 +15,15 @@ soda_size() {
 }
 
 # The flags every pretraining launch shares: SODA's recipe comes with --model; resume from $OUT/ckpt,
-# and on SIGTERM (preemption, a time limit) save there and exit with code 75.
+# and on SIGTERM (preemption, a time limit) save there and exit with code 75; keep the newest 3 checkpoints
+# (KEEP_LATEST) and every 10,000th (KEEP_INTERVAL).
 pretrain_flags() {
   PRETRAIN_FLAGS=(
     --model "$MODEL" --data-path $DATA
     --tensor-model-parallel-size "$TP" --pipeline-model-parallel-size "$PP" --micro-batch-size "$MICRO_BATCH"
     --bf16 --use-distributed-optimizer --overlap-grad-reduce
     --save "$OUT/ckpt" --load "$OUT/ckpt" --save-interval "${SAVE_INTERVAL:-1000}" --exit-signal-handler
+    --save-keep-latest "${KEEP_LATEST:-3}" --save-keep-interval "${KEEP_INTERVAL:-10000}"
     --eval-interval "${EVAL_INTERVAL:-1000}" --split "${SPLIT:-998,2,0}" --log-interval 10
     --tensorboard-dir "$OUT/tensorboard" --metrics-file "$OUT/metrics.jsonl"
   )

@@ -200,3 +200,22 @@ def test_save_refuses_state_that_a_checkpoint_cannot_read_back(tmp_path, extra, 
     with pytest.raises(TypeError, match=where):
         save_checkpoint(tmp_path, 1, [], None, scheduler_state={}, consumed_samples=0, extra=extra)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_pruning_keeps_the_newest_the_latest_and_the_kept_interval_and_never_leaves_a_half_deleted_one(tmp_path):
+    from megatron_soda.training.checkpointing import _write_latest, checkpoint_dir, prune_checkpoints
+
+    for iteration in range(1, 7):
+        (checkpoint_dir(tmp_path, iteration) / "shard").mkdir(parents=True)
+    _write_latest(tmp_path, 2)  # a run resumed from an older checkpoint: its latest stays
+    (tmp_path / ".iter_0000009.deleting").mkdir()  # left by a deletion killed half-way
+    assert prune_checkpoints(tmp_path, keep_latest=2, keep_interval=3) == [1, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "iter_0000002",
+        "iter_0000003",
+        "iter_0000005",
+        "iter_0000006",
+        "latest_checkpointed_iteration.txt",
+    ]
+    with pytest.raises(ValueError, match="keep_latest must be >= 1"):
+        prune_checkpoints(tmp_path, keep_latest=0)

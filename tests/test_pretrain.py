@@ -127,7 +127,16 @@ def test_tiny_model_loss_falls_on_the_demo_data(demo_data):
 def test_stop_and_resume_equals_the_uninterrupted_run_bitwise(demo_data, tmp_path):
     whole = pretrain(demo_data, "whole", "--train-iters", 6)
     first = pretrain(demo_data, "first", "--train-iters", 6, "--exit-interval", 3, "--save", tmp_path / "ckpt")
-    second = pretrain(demo_data, "second", "--train-iters", 6, "--load", tmp_path / "ckpt", "--save", tmp_path / "ckpt")
+    # saving every iteration, keeping the newest and multiples of 4: the resume is unaffected
+    keep = ("--save-interval", 1, "--save-keep-latest", 1, "--save-keep-interval", 4)
+    second = pretrain(
+        demo_data, "second", "--train-iters", 6, "--load", tmp_path / "ckpt", "--save", tmp_path / "ckpt", *keep
+    )
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "iter_0000004",
+        "iter_0000006",
+        "latest_checkpointed_iteration.txt",
+    ]
     assert [line["iteration"] for line in first + second] == list(range(1, 7))
     for key in ("lm loss", "grad norm", "learning rate", "consumed samples"):
         assert [line[key] for line in first + second] == [line[key] for line in whole], key
@@ -567,6 +576,8 @@ def test_soda_presets_bring_sodas_recipe_and_flags_override_it():
         (["--attention-dropout", "0.1"], 1, "--attention-dropout 0.1: .*no dropout"),
         (["--add-qkv-bias"], 1, "--add-qkv-bias: this trainer"),
         (["--eval-iters", "-1"], 1, "--eval-iters must be >= 0"),
+        (["--save-keep-interval", "100"], 1, "--save-keep-interval says which checkpoints --save-keep-latest spares"),
+        (["--save-keep-latest", "0"], 1, "--save-keep-latest must be >= 1"),
         (["--dataloader-type", "cyclic", "--rope-fusion"], 1, "cyclic, --rope-fusion: not offered by this trainer"),
         (["--make-vocab-size-divisible-by", "100"], 1, "padded to a multiple of 1,024 at every TP size"),
         (["--group-query-attention"], 1, "--group-query-attention without --num-query-groups"),

@@ -189,16 +189,11 @@ def _environment(job: int, settings: LaunchSettings) -> Dict[str, str]:
 
 
 def _prune_checkpoints(path: Path) -> None:
-    """Removes every iteration directory but the latest (a finished run needs no earlier ones)."""
+    """Removes every checkpoint but the latest (a finished run needs no earlier ones)."""
     from megatron_soda.training import checkpointing
 
-    latest = checkpointing.latest_iteration(path)
-    if latest is None:
-        return
-    keep = checkpointing.checkpoint_dir(path, latest).name
-    for child in path.glob("iter_*"):
-        if child.is_dir() and child.name != keep:
-            shutil.rmtree(child, ignore_errors=True)
+    if checkpointing.latest_iteration(path) is not None:
+        checkpointing.prune_checkpoints(path, keep_latest=1)
 
 
 def launch_local(config: LaunchConfig, log=print) -> Dict[str, Any]:

@@ -111,6 +111,31 @@ def _replaced_dir(save_dir: Path, iteration: int) -> Path:
     return save_dir / f".iter_{iteration:07d}.replaced"
 
 
+def _deleting_dir(save_dir: Path, iteration: int) -> Path:
+    return save_dir / f".iter_{iteration:07d}.deleting"
+
+
+def prune_checkpoints(save_dir: PathLike, keep_latest: int, keep_interval: Optional[int] = None) -> List[int]:
+    """Deletes the checkpoints of ``save_dir`` but the ``keep_latest`` newest (the latest always among them)
+    and those at multiples of ``keep_interval``; returns the iterations deleted. One rank calls it.
+
+    Each goes first by an atomic rename to a hidden ``.deleting`` name, so one interrupted half-way is
+    never mistaken for a checkpoint; leftovers of earlier interruptions are removed here too.
+    """
+    if keep_latest < 1:
+        raise ValueError(f"keep_latest must be >= 1, got {keep_latest}")
+    save_dir = Path(save_dir)
+    latest = latest_iteration(save_dir)
+    found = sorted(int(m.group(1)) for p in save_dir.glob("iter_*") if (m := re.fullmatch(r"iter_(\d{7})", p.name)))
+    newest = set(found[-keep_latest:]) | ({latest} if latest is not None else set())
+    doomed = [i for i in found if i not in newest and not (keep_interval and i % keep_interval == 0)]
+    for iteration in doomed:
+        os.rename(checkpoint_dir(save_dir, iteration), _deleting_dir(save_dir, iteration))
+    for leftover in save_dir.glob(".iter_*.deleting"):
+        shutil.rmtree(leftover)
+    return doomed
+
+
 def latest_iteration(load_dir: PathLike) -> Optional[int]:
     """The iteration in ``load_dir``'s latest file; None when the file does not exist.
 

@@ -397,6 +397,10 @@ class CheckpointConfig:
     """checkpoint directory to start from (its latest complete checkpoint; any TP/PP)."""
     save_interval: Optional[int] = None
     """save every this many iterations (and at the end)."""
+    save_keep_latest: Optional[int] = None
+    """after each save, delete all but this many newest checkpoints in --save (default: keep every one)."""
+    save_keep_interval: Optional[int] = None
+    """with --save-keep-latest: never delete checkpoints at multiples of this iteration count (for analysis)."""
     finetune: bool = False
     """load weights only: iteration, consumed samples, optimizer and schedule start fresh, and the recipe comes
     from the flags, not from the checkpoint."""

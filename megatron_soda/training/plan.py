@@ -280,6 +280,8 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
     for name, value in (
         ("--train-iters", t.train_iters),
         ("--save-interval", config.checkpoint.save_interval),
+        ("--save-keep-latest", config.checkpoint.save_keep_latest),
+        ("--save-keep-interval", config.checkpoint.save_keep_interval),
         ("--eval-interval", config.eval.eval_interval),
         ("--eval-tasks-interval", config.eval.eval_tasks_interval),
         ("--exit-interval", t.exit_interval),
@@ -318,6 +320,8 @@ def check_settings(config: TrainConfig, world_size: int) -> None:
         from megatron_soda import optional
 
         optional.require("wandb", "--wandb-project")
+    if config.checkpoint.save_keep_interval is not None and config.checkpoint.save_keep_latest is None:
+        raise ValueError("--save-keep-interval says which checkpoints --save-keep-latest spares; give both")
     if config.eval.eval_iters is not None and config.eval.eval_iters < 0:
         raise ValueError(f"--eval-iters must be >= 0 (0: no validation), got {config.eval.eval_iters}")
     if not 0 < p.distributed_timeout_minutes < math.inf:

@@ -360,11 +360,21 @@ class Trainer:
             },
         )
         seconds = time.time() - start
-        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if _global_rank() == 0 else 0
-        if _global_rank() == 0:
-            logger.info(
-                "saved checkpoint at iteration %d to %s (%.2f GB, %.1f s)", self.iteration, path, size / 1e9, seconds
-            )
+        if _global_rank() != 0:
+            return
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        logger.info(
+            "saved checkpoint at iteration %d to %s (%.2f GB, %.1f s)", self.iteration, path, size / 1e9, seconds
+        )
+        ckpt = self.config.checkpoint
+        if ckpt.save_keep_latest:
+            deleted = checkpointing.prune_checkpoints(ckpt.save, ckpt.save_keep_latest, ckpt.save_keep_interval)
+            if deleted:
+                logger.info(
+                    "deleted older checkpoints (--save-keep-latest %d): iterations %s",
+                    ckpt.save_keep_latest,
+                    ", ".join(map(str, deleted)),
+                )
 
     # ---- the loop -------------------------------------------------------------------------------
 
