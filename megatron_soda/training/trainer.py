@@ -367,7 +367,7 @@ class Trainer:
             "saved checkpoint at iteration %d to %s (%.2f GB, %.1f s)", self.iteration, path, size / 1e9, seconds
         )
         ckpt = self.config.checkpoint
-        if ckpt.save_keep_latest:
+        if ckpt.save_keep_latest and not self.stops.stopping:  # a stop's grace period is not for deleting
             deleted = checkpointing.prune_checkpoints(ckpt.save, ckpt.save_keep_latest, ckpt.save_keep_interval)
             if deleted:
                 logger.info(
