@@ -88,7 +88,7 @@ def test_a_two_task_srun_job_trains_the_torchrun_runs_losses(learned, slurm_clus
 def test_a_rank_that_waits_past_the_distributed_timeout_fails_instead_of_hanging():
     import re
 
-    from tests.dist import finish, start
+    from tests.dist import start
 
     procs = start("timeout_worker.py", 2, 0.05, 120)  # 3 s allowed; rank 1 two minutes late
     try:
@@ -99,5 +99,3 @@ def test_a_rank_that_waits_past_the_distributed_timeout_fails_instead_of_hanging
     assert procs[0].returncode == 3, log[-2000:]
     waited = float(re.search(r"failed after ([\d.]+) s: .*Timed out waiting 3000ms", log).group(1))
     assert 2.5 <= waited < 30
-    codes, logs = finish(start("timeout_worker.py", 2, 1, 1), timeout=60)  # 1 s late, a minute allowed
-    assert codes == [0, 0] and "passed the barrier" in logs[0]
