@@ -108,3 +108,54 @@ def test_the_sweep_runs_as_a_real_slurm_array_and_collects(slurm_cluster, isoflo
     results = json.loads((study / "results.json").read_text())
     assert sorted(r["name"] for r in results["runs"]) == sorted(names)
     assert all(np.isfinite(r["loss_lm"]) for r in results["runs"])
+
+
+@pytest.mark.timeout(600)
+def test_an_array_task_signalled_before_its_time_limit_saves_requeues_itself_and_finishes(
+    slurm_cluster, isoflop, data, tmp_path, monkeypatch
+):
+    """The array script's `--signal=B:TERM@120` reaches the launcher (here sent by `scancel --batch`): the run
+    saves part-way, the task requeues itself, and started again it finishes the run from that checkpoint."""
+    import time
+
+    from megatron_soda.scaling.launch import run_state
+    from megatron_soda.scaling.study import Study
+    from megatron_soda.training.logger import iteration_records
+
+    study = tmp_path / "study"
+    plan = ["--output-dir", study, "--family", "cpu", "--budgets", 3e10, "--seq-length", 32, "--batch-size", 2]
+    plan += ["--flop-tolerance", 0.25, "--tokenizer", data / "tok", "--split", "80,20,0", "--eval-samples", 8]
+    assert run(isoflop, "plan", *plan, "--micro-batch-size", 2) == 0
+    rows = json.loads((study / "plan.json").read_text())["runs"]
+    index = max(range(len(rows)), key=lambda i: rows[i]["train_iters"])  # the longest run: hundreds of steps
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    for key, value in {**slurm_cluster.env, "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    launch = ["launch", "--output-dir", study, "--data-path", "0.9", data / "speech", "0.1", data / "text"]
+    launch += ["--extra-args", "--num-workers 0 --skip-data-validation", "--json", tmp_path / "submit.json"]
+    launch += ["--runs", index, "--slurm", "--submit", "--slurm-gpus-per-node", 0, "--slurm-time", "00:10:00"]
+    assert run(isoflop, *launch) == 0
+    task = f"{json.loads((tmp_path / 'submit.json').read_text())['sbatch'].split()[-1]}_{index}"
+    metrics, log = Study(study).metrics(rows[index]["name"]), study / "slurm" / f"{task}.out"
+
+    def queued(*fields):
+        return slurm_cluster.run("squeue", "-h", "-j", task, *fields, check=False).stdout.strip()
+
+    deadline = time.time() + 240
+    while not (metrics.exists() and iteration_records(metrics)):
+        assert queued() and time.time() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
+        time.sleep(0.05)
+    slurm_cluster.run("scancel", "--batch", "--signal=TERM", task)
+    while "PENDING" not in queued("-o", "%T"):  # requeued; it waits (BeginTime) before it may start again
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    slurm_cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
+    slurm_cluster.wait_for_empty_queue(timeout=300, job=task)
+
+    output = log.read_text()
+    assert "stopped on request" in output and "requeued SLURM job" in output, output[-3000:]
+    assert "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", task).stdout
+    assert run_state(Study(study), rows[index]).finished
+    iterations = [r["iteration"] for r in iteration_records(metrics)]
+    assert iterations == list(range(1, rows[index]["train_iters"] + 1))

@@ -33,6 +33,7 @@ from megatron_soda.scaling.plot import PlotConfig
 from megatron_soda.scaling.report import FitConfig
 from megatron_soda.scaling.study_run import DemoConfig, RunConfig
 from megatron_soda.tool_json import check_json_path, write_json
+from megatron_soda.training.stopping import EXIT_RESUMABLE
 
 COMMANDS = {
     "plan": (PlanConfig, "budgets x a width family -> plan.csv/json and one trainer config per run"),
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
     write_json(config.json, summary)
     if command == "launch" and not config.settings.slurm and summary["failed"]:
         return 1
+    if command == "launch" and not config.settings.slurm and summary["stopped"]:
+        return EXIT_RESUMABLE  # stopped on request, resumable: what a batch script requeues on
     return 0
 
 

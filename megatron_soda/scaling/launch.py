@@ -16,8 +16,10 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any, Dict, List, Optional
 
 from megatron_soda.flags import flag
 from megatron_soda.scaling.study import Study
+from megatron_soda.training.stopping import EXIT_RESUMABLE
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 """Left out of a run's environment: the launcher's own launcher must not make each run one of its ranks."""
@@ -63,6 +66,9 @@ class LaunchSettings:
     slurm_gpus_per_node: Optional[int] = None
     """#SBATCH --gpus-per-node (default: --nproc-per-node, one GPU per process); 0 asks for none (a CPU
     cluster, where a GPU request is refused)."""
+    requeue: bool = False
+    """when SIGTERM stopped runs part-way, requeue this SLURM job (scontrol requeue $SLURM_JOB_ID) to finish
+    them; the array script sets it."""
 
 
 @dataclass
@@ -165,6 +171,7 @@ def pretrain_command(study: Study, row: Dict[str, Any], settings: LaunchSettings
     command += ["--data-path", *settings.data_path] if settings.data_path else []
     checkpoint = str(study.checkpoint(row["name"]))
     command += ["--save", checkpoint, "--load", checkpoint, "--metrics-file", str(study.metrics(row["name"]))]
+    command += ["--exit-signal-handler"]  # SIGTERM: save where it stands (launch_local passes it on)
     if "--micro-batch-size" not in extra:
         micro = micro_batch(config["training"]["micro_batch_size"], row["batch_size"], nproc)
         command += ["--micro-batch-size", str(micro)]
@@ -196,8 +203,50 @@ def _prune_checkpoints(path: Path) -> None:
         checkpointing.prune_checkpoints(path, keep_latest=1)
 
 
+class _StopOnSignal:
+    """SIGTERM to the launcher (preemption, an array task's ``--signal`` ahead of its time limit): passed on
+    to the running runs, which save and exit (``--exit-signal-handler``); no further run starts."""
+
+    def __init__(self, running: Dict[int, tuple]):
+        self.running = running
+        self.received = False
+        self.previous = None
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _stop(self, signum, frame) -> None:
+        self.received = True
+        for _, process, _, _ in list(self.running.values()):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+
+def _requeue(log) -> None:
+    """Requeues this SLURM job, so that it starts again and finishes the runs a stop left part-way."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        log("--requeue: not a SLURM job; launch again to finish the stopped runs")
+        return
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+        log(f"requeued SLURM job {job}: it finishes the stopped runs when it starts again")
+    else:
+        log(f"scontrol requeue {job} failed ({result.stderr.strip()}); resubmit the array to finish the runs")
+
+
 def launch_local(config: LaunchConfig, log=print) -> Dict[str, Any]:
-    """Trains every selected unfinished run here, ``--jobs`` at a time; returns what happened to each run."""
+    """Trains every selected unfinished run here, ``--jobs`` at a time; returns what happened to each run.
+
+    On SIGTERM the running runs save and stop and no other starts; they are reported as stopped (launching
+    again, or the requeued job with ``--requeue``, resumes them from those checkpoints).
+    """
     study, settings = Study(config.output_dir), config.settings
     plan = study.load_plan()
     rows = select_runs(plan, settings.runs)
@@ -206,10 +255,29 @@ def launch_local(config: LaunchConfig, log=print) -> Dict[str, Any]:
     commands = {row["name"]: pretrain_command(study, row, settings) for row in todo}  # refuse before running
     log(f"{len(rows) - len(todo)} of {len(rows)} runs finished already; {len(todo)} to run")
     running: Dict[int, tuple] = {}  # job slot -> (name, process, log file, start)
-    failed, queue = [], list(todo)
-    while queue or running:
+    failed, stopped, queue = [], [], list(todo)
+    with _StopOnSignal(running) as stop:
+        _run_queue(study, settings, commands, states, queue, running, failed, stopped, stop, log)
+    if stopped:
+        log(f"stopped on request (SIGTERM): {', '.join(stopped)} saved part-way; launch again to finish them")
+        if settings.requeue:
+            _requeue(log)
+    if failed:
+        log(f"{len(failed)} runs failed: {', '.join(failed)}; see their train.log (launch again to retry)")
+    return {
+        "runs": {name: state.describe() for name, state in states.items()},
+        "finished": sum(state.finished for state in states.values()),
+        "failed": failed,
+        "stopped": stopped,
+        "total": len(rows),
+    }
+
+
+def _run_queue(study, settings, commands, states, queue, running, failed, stopped, stop, log) -> None:
+    """Starts queued runs into free job slots (none once ``stop`` received SIGTERM) until all have ended."""
+    while (queue and not stop.received) or running:
         for job in range(settings.jobs):
-            if job not in running and queue:
+            if job not in running and queue and not stop.received:
                 row = queue.pop(0)
                 name, state = row["name"], states[row["name"]]
                 study.run_dir(name).mkdir(parents=True, exist_ok=True)
@@ -227,21 +295,17 @@ def launch_local(config: LaunchConfig, log=print) -> Dict[str, Any]:
             out.close()
             del running[job]
             state = states[row["name"]] = run_state(study, row)
-            if process.returncode != 0:
+            status = state.describe()
+            if not state.finished and (process.returncode == EXIT_RESUMABLE or stop.received):
+                stopped.append(row["name"])  # torchrun reports its own exit code, not its workers' 75
+                status = f"stopped on request, {status}"
+            elif process.returncode != 0:
                 failed.append(row["name"])
+                status = f"FAILED (exit {process.returncode})"
             elif state.finished and not settings.keep_checkpoints:
                 _prune_checkpoints(study.checkpoint(row["name"]))
-            status = state.describe() if process.returncode == 0 else f"FAILED (exit {process.returncode})"
             log(f"{row['name']}: {status} after {time.time() - start:.0f} s")
         time.sleep(0.2)
-    if failed:
-        log(f"{len(failed)} runs failed: {', '.join(failed)}; see their train.log (launch again to retry)")
-    return {
-        "runs": {name: state.describe() for name, state in states.items()},
-        "finished": sum(state.finished for state in states.values()),
-        "failed": failed,
-        "total": len(rows),
-    }
 
 
 def slurm_script(config: LaunchConfig) -> str:
@@ -259,6 +323,9 @@ def slurm_script(config: LaunchConfig) -> str:
         "#SBATCH --ntasks-per-node=1",
         f"#SBATCH --time={settings.slurm_time}",
         f"#SBATCH --output={study.slurm}/%A_%a.out",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:TERM@120",  # to the launcher (this shell, exec'd): its runs save before the limit
     ]
     gpus = settings.nproc_per_node if settings.slurm_gpus_per_node is None else settings.slurm_gpus_per_node
     if gpus:
@@ -275,10 +342,12 @@ def slurm_script(config: LaunchConfig) -> str:
         command += ["--extra-args", settings.extra_args]
     if settings.keep_checkpoints:
         command.append("--keep-checkpoints")
+    command.append("--requeue")
     quoted = " ".join('"$SLURM_ARRAY_TASK_ID"' if part.startswith("$") else shlex.quote(part) for part in command)
     lines += [
         "# One IsoFLOP run per array task; a finished run is skipped, a killed one resumes from its checkpoint,",
-        "# so resubmitting this script finishes the study.",
+        "# so resubmitting this script finishes the study. SIGTERM (preemption, or two minutes before the time",
+        "# limit) makes the run save and the task requeue itself.",
         "set -euo pipefail",
         f"cd {shlex.quote(os.getcwd())}",
         f"exec {quoted}",
