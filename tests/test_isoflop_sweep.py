@@ -84,38 +84,12 @@ def test_cpu_study_runs_end_to_end_and_a_stopped_run_resumes(isoflop, data, tmp_
 
 
 @pytest.mark.timeout(600)
-def test_the_sweep_runs_as_a_real_slurm_array_and_collects(slurm_cluster, isoflop, data, tmp_path, monkeypatch):
-    """``launch --slurm --submit`` on the test suite's SLURM cluster: one array task per run, then collect."""
-    study = tmp_path / "study"
-    plan = ["--output-dir", study, "--family", "cpu", "--budgets", 3e9, "--seq-length", 32, "--batch-size", 2]
-    plan += ["--flop-tolerance", 0.25, "--tokenizer", data / "tok", "--split", "80,20,0", "--eval-samples", 8]
-    assert run(isoflop, "plan", *plan, "--micro-batch-size", 2) == 0
-    names = [r["name"] for r in json.loads((study / "plan.json").read_text())["runs"]]
-    for key in [k for k in os.environ if k.startswith("SLURM_")]:
-        monkeypatch.delenv(key)
-    for key, value in {**slurm_cluster.env, "OMP_NUM_THREADS": "1"}.items():
-        monkeypatch.setenv(key, value)
-    launch = ["launch", "--output-dir", study, "--data-path", "0.9", data / "speech", "0.1", data / "text"]
-    launch += ["--extra-args", "--num-workers 0 --skip-data-validation", "--json", tmp_path / "submit.json"]
-    assert run(isoflop, *launch, "--slurm", "--submit", "--slurm-gpus-per-node", 0, "--slurm-time", "00:10:00") == 0
-    submitted = json.loads((tmp_path / "submit.json").read_text())
-    assert submitted["submitted"] and "--gpus-per-node" not in (study / "slurm" / "isoflop.sbatch").read_text()
-    job = submitted["sbatch"].split()[-1]
-    slurm_cluster.wait_for_empty_queue(timeout=480, job=job)
-    logs = sorted((study / "slurm").glob(f"{job}_*.out"))
-    assert len(logs) == len(names), logs
-    assert run(isoflop, "collect", "--output-dir", study) == 0, [log.read_text()[-2000:] for log in logs]
-    results = json.loads((study / "results.json").read_text())
-    assert sorted(r["name"] for r in results["runs"]) == sorted(names)
-    assert all(np.isfinite(r["loss_lm"]) for r in results["runs"])
-
-
-@pytest.mark.timeout(600)
-def test_an_array_task_signalled_before_its_time_limit_saves_requeues_itself_and_finishes(
+def test_the_sweep_runs_as_a_real_slurm_array_where_a_signalled_task_requeues_itself_and_collects(
     slurm_cluster, isoflop, data, tmp_path, monkeypatch
 ):
-    """The array script's `--signal=B:TERM@120` reaches the launcher (here sent by `scancel --batch`): the run
-    saves part-way, the task requeues itself, and started again it finishes the run from that checkpoint."""
+    """``launch --slurm --submit`` on the test suite's SLURM cluster: one array task per run. The array script's
+    `--signal=B:TERM@120` (here sent by `scancel --batch`) reaches one task's launcher: its run saves part-way,
+    the task requeues itself and, started again, finishes the run from that checkpoint; collect finds all."""
     import time
 
     from megatron_soda.scaling.launch import run_state
@@ -123,7 +97,7 @@ def test_an_array_task_signalled_before_its_time_limit_saves_requeues_itself_and
     from megatron_soda.training.logger import iteration_records
 
     study = tmp_path / "study"
-    plan = ["--output-dir", study, "--family", "cpu", "--budgets", 3e10, "--seq-length", 32, "--batch-size", 2]
+    plan = ["--output-dir", study, "--family", "cpu", "--budgets", 1e10, "--seq-length", 32, "--batch-size", 2]
     plan += ["--flop-tolerance", 0.25, "--tokenizer", data / "tok", "--split", "80,20,0", "--eval-samples", 8]
     assert run(isoflop, "plan", *plan, "--micro-batch-size", 2) == 0
     rows = json.loads((study / "plan.json").read_text())["runs"]
@@ -134,15 +108,17 @@ def test_an_array_task_signalled_before_its_time_limit_saves_requeues_itself_and
         monkeypatch.setenv(key, value)
     launch = ["launch", "--output-dir", study, "--data-path", "0.9", data / "speech", "0.1", data / "text"]
     launch += ["--extra-args", "--num-workers 0 --skip-data-validation", "--json", tmp_path / "submit.json"]
-    launch += ["--runs", index, "--slurm", "--submit", "--slurm-gpus-per-node", 0, "--slurm-time", "00:10:00"]
-    assert run(isoflop, *launch) == 0
-    task = f"{json.loads((tmp_path / 'submit.json').read_text())['sbatch'].split()[-1]}_{index}"
+    assert run(isoflop, *launch, "--slurm", "--submit", "--slurm-gpus-per-node", 0, "--slurm-time", "00:10:00") == 0
+    submitted = json.loads((tmp_path / "submit.json").read_text())
+    assert submitted["submitted"] and "--gpus-per-node" not in (study / "slurm" / "isoflop.sbatch").read_text()
+    job = submitted["sbatch"].split()[-1]
+    task = f"{job}_{index}"
     metrics, log = Study(study).metrics(rows[index]["name"]), study / "slurm" / f"{task}.out"
 
     def queued(*fields):
         return slurm_cluster.run("squeue", "-h", "-j", task, *fields, check=False).stdout.strip()
 
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     while not (metrics.exists() and iteration_records(metrics)):
         assert queued() and time.time() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
         time.sleep(0.05)
@@ -151,11 +127,16 @@ def test_an_array_task_signalled_before_its_time_limit_saves_requeues_itself_and
         assert time.time() < deadline, log.read_text()[-3000:]
         time.sleep(0.2)
     slurm_cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
-    slurm_cluster.wait_for_empty_queue(timeout=300, job=task)
+    slurm_cluster.wait_for_empty_queue(timeout=480, job=job)
 
     output = log.read_text()
     assert "stopped on request" in output and "requeued SLURM job" in output, output[-3000:]
     assert "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", task).stdout
-    assert run_state(Study(study), rows[index]).finished
     iterations = [r["iteration"] for r in iteration_records(metrics)]
     assert iterations == list(range(1, rows[index]["train_iters"] + 1))
+    logs = sorted((study / "slurm").glob(f"{job}_*.out"))
+    assert len(logs) == len(rows) and all(run_state(Study(study), row).finished for row in rows), logs
+    assert run(isoflop, "collect", "--output-dir", study) == 0, [log.read_text()[-2000:] for log in logs]
+    results = json.loads((study / "results.json").read_text())
+    assert sorted(r["name"] for r in results["runs"]) == sorted(row["name"] for row in rows)
+    assert all(np.isfinite(r["loss_lm"]) for r in results["runs"])
