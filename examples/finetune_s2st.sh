@@ -35,7 +35,7 @@ train_flags=(
   --finetune-recipe "soda-s2st-${VARIANT}" --tokenizer "$TOKENIZER"
   --data-path "$OUT/data/s2st_packed" --packed-data --split 98,2,0 --seq-length "$SEQ_LENGTH"
   --micro-batch-size "$MICRO_BATCH" --tensor-model-parallel-size "$TP"
-  --save "$OUT/ckpt" --save-interval 1000 --eval-interval 1000 --log-interval 10
+  --save "$OUT/ckpt" --save-interval 1000 --eval-interval 1000 --log-interval 10 --exit-signal-handler
   --tensorboard-dir "$OUT/tensorboard" --metrics-file "$OUT/metrics.jsonl"
 )
 [[ "${BF16:-1}" == 1 ]] && train_flags+=(--bf16)
@@ -58,13 +58,15 @@ if [[ -n "${BASE_HF:-}" && ! -e "$BASE/latest_checkpointed_iteration.txt" ]]; th
   "$PY" tools/convert_checkpoint.py import --hf "$BASE_HF" --save "$BASE" --tensor-model-parallel-size "$TP"
 fi
 
-# 3. Fine-tune: from the base's weights, or on from our own newest checkpoint after a restart.
+# 3. Fine-tune: from the base's weights, or on from our own newest checkpoint after a restart (SIGTERM saves
+#    one first: torchrun passes it on and waits up to SHUTDOWN_TIMEOUT seconds).
 if [[ -e "$OUT/ckpt/latest_checkpointed_iteration.txt" ]]; then
   start=(--load "$OUT/ckpt")
 else
   start=(--load "$BASE" --finetune)
 fi
-torchrun --nproc-per-node "$GPUS" -m megatron_soda.pretrain "${train_flags[@]}" "${start[@]}"
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT:-600} \
+  torchrun --nproc-per-node "$GPUS" -m megatron_soda.pretrain "${train_flags[@]}" "${start[@]}"
 
 # 4. Translate the test set (text greedy, then speech in the source speaker's voice) and evaluate.
 if [[ -n "${CVSS_TEST:-}" ]]; then
