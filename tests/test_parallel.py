@@ -77,12 +77,12 @@ def run_fresh(root, tp, pp, vp, tied):
 
 @pytest.mark.timeout(600)
 def test_a_fresh_model_is_the_same_at_every_layout(tmp_path):
-    """Layers seeded by their global number (as training builds them): no shared checkpoint needed."""
-    for tied, layouts in ((False, [(2, 2, None), (1, 4, 2)]), (True, [(2, 2, None)])):
-        expected = run_fresh(tmp_path, 1, 1, None, tied)
-        assert np.mean(expected) == pytest.approx(np.log(get_preset("tiny").vocab_size), rel=0.02)
-        for layout in layouts:
-            assert run_fresh(tmp_path, *layout, tied) == pytest.approx(expected, abs=1e-5), (tied, layout)
+    """Layers seeded by their global number (as training builds them): no shared checkpoint needed. Untied, so
+    the output layer is drawn on the last stage too (a tied one is the embedding, synced by megatron-core)."""
+    expected = run_fresh(tmp_path, 1, 1, None, False)
+    assert np.mean(expected) == pytest.approx(np.log(get_preset("tiny").vocab_size), rel=0.02)
+    for layout in [(2, 2, None), (1, 4, 2)]:
+        assert run_fresh(tmp_path, *layout, False) == pytest.approx(expected, abs=1e-5), layout
 
 
 @pytest.mark.timeout(400)

@@ -112,7 +112,13 @@ def test_a_slurm_job_signalled_before_its_time_limit_saves_requeues_itself_and_f
         f"--chdir={ROOT}",
         str(script),
     ).stdout.strip()
-    wait_for_records(metrics, lambda: bool(slurm_cluster.run("squeue", "-h", "-j", job, check=False).stdout.strip()))
+
+    def queued():  # an squeue that fails (slurmctld busy) says nothing about the job
+        result = slurm_cluster.run("squeue", "-h", "-j", job, check=False)
+        assert result.returncode != 0 or result.stdout.strip(), log.read_text()[-3000:] if log.exists() else "no log"
+        return True
+
+    wait_for_records(metrics, queued)
     slurm_cluster.run("scancel", "--signal=TERM", job)
     # A requeued job waits (BeginTime) before it may start again; the test does not.
     deadline = time.time() + 120
