@@ -7,6 +7,8 @@ path, or ``require(name, feature)`` to fail with a message that says how to get 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import sys
 from functools import lru_cache
 from types import ModuleType
 from typing import Optional
@@ -41,3 +43,26 @@ def require(name: str, feature: str) -> ModuleType:
     if module is None:
         raise ImportError(f"{feature} needs {name}, which is not installed here: {PACKAGES[name][1]}")
     return module
+
+
+class _MegatronSkipsWandb(importlib.abc.MetaPathFinder):
+    """Fails megatron-core's own ``import wandb``: it imports wandb, when installed, at import time (about
+    2 s of every process start) only for the W&B logging of its dynamic inference context, which this
+    project does not use; megatron-core then runs as without wandb. Every other import of wandb, ours
+    (``--wandb-project``) or a user's, loads it as usual."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "wandb":
+            return None
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__", "").startswith("importlib"):
+            frame = frame.f_back  # the import machinery's own frames, up to the importing module
+        if frame is not None and frame.f_globals.get("__name__", "").startswith("megatron.core"):
+            raise ModuleNotFoundError("megatron-core runs without wandb here (megatron_soda.optional)", name="wandb")
+        return None
+
+
+def skip_wandb_for_megatron_core() -> None:
+    """Installs ``_MegatronSkipsWandb`` once (``megatron_soda/__init__.py`` does, before megatron-core loads)."""
+    if not any(isinstance(finder, _MegatronSkipsWandb) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _MegatronSkipsWandb())

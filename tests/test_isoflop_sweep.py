@@ -11,6 +11,7 @@ import pytest
 from megatron_soda.data.indexed_dataset import write_dataset
 from megatron_soda.data.synthetic import speech_documents, text_documents
 from megatron_soda.tokenizer import build_soda_tokenizer, load_soda_tokenizer, save_soda_tokenizer, train_bpe
+from megatron_soda.training.stopping import EXIT_RESUMABLE
 from tests.test_tool_style import load_tool
 
 
@@ -44,17 +45,19 @@ def test_cpu_study_runs_end_to_end_and_a_stopped_run_resumes(isoflop, data, tmp_
     assert len(names) == 6 and {n.split("-")[0] for n in names} == {"3e9", "6e9"}
     launch = ["launch", "--output-dir", study, "--data-path", "0.9", data / "speech", "0.1", data / "text", "--jobs", 2]
     quiet = "--num-workers 0 --skip-data-validation"
-    # one run stopped after 2 iterations (its checkpoint saved), as a killed job would leave it
-    assert run(isoflop, *launch, "--runs", "6e9-d32", "--extra-args", f"{quiet} --exit-interval 2") == 0
+    # one run stopped by its time budget after one iteration, saved: the launcher reports it stopped (exit 75)
+    budget = f"{quiet} --exit-duration-in-mins 1e-6"
+    assert run(isoflop, *launch, "--runs", "6e9-d32", "--extra-args", budget) == EXIT_RESUMABLE
+    assert "6e9-d32: stopped on request, stopped at iteration 1 of" in capsys.readouterr().out
     assert run(isoflop, "collect", "--output-dir", study) == 2
-    assert "6e9-d32 (stopped at iteration 2 of" in capsys.readouterr().err
+    assert "6e9-d32 (stopped at iteration 1 of" in capsys.readouterr().err
     # the stopped run resumes under torchrun, two data-parallel processes; then the rest run here
     assert run(isoflop, *launch, "--runs", "6e9-d32", "--nproc-per-node", 2, "--extra-args", quiet) == 0
     assert run(isoflop, *launch, "--extra-args", quiet, "--json", tmp_path / "launch.json") == 0
     summary = json.loads((tmp_path / "launch.json").read_text())
     assert summary["finished"] == 6 and summary["failed"] == []
     records = [json.loads(line) for line in (study / "runs" / "6e9-d32" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["resume"]["iteration"] for r in records if "resume" in r] == [2]
+    assert [r["resume"]["iteration"] for r in records if "resume" in r] == [1]
     assert [r["resume"]["run"]["layout"]["data"] for r in records if "resume" in r] == [2]  # by torchrun, DP=2
     assert len(list((study / "runs" / "6e9-d32" / "checkpoint").glob("iter_*"))) == 1  # the last one kept
     capsys.readouterr()

@@ -18,3 +18,16 @@ def test_absent_extra_is_reported_unavailable_and_required_with_instructions(nam
 def test_unknown_extra_is_an_error():
     with pytest.raises(KeyError, match="unknown optional package"):
         optional.load("cuda_magic")
+
+
+def test_megatron_core_loads_without_wandb_while_everyone_else_still_imports_it():
+    import subprocess
+    import sys
+
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb)")
+    probe = (
+        "import sys, megatron_soda, megatron.core.inference.contexts.dynamic_context as d; "
+        "print(d.HAVE_WANDB, 'wandb' in sys.modules); import wandb; print(wandb.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == ["False", "False", "wandb"], result.stderr[-2000:]

@@ -123,10 +123,25 @@ def test_tiny_model_loss_falls_on_the_demo_data(demo_data):
     assert 10 <= len(text) < 30 and all(np.isfinite(text)) and np.mean(text[-3:]) < np.mean(text[:3])
 
 
+@pytest.fixture(scope="module")
+def whole6(demo_data):
+    """Six iterations uninterrupted: the run the stop-and-resume tests compare with."""
+    return pretrain(demo_data, "whole6", "--train-iters", 6)
+
+
+@pytest.fixture(scope="module")
+def stopped_at_3(demo_data, tmp_path_factory):
+    """The same run stopped by --exit-interval 3: its records and its checkpoint (copy it before saving to it)."""
+    ckpt = tmp_path_factory.mktemp("stopped_at_3") / "ckpt"
+    return pretrain(demo_data, "first3", "--train-iters", 6, "--exit-interval", 3, "--save", ckpt), ckpt
+
+
 @pytest.mark.timeout(600)
-def test_stop_and_resume_equals_the_uninterrupted_run_bitwise(demo_data, tmp_path):
-    whole = pretrain(demo_data, "whole", "--train-iters", 6)
-    first = pretrain(demo_data, "first", "--train-iters", 6, "--exit-interval", 3, "--save", tmp_path / "ckpt")
+def test_stop_and_resume_equals_the_uninterrupted_run_bitwise(demo_data, whole6, stopped_at_3, tmp_path):
+    import shutil
+
+    whole, (first, stopped) = whole6, stopped_at_3
+    shutil.copytree(stopped, tmp_path / "ckpt")
     # saving every iteration, keeping the newest and multiples of 4: the resume is unaffected
     keep = ("--save-interval", 1, "--save-keep-latest", 1, "--save-keep-interval", 4)
     second = pretrain(
@@ -143,9 +158,9 @@ def test_stop_and_resume_equals_the_uninterrupted_run_bitwise(demo_data, tmp_pat
 
 
 @pytest.mark.timeout(600)
-def test_metrics_file_describes_the_run_and_a_resume_keeps_one_record_per_iteration(demo_data, tmp_path):
+def test_metrics_file_describes_the_run_and_a_resume_keeps_one_record_per_iteration(demo_data, whole6, tmp_path):
     """A run that wrote iterations 4-6 past its checkpoint at 3, resumed from 3 into the same file."""
-    whole = pretrain(demo_data, "whole6", "--train-iters", 6)
+    whole = whole6
     ckpt = tmp_path / "ckpt"
     pretrain(demo_data, "resumed", "--train-iters", 6, "--save", ckpt, "--save-interval", 3)
     (ckpt / "latest_checkpointed_iteration.txt").write_text("3\n")  # as if killed after iteration 6's log line
@@ -168,10 +183,9 @@ def test_metrics_file_describes_the_run_and_a_resume_keeps_one_record_per_iterat
 
 
 @pytest.mark.timeout(600)
-def test_no_load_optim_continues_the_run_with_the_weights_and_a_fresh_optimizer(demo_data, tmp_path):
-    whole = pretrain(demo_data, "whole_nlo", "--train-iters", 6)
-    pretrain(demo_data, "first_nlo", "--train-iters", 6, "--exit-interval", 3, "--save", tmp_path / "ckpt")
-    fresh = pretrain(demo_data, "fresh_nlo", "--train-iters", 6, "--load", tmp_path / "ckpt", "--no-load-optim")
+def test_no_load_optim_continues_the_run_with_the_weights_and_a_fresh_optimizer(demo_data, whole6, stopped_at_3):
+    whole, (_, ckpt) = whole6, stopped_at_3
+    fresh = pretrain(demo_data, "fresh_nlo", "--train-iters", 6, "--load", ckpt, "--no-load-optim")
     assert [line["iteration"] for line in fresh] == [4, 5, 6] and fresh[0]["consumed samples"] == 16
     assert fresh[0]["lm loss"] == whole[3]["lm loss"]  # the same weights and batch: the loss before the step
     assert fresh[1]["lm loss"] != whole[4]["lm loss"]  # then fresh Adam moments take another step

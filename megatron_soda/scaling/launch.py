@@ -259,7 +259,8 @@ def launch_local(config: LaunchConfig, log=print) -> Dict[str, Any]:
     with _StopOnSignal(running) as stop:
         _run_queue(study, settings, commands, states, queue, running, failed, stopped, stop, log)
     if stopped:
-        log(f"stopped on request (SIGTERM): {', '.join(stopped)} saved part-way; launch again to finish them")
+        names = ", ".join(stopped)
+        log(f"stopped on request (a signal or --exit-duration-in-mins): {names} saved part-way; launch again to finish")
         if settings.requeue:
             _requeue(log)
     if failed:
