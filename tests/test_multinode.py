@@ -10,8 +10,15 @@ import pytest
 
 from megatron_soda.training.logger import iteration_records
 from tests.dist import free_port
-from tests.test_launch_env import training_args
 from tests.test_pretrain import pretrain_process
+
+
+def training_args(learned, metrics):
+    return [
+        *("--model", "tiny", "--tokenizer", learned["root"] / "tok", "--data-path", learned["root"] / "utterance"),
+        *("--split", "100,0,0", "--seq-length", 64, "--micro-batch-size", 2, "--global-batch-size", 4),
+        *("--train-iters", 3, "--lr-decay-style", "constant", "--metrics-file", metrics, "--skip-data-validation"),
+    ]
 
 
 @pytest.mark.timeout(600)
