@@ -4,13 +4,14 @@ relaunch with --load (or the SLURM job requeued by itself) trains the uninterrup
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from megatron_soda.training.checkpointing import latest_iteration
 from megatron_soda.training.logger import iteration_records
-from megatron_soda.training.stopping import EXIT_RESUMABLE, StopRequests
-from tests.dist import ROOT, finish, free_port, launch, start
+from megatron_soda.training.stopping import StopRequests
+from tests.dist import ROOT, free_port, launch
 
 ITERATIONS = 60
 
@@ -38,6 +39,20 @@ def wait_for_records(metrics, running, timeout=120):
     raise AssertionError(f"no iteration recorded in {metrics} within {timeout} s")
 
 
+def task_pid(job, rank):
+    """The pid of rank ``rank`` of SLURM job ``job``'s pretraining step, found by its environment."""
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = dict(v.split("=", 1) for v in environ.read_bytes().decode().split("\0") if "=" in v)
+            command = (environ.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if variables.get("SLURM_JOB_ID") == job and variables.get("SLURM_PROCID") == str(rank):
+            if b"megatron_soda.pretrain" in command:
+                return int(environ.parent.name)
+    raise AssertionError(f"no rank {rank} of job {job} running")
+
+
 @pytest.fixture(scope="module")
 def whole(learned, tmp_path_factory):
     """The uninterrupted run's records (DP=2)."""
@@ -53,34 +68,13 @@ def assert_same_run(records, whole):
 
 
 @pytest.mark.timeout(900)
-def test_a_signal_to_one_rank_stops_all_after_one_iteration_and_a_relaunch_continues_the_run(learned, whole, tmp_path):
-    ckpt = tmp_path / "ckpt"
-
-    # SIGTERM to rank 1 alone (as a node's share of a preempted job): both ranks stop after one iteration.
-    save = ("--save", ckpt, "--exit-signal-handler")
-    procs = start("pretrain_entry.py", 2, *run_args(learned, tmp_path / "first.jsonl", *save))
-    wait_for_records(tmp_path / "first.jsonl", lambda: all(proc.poll() is None for proc in procs))
-    procs[1].send_signal(signal.SIGTERM)
-    codes, logs = finish(procs)
-    assert codes == [EXIT_RESUMABLE] * 2, logs[0][-3000:] + logs[1][-3000:]
-    first = iteration_records(tmp_path / "first.jsonl")
-    stopped = first[-1]["iteration"]
-    assert 1 <= stopped < ITERATIONS - 1 and latest_iteration(ckpt) == stopped
-    assert f"stopping at iteration {stopped} of {ITERATIONS}: SIGTERM received" in logs[0]
-
-    # (--exit-duration-in-mins stops the same way: tests/test_isoflop_sweep.py, through the study launcher)
-    launch("pretrain_entry.py", 2, *run_args(learned, tmp_path / "second.jsonl", "--load", ckpt, "--save", ckpt))
-    assert_same_run(first + iteration_records(tmp_path / "second.jsonl"), whole)
-
-
-@pytest.mark.timeout(900)
 def test_a_two_task_srun_job_trains_the_torchrun_runs_losses_and_signalled_requeues_itself_and_finishes(
     learned, whole, slurm_cluster, tmp_path
 ):
     """Plain srun (ranks from SLURM's variables) at DP=2, under the example's requeue (examples/slurm_requeue.sh)
-    on a real cluster: `scancel --signal=TERM` does what `#SBATCH --signal=TERM@600` does ahead of a time limit;
-    the requeued job resumes into the same metrics file, which ends with the records of the uninterrupted run
-    started as torchrun starts ranks, one per iteration."""
+    on a real cluster. SIGTERM reaches rank 1 alone (as when one node of a job is signalled first): both ranks
+    stop after the same iteration, save and exit 75, the job requeues itself and resumes into the same metrics
+    file, which ends with the records of the uninterrupted run started as torchrun starts ranks."""
     import sys
 
     ckpt, metrics, log = tmp_path / "ckpt", tmp_path / "run.jsonl", tmp_path / "job.out"
@@ -112,7 +106,7 @@ def test_a_two_task_srun_job_trains_the_torchrun_runs_losses_and_signalled_reque
         return True
 
     wait_for_records(metrics, queued)
-    slurm_cluster.run("scancel", "--signal=TERM", job)
+    os.kill(task_pid(job, rank=1), signal.SIGTERM)
     # A requeued job waits (BeginTime) before it may start again; the test does not.
     deadline = time.time() + 120
     while "PENDING" not in slurm_cluster.run("squeue", "-h", "-j", job, "-o", "%T", check=False).stdout:
