@@ -66,7 +66,14 @@ def main(argv=None) -> int:
         print("\n".join(describe(plan)))
         return 0
     stopped = train(plan)  # a failure from here on is not a usage error: it keeps its traceback
-    return EXIT_RESUMABLE if stopped else 0
+    if stopped:
+        # Saved, logs closed: leave now. Interpreter shutdown resets signal handlers, and srun's SIGTERM to a
+        # step's remaining tasks (sent once one has exited) would then turn this exit 75 into a kill (143).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_RESUMABLE)
+    return 0
 
 
 if __name__ == "__main__":
