@@ -10,6 +10,9 @@ PIP := $(PY) -m pip --quiet --disable-pip-version-check
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?= $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --system-site-packages)
 PYTEST_ARGS ?=
+# Two pytest-xdist workers: the suite's tests wait on many subprocesses, so two keep both cores busy.
+# A module's tests (and the SLURM cluster's) stay on one worker, longest first (tests/conftest.py).
+TEST_WORKERS ?= -n 2 --no-loadscope-reorder
 
 .PHONY: help install lint format test demo isoflop-demo bench slurm clean
 
@@ -43,7 +46,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: install
 	$(PY) tools/demo.py --output-dir demo_out

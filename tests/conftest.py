@@ -12,6 +12,40 @@ def pytest_configure(config):
     os.environ.setdefault("MEGATRON_SODA_CACHE", tempfile.mkdtemp(prefix="megatron_soda_cache_"))
 
 
+# Under pytest-xdist (``make test`` runs two workers) a module's tests run on one worker, so its
+# module-scoped fixtures are built once; the modules that use the real SLURM cluster share one worker, as
+# one cluster (slurmctld's ports) serves a machine. The longest groups start first, so that the last
+# to finish is a short one.
+SLURM_MODULES = ("tests/test_cluster_preprocess.py", "tests/test_isoflop_sweep.py", "tests/test_stopping.py")
+LONG_GROUPS = ("slurm", "tests/test_pretrain.py", "tests/test_bench_generate.py", "tests/test_parallel.py")
+
+
+def test_group(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return "slurm" if module in SLURM_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole groups to a worker (xdist's ``loadgroup`` reads marks that pytest 9.2 no longer passes on)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return test_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()) and test_group(item.nodeid) != "slurm":
+            raise pytest.UsageError(f"{item.nodeid} uses the SLURM cluster: list its module in SLURM_MODULES")
+    if "PYTEST_XDIST_WORKER" in os.environ:  # the order a worker collects is the order groups are sent
+        rank = {group: i for i, group in enumerate(LONG_GROUPS)}
+        items.sort(key=lambda item: rank.get(test_group(item.nodeid), len(LONG_GROUPS)))
+
+
 @pytest.fixture(scope="module")
 def megatron_world():
     """One gloo process with megatron-core's model-parallel groups (TP=1, PP=1): what building, running
@@ -31,9 +65,9 @@ def megatron_world():
 def learned(tmp_path_factory):
     """A tiny model trained until it knows one utterance by heart, its tokenizer, the utterance's wav and
     codes, and the checkpoint's Hugging Face export (``tests/learned.py``); trained once per session."""
-    from tests.learned import train_learned
+    from tests.learned import learned_once
 
-    return train_learned(tmp_path_factory.mktemp("learned"))
+    return learned_once(tmp_path_factory)
 
 
 @pytest.fixture

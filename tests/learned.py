@@ -1,6 +1,7 @@
 """A tiny model that knows one utterance by heart: the shared subject of the generation and evaluation
 tests (conftest.py's session fixtures ``learned`` and ``our_model``)."""
 
+import shutil
 import subprocess
 import sys
 
@@ -81,4 +82,24 @@ def train_learned(root):
     run_tool(
         "convert_checkpoint", "export", "--load", root / "ckpt", "--tokenizer", root / "tok", "--output", root / "hf"
     )
+    np.save(root / "codes.npy", codes)
     return {"root": root, "tokenizer": tokenizer, "codes": codes, "layout": layout}
+
+
+def learned_once(tmp_path_factory):
+    """``train_learned`` once per test run: pytest-xdist's workers share one folder (the first trains under
+    a file lock, the others read what it wrote), a plain run trains in its own."""
+    import os
+
+    from filelock import FileLock
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return train_learned(tmp_path_factory.mktemp("learned"))
+    root = tmp_path_factory.getbasetemp().parent / "learned"  # the run's folder, above each worker's
+    with FileLock(str(root) + ".lock"):
+        if not (root / "codes.npy").exists():  # written last
+            shutil.rmtree(root, ignore_errors=True)  # a worker's unfinished attempt
+            root.mkdir()
+            return train_learned(root)
+    tokenizer = load_soda_tokenizer(root / "tok")
+    return {"root": root, "tokenizer": tokenizer, "codes": np.load(root / "codes.npy"), "layout": tokenizer.layout}

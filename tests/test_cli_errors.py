@@ -336,8 +336,8 @@ def _run(paths: Paths, command, args, env):
 
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory):
-    """Each case's result, by id, run once. Without pytest-xdist every selected case starts at once, in parallel;
-    under it (which runs tests in parallel itself) each starts when its test asks. At the end: none wrote anything."""
+    """Each case's result, by id, run once: every selected case starts at once, in parallel (a module's tests
+    share one pytest-xdist worker, conftest.py). At the end: none wrote anything."""
     paths = Paths(tmp_path_factory.mktemp("cli"))
     before = sorted(paths.root.rglob("*"))
     cases = dict(zip(IDS, CASES))
@@ -350,11 +350,10 @@ def results(request, tmp_path_factory):
                 futures[case_id] = pool.submit(_run, paths, command, args, env)
             return futures[case_id]
 
-        if "PYTEST_XDIST_WORKER" not in os.environ:
-            for item in request.session.items:
-                case_id = getattr(getattr(item, "callspec", None), "params", {}).get("case_id")
-                if item.module.__name__ == __name__ and case_id in cases:
-                    start(case_id)
+        for item in request.session.items:
+            case_id = getattr(getattr(item, "callspec", None), "params", {}).get("case_id")
+            if item.module.__name__ == __name__ and case_id in cases:
+                start(case_id)
         yield paths, lambda case_id: start(case_id).result()
     assert sorted(paths.root.rglob("*")) == before, "a refused invocation wrote something"
 
