@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from megatron_soda.optional import skip_wandb_for_megatron_core
+from megatron_soda.optional import adjust_megatron_core_imports
 
-skip_wandb_for_megatron_core()
+adjust_megatron_core_imports()

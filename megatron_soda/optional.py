@@ -62,7 +62,32 @@ class _MegatronSkipsWandb(importlib.abc.MetaPathFinder):
         return None
 
 
-def skip_wandb_for_megatron_core() -> None:
-    """Installs ``_MegatronSkipsWandb`` once (``megatron_soda/__init__.py`` does, before megatron-core loads)."""
-    if not any(isinstance(finder, _MegatronSkipsWandb) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _MegatronSkipsWandb())
+class _MegatronJitFuserOff(importlib.abc.MetaPathFinder):
+    """Runs megatron-core's own ``disable_jit_fuser()`` as soon as ``megatron.core.jit`` loads. megatron-core
+    wraps its fused bias/activation kernels in ``torch.compile`` at import time, which loads TorchDynamo and
+    TorchInductor (about 1.4 s of every process start); this project builds models with those fusions off
+    (``models/gpt.py``) and never calls them, so they stay plain functions."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "megatron.core.jit":
+            return None
+        for finder in sys.meta_path:
+            spec = None if finder is self else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                run = spec.loader.exec_module
+
+                def exec_module(module):
+                    run(module)
+                    getattr(module, "disable_jit_fuser", lambda: None)()
+
+                spec.loader.exec_module = exec_module
+                return spec
+        return None
+
+
+def adjust_megatron_core_imports() -> None:
+    """Installs ``_MegatronSkipsWandb`` and ``_MegatronJitFuserOff`` once (``megatron_soda/__init__.py`` does,
+    before megatron-core loads)."""
+    for finder in (_MegatronSkipsWandb, _MegatronJitFuserOff):
+        if not any(isinstance(installed, finder) for installed in sys.meta_path):
+            sys.meta_path.insert(0, finder())

@@ -31,3 +31,19 @@ def test_megatron_core_loads_without_wandb_while_everyone_else_still_imports_it(
     )
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.split() == ["False", "False", "wandb"], result.stderr[-2000:]
+
+
+def test_megatron_core_builds_its_fusion_kernels_without_torch_compile():
+    """The model imports without TorchDynamo or TorchInductor; the kernels stay plain functions and still compute."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, torch, megatron_soda.models.gpt, megatron.core.jit as jit; "
+        "from megatron.core.fusions.fused_bias_swiglu import swiglu; "
+        "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules)); "
+        "print(jit.jit_fuser is jit.noop_decorator); "
+        "x = torch.randn(3, 4); print(torch.equal(swiglu(x), torch.nn.functional.silu(x[:, :2]) * x[:, 2:]))"
+    )
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.split() == ["[]", "True", "True"], result.stderr[-2000:]
