@@ -12,7 +12,7 @@ VENV_FLAGS ?= $(shell $(PYTHON) -c "import torch" >/dev/null 2>&1 && echo --syst
 PYTEST_ARGS ?=
 # Two pytest-xdist workers: the suite's tests wait on many subprocesses, so two keep both cores busy.
 # A module's tests (and the SLURM cluster's) stay on one worker, longest first (tests/conftest.py).
-TEST_WORKERS ?= -n 2 --no-loadscope-reorder
+TEST_WORKERS ?= -n 2
 
 .PHONY: help install lint format test demo isoflop-demo bench slurm clean
 

@@ -69,25 +69,32 @@ class _MegatronJitFuserOff(importlib.abc.MetaPathFinder):
     (``models/gpt.py``) and never calls them, so they stay plain functions."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "megatron.core.jit":
+        if fullname != "megatron.core.jit" or getattr(self, "_finding", False):
             return None
-        for finder in sys.meta_path:
-            spec = None if finder is self else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
-            if spec is not None and spec.loader is not None:
-                run = spec.loader.exec_module
+        self._finding = True  # the other finders are asked below: never this one again (nor a reloaded twin)
+        try:
+            spec = next(filter(None, (f.find_spec(fullname, path, target) for f in _finders_except(self))), None)
+        finally:
+            self._finding = False
+        run = getattr(spec.loader, "exec_module", None) if spec is not None else None
+        if run is None:
+            return None  # megatron-core as it comes
 
-                def exec_module(module):
-                    run(module)
-                    getattr(module, "disable_jit_fuser", lambda: None)()
+        def exec_module(module):
+            run(module)
+            getattr(module, "disable_jit_fuser", lambda: None)()
 
-                spec.loader.exec_module = exec_module
-                return spec
-        return None
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _finders_except(finder):
+    return [f for f in sys.meta_path if f is not finder and hasattr(f, "find_spec")]
 
 
 def adjust_megatron_core_imports() -> None:
     """Installs ``_MegatronSkipsWandb`` and ``_MegatronJitFuserOff`` once (``megatron_soda/__init__.py`` does,
     before megatron-core loads)."""
     for finder in (_MegatronSkipsWandb, _MegatronJitFuserOff):
-        if not any(isinstance(installed, finder) for installed in sys.meta_path):
+        if not any(type(installed).__name__ == finder.__name__ for installed in sys.meta_path):  # reloads too
             sys.meta_path.insert(0, finder())

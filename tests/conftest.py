@@ -27,13 +27,17 @@ def test_group(nodeid: str) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """Whole groups to a worker (xdist's ``loadgroup`` reads marks that pytest 9.2 no longer passes on)."""
+    """Whole groups to a worker, in the order workers collect them (xdist's ``loadgroup`` reads marks that
+    pytest 9.2 no longer passes on). Other ``--dist`` modes (each, worksteal, ...) are xdist's own."""
+    if config.getvalue("dist") not in ("load", "loadscope", "loadfile", "loadgroup"):
+        return None
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             return test_group(nodeid)
 
+    config.option.loadscopereorder = False
     return GroupScheduling(config, log)
 
 

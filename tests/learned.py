@@ -1,6 +1,7 @@
 """A tiny model that knows one utterance by heart: the shared subject of the generation and evaluation
 tests (conftest.py's session fixtures ``learned`` and ``our_model``)."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -82,15 +83,14 @@ def train_learned(root):
     run_tool(
         "convert_checkpoint", "export", "--load", root / "ckpt", "--tokenizer", root / "tok", "--output", root / "hf"
     )
-    np.save(root / "codes.npy", codes)
+    np.save(root / "codes.tmp.npy", codes)
+    os.replace(root / "codes.tmp.npy", root / "codes.npy")  # last: the mark of a finished folder
     return {"root": root, "tokenizer": tokenizer, "codes": codes, "layout": layout}
 
 
 def learned_once(tmp_path_factory):
     """``train_learned`` once per test run: pytest-xdist's workers share one folder (the first trains under
     a file lock, the others read what it wrote), a plain run trains in its own."""
-    import os
-
     from filelock import FileLock
 
     if "PYTEST_XDIST_WORKER" not in os.environ:

@@ -130,16 +130,23 @@ def test_overwriting_workers_started_together_never_delete_each_others_shards(tm
         assert first.wait(timeout=240) == 0
     shard_zero = out / "shards" / "shard_00000.json"
     before = shard_zero.stat().st_mtime_ns
-    zero = worker(0, MEGATRON_SODA_PAUSE_AFTER_SHARD=20)
-    wait_for(lambda: shard_zero.exists() and shard_zero.stat().st_mtime_ns != before, 240, "worker 0's shard")
-    committed = shard_zero.stat()
-    one = worker(1)
-    assert one.wait(timeout=240) == 0, one.stderr.read()
-    assert zero.poll() is None, "worker 0 should still be asleep after its first shard"
-    assert (shard_zero.stat().st_ino, shard_zero.stat().st_mtime_ns) == (committed.st_ino, committed.st_mtime_ns)
-    assert (out / "shards" / "tokens_00000.bin").exists() and (out / "shards" / "codes_00000.idx").exists()
-    assert not (out / "report.json").exists()  # shard 2, worker 0's, is still to do
-    assert zero.wait(timeout=240) == 0 and whole.wait(timeout=240) == 0
+    go = tmp_path / "go"
+    zero = worker(0, MEGATRON_SODA_PAUSE_AFTER_SHARD=go)  # asleep after its first shard until `go` exists
+    try:
+        wait_for(lambda: shard_zero.exists() and shard_zero.stat().st_mtime_ns != before, 240, "worker 0's shard")
+        committed = shard_zero.stat()
+        one = worker(1)
+        assert one.wait(timeout=240) == 0, one.stderr.read()
+        assert zero.poll() is None, "worker 0 should still be asleep after its first shard"
+        assert (shard_zero.stat().st_ino, shard_zero.stat().st_mtime_ns) == (committed.st_ino, committed.st_mtime_ns)
+        assert (out / "shards" / "tokens_00000.bin").exists() and (out / "shards" / "codes_00000.idx").exists()
+        assert not (out / "report.json").exists()  # shard 2, worker 0's, is still to do
+        go.touch()
+        assert zero.wait(timeout=240) == 0 and whole.wait(timeout=240) == 0
+    finally:  # nothing left running (worker 0 would wait for `go` forever)
+        for process in (zero, whole):
+            if process.poll() is None:
+                process.kill()
     assert (out / "report.json").exists()  # worker 0, the last, finalized
     assert_same_job(tmp_path / "whole", out)
 

@@ -231,11 +231,16 @@ def run_shards(
 
 
 def _pause_for_tests() -> None:
-    """``MEGATRON_SODA_PAUSE_AFTER_SHARD=S``: sleep S seconds after this run's first commit, so a test can
-    cancel a worker, or start another, between shards."""
+    """``MEGATRON_SODA_PAUSE_AFTER_SHARD=S`` sleeps S seconds after this run's first commit, so a test can
+    cancel a worker, or start another, between shards; ``=PATH`` waits until that file exists."""
     pause = os.environ.get("MEGATRON_SODA_PAUSE_AFTER_SHARD")
-    if pause:
+    if not pause:
+        return
+    try:
         time.sleep(float(pause))
+    except ValueError:
+        while not os.path.exists(pause):
+            time.sleep(0.05)
 
 
 def write_report(job: ShardedJob, num_shards: int, input_rejects, **extra) -> dict:
